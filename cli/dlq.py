@@ -1,0 +1,97 @@
+"""``fleet dlq``: list, show, replay and purge the dead-letter queues."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from cli.output import JsonOption, fail, print_json, print_table
+from workers import dead_letters, services
+from workers.settings import get_settings
+
+app = typer.Typer(help="The dead-letter queues.", no_args_is_help=True)
+
+MessageIdOption = typer.Option(None, "--message-id", help="Only the message with this id.")
+AllOption = typer.Option(False, "--all", help="Every message in the queue.")
+
+
+def _one_or_all(message_id: str | None, every: bool) -> str | None:
+    if (message_id is None) == (not every):
+        fail("give exactly one of --message-id ID or --all", 2)
+    return message_id
+
+
+@app.command("list")
+def list_(as_json: bool = JsonOption) -> None:
+    """Every dead-letter queue with its depth."""
+    settings = get_settings()
+    names = dead_letters.dead_letter_queues(settings, services.load_all())
+    depths = asyncio.run(dead_letters.depths(settings, names))
+    if as_json:
+        print_json([{"queue": name, "depth": depth} for name, depth in depths.items()])
+        return
+    print_table(
+        "dead-letter queues",
+        ["queue", "depth"],
+        [(name, "not declared" if depth is None else depth) for name, depth in depths.items()],
+    )
+
+
+@app.command()
+def show(
+    queue: str = typer.Argument(
+        ..., help="A dead-letter queue, e.g. fleet.inventory.reserve_stock.dlq."
+    ),
+    limit: int = typer.Option(20, "--limit", min=1, help="At most this many, from the head."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Headers and body of dead letters, leaving the queue exactly as it was."""
+    letters = asyncio.run(dead_letters.browse(get_settings(), queue, limit))
+    if as_json:
+        print_json([letter.as_dict() for letter in letters])
+        return
+    if not letters:
+        typer.echo(f"{queue} is empty")
+    for letter in letters:
+        data = letter.as_dict()
+        typer.echo(f"message {data['message_id']}  type {data['type']}")
+        typer.echo(f"  reason: {data['reason']}")
+        for key, value in sorted(data["headers"].items()):
+            typer.echo(f"  {key}: {value}")
+        typer.echo(f"  body: {data['body']}")
+
+
+@app.command()
+def replay(
+    queue: str = typer.Argument(..., help="A dead-letter queue."),
+    message_id: str | None = MessageIdOption,
+    every: bool = AllOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Send dead letters back to their original queue (removed only once that is confirmed)."""
+    chosen = _one_or_all(message_id, every)
+    replayed = asyncio.run(dead_letters.replay(get_settings(), queue, chosen))
+    if as_json:
+        print_json({"queue": queue, "replayed": replayed})
+    else:
+        typer.echo(f"replayed {len(replayed)} message(s) from {queue}")
+
+
+@app.command()
+def purge(
+    queue: str = typer.Argument(..., help="A dead-letter queue."),
+    message_id: str | None = MessageIdOption,
+    every: bool = AllOption,
+    yes: bool = typer.Option(False, "--yes", help="Confirm: purged messages are gone for good."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Delete dead letters for good."""
+    chosen = _one_or_all(message_id, every)
+    if not yes:
+        fail("purging deletes messages for good: add --yes to confirm", 2)
+    purged = asyncio.run(dead_letters.purge(get_settings(), queue, chosen))
+    if as_json:
+        print_json({"queue": queue, "purged": purged})
+    else:
+        typer.echo(f"purged {purged} message(s) from {queue}")

@@ -1,0 +1,75 @@
+"""The ``fleet`` command: run workers, publish test messages, repair dead letters.
+
+Every command answers bad input or an unreachable server with one line on stderr and a
+non-zero exit (2 for bad usage, 1 for everything else), never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+import asyncpg
+import pydantic
+import typer
+from aiormq.exceptions import AMQPConnectionError, AMQPError
+
+from cli import db as db_commands
+from cli import dlq, run
+from cli.output import CliError
+from contracts import ContractError
+from db.provision import ProvisioningError
+from workers.dead_letters import DeadLetterError
+from workers.services import UnknownService
+
+app = typer.Typer(
+    help="A worker fleet over RabbitMQ: order processing with outbox, inbox, sagas and DLQs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(db_commands.app, name="db")
+app.add_typer(dlq.app, name="dlq")
+run.register(app)
+
+
+def _one_line(error: BaseException) -> tuple[str, int]:
+    """The message and exit code for an error that reached the top."""
+    if isinstance(error, CliError):
+        return str(error), error.exit_code
+    if isinstance(error, (ContractError, DeadLetterError, UnknownService, ProvisioningError)):
+        return str(error), 1
+    if isinstance(error, pydantic.ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"invalid setting {where}: {first['msg']}", 2
+    if isinstance(error, AMQPConnectionError | ConnectionError | socket.gaierror):
+        return f"cannot reach RabbitMQ: {error}", 1
+    if isinstance(error, AMQPError):
+        return f"RabbitMQ refused: {error}", 1
+    if isinstance(error, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+        return f"cannot use PostgreSQL: {type(error).__name__}: {error}", 1
+    return f"unexpected {type(error).__name__}: {error}", 1
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        result = app(standalone_mode=False)
+    except typer.TyperException as error:  # bad usage: unknown option, missing argument...
+        context = getattr(error, "ctx", None)
+        path = context.command_path if context is not None else "fleet"
+        message = " ".join(error.format_message().split())
+        print(f"fleet: {message} (see '{path} --help')", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        print("fleet: aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:
+        message, code = _one_line(error)
+        print(f"fleet: {' '.join(message.split())}", file=sys.stderr)
+        sys.exit(code)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,188 @@
+"""Commands that run things: workers, relays, the topology, test messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import typer
+from aiormq.exceptions import PublishError
+
+from cli.output import JsonOption, fail, print_json
+from contracts import Envelope, registry
+from contracts.routing import commands_exchange, events_exchange, exchange_for
+from workers import services
+from workers.publisher import ConfirmedPublisher, Outgoing
+from workers.relay import Relay
+from workers.runtime import Worker, declare_topology
+from workers.settings import SERVICES, get_settings
+
+
+def _serve(work: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``work`` until SIGINT or SIGTERM, which sets its stop event (then it drains)."""
+    logging.getLogger("fleet").setLevel(logging.INFO)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await work(stop)
+
+    asyncio.run(main())
+
+
+def worker(
+    service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)}."),
+    no_relay: bool = typer.Option(False, "--no-relay", help="Consume only; run the relay apart."),
+) -> None:
+    """Run one service's consumers and its outbox relay until Ctrl-C or SIGTERM."""
+    settings = get_settings()
+    runnable = services.load(service)
+    _serve(lambda stop: Worker(settings, runnable, with_relay=not no_relay).run(stop))
+
+
+def relay(service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)}.")) -> None:
+    """Run one service's outbox relay alone (a standby takes over if the active one dies)."""
+    if service not in SERVICES:
+        fail(f"unknown service {service!r}; services are {', '.join(SERVICES)}", 2)
+    settings = get_settings()
+
+    async def work(stop: asyncio.Event) -> None:
+        publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+        try:
+            await Relay(settings, service, publisher).run(stop)
+        finally:
+            await publisher.close()
+
+    _serve(work)
+
+
+def topology(as_json: bool = JsonOption) -> None:
+    """Declare the exchanges and every runnable service's queues, retry queues and DLQs."""
+    settings = get_settings()
+    loaded = services.load_all()
+    asyncio.run(declare_topology(settings, loaded))
+    queues = [spec.name for service in loaded for spec in service.queue_specs(settings.namespace)]
+    if as_json:
+        print_json({"namespace": settings.namespace, "queues": queues})
+    else:
+        typer.echo(
+            f"declared {len(queues)} queue(s), their retry queues and DLQs in {settings.namespace}"
+        )
+
+
+def publish(
+    type_: str = typer.Argument(..., metavar="TYPE", help="Message type, e.g. order.placed."),
+    data: str = typer.Option(..., "--data", help="The body, as JSON."),
+    version: int | None = typer.Option(
+        None, "--version", help="Contract version (default: newest)."
+    ),
+    correlation_id: str | None = typer.Option(None, "--correlation-id"),
+    message_id: str | None = typer.Option(
+        None,
+        "--message-id",
+        help="Fixed id (repeated by --count: duplicates); '' sends none (--raw).",
+    ),
+    count: int = typer.Option(1, "--count", min=1, help="How many messages to send."),
+    raw: bool = typer.Option(
+        False, "--raw", help="Send --data as given, unvalidated, to try bad messages."
+    ),
+    exchange: str | None = typer.Option(
+        None, "--exchange", help="events or commands; needed only for an unknown type with --raw."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Publish test messages straight to the broker (confirmed), valid or deliberately not."""
+    settings = get_settings()
+    known = type_ in registry.types()
+    if not raw:
+        if not known:
+            fail(f"unknown message type {type_!r} (use --raw to send it anyway)", 2)
+        chosen = version or registry.latest_version(type_)
+        try:
+            parsed = json.loads(data)
+        except json.JSONDecodeError as error:
+            fail(f"--data is not JSON: {error}", 2)
+        model = registry.model_for(type_, chosen)
+        try:
+            body = registry.encode(model.model_validate(parsed))
+        except Exception as error:  # pydantic's ValidationError, summarised
+            fail(f"--data is not a valid {type_} v{chosen}: {_first_error(error)}", 2)
+    else:
+        chosen = version or (registry.latest_version(type_) if known else 1)
+        body = data.encode()
+    if message_id == "" and not raw:
+        fail("--message-id '' (no message id) needs --raw", 2)
+
+    if exchange is None:
+        target = (
+            exchange_for(settings.namespace, registry.kind(type_))
+            if known
+            else events_exchange(settings.namespace)
+        )
+    elif exchange in ("events", "commands"):
+        target = (
+            events_exchange(settings.namespace)
+            if exchange == "events"
+            else commands_exchange(settings.namespace)
+        )
+    else:
+        fail(f"--exchange must be events or commands, not {exchange!r}", 2)
+
+    async def send() -> list[str | None]:
+        publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+        sent: list[str | None] = []
+        try:
+            for _ in range(count):
+                envelope = Envelope.new(
+                    type_,
+                    chosen,
+                    "fleet-cli",
+                    correlation_id=correlation_id,
+                    message_id=message_id or None,
+                )
+                outgoing = Outgoing.from_envelope(
+                    envelope, exchange=target, routing_key=type_, body=body
+                )
+                if message_id == "":
+                    outgoing = Outgoing(**{**outgoing.__dict__, "message_id": None})
+                await publisher.publish(outgoing)
+                sent.append(outgoing.message_id)
+        except PublishError:
+            fail(
+                f"no queue is bound for {type_} on {target}: start a worker or run 'fleet topology'"
+            )
+        finally:
+            await publisher.close()
+        return sent
+
+    sent = asyncio.run(send())
+    if as_json:
+        print_json({"type": type_, "version": chosen, "exchange": target, "message_ids": sent})
+    else:
+        for sent_id in sent:
+            typer.echo(sent_id)
+
+
+def _first_error(error: Exception) -> str:
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}"
+    return str(error)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(worker)
+    app.command()(relay)
+    app.command()(topology)
+    app.command()(publish)
+
+
+__all__ = ["register", "uuid"]

@@ -1,0 +1,21 @@
+"""Where a message goes on the broker: part of the contract between services.
+
+Events go to the topic exchange ``<ns>.events`` with routing key = type; commands go to
+``<ns>.commands`` with routing key ``<service>.<command>``, which is also their type.
+"""
+
+from __future__ import annotations
+
+from contracts.base import MessageKind
+
+
+def events_exchange(namespace: str) -> str:
+    return f"{namespace}.events"
+
+
+def commands_exchange(namespace: str) -> str:
+    return f"{namespace}.commands"
+
+
+def exchange_for(namespace: str, kind: MessageKind) -> str:
+    return events_exchange(namespace) if kind == "event" else commands_exchange(namespace)

@@ -1,0 +1,81 @@
+"""The transactional outbox: messages are written in the same transaction as the state
+that caused them, and published later by the relay (``workers.relay``).
+
+Writing happens through SQLAlchemy inside a handler's transaction; the relay reads with
+plain asyncpg on a dedicated connection, because it also holds an advisory lock and LISTENs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import Envelope
+from db.tables import outbox_table
+
+# NOTIFY channel: the writing transaction signals it, delivered by PostgreSQL at commit.
+NOTIFY_CHANNEL = "fleet_outbox"
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    envelope: Envelope
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+async def append(conn: AsyncConnection, messages: Sequence[OutgoingMessage]) -> None:
+    """Insert ``messages`` in the caller's transaction and wake the relay at commit."""
+    if not messages:
+        return
+    await conn.execute(
+        sa.insert(outbox_table),
+        [
+            {
+                "message_id": m.envelope.message_id,
+                "exchange": m.exchange,
+                "routing_key": m.routing_key,
+                "type": m.envelope.type,
+                "version": m.envelope.version,
+                "correlation_id": m.envelope.correlation_id,
+                "causation_id": m.envelope.causation_id,
+                "producer": m.envelope.producer,
+                "occurred_at": m.envelope.occurred_at,
+                "headers": m.headers,
+                "body": m.body,
+            }
+            for m in messages
+        ],
+    )
+    await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
+
+
+# --- The relay's side, in asyncpg's dialect ($n parameters). ---------------------------
+
+# SKIP LOCKED and "unpublished in id order", never "id > last seen": a transaction that took
+# a lower id may commit after a higher one, and must not be skipped.
+CLAIM_BATCH = """
+SELECT id, message_id, exchange, routing_key, type, version, correlation_id, causation_id,
+       producer, occurred_at, headers, body
+FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+"""
+MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+DELETE_PUBLISHED = (
+    "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1::float8)"
+)
+COUNT_UNPUBLISHED = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+
+
+def decode_headers(value: Any) -> dict[str, Any]:
+    """asyncpg returns jsonb as text unless a codec is set."""
+    if isinstance(value, str):
+        decoded: dict[str, Any] = json.loads(value)
+        return decoded
+    return dict(value or {})

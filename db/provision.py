@@ -1,0 +1,166 @@
+"""Database per service: each service's role and database, created and migrated.
+
+An admin (superuser) connection creates, for every service, a login role and a database
+owned by it that only this role may connect to; then the service's migrations run as the
+service's own role, so it owns its tables. Running it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import asyncpg
+from alembic.util import CommandError
+from sqlalchemy.exc import SQLAlchemyError
+
+from db.engine import asyncpg_url
+from db.migrate import upgrade_async
+
+# Names reach SQL as identifiers (quoted by the server's format('%I')); longer than 63
+# bytes, PostgreSQL would silently truncate them and two services could collide.
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class ProvisioningError(Exception):
+    """PostgreSQL refused or could not be reached; the message is one line for the CLI."""
+
+
+@dataclass(frozen=True)
+class ServiceDatabase:
+    service: str
+    name: str  # the database's and the role's name
+    password: str
+    url: str  # how the service connects, as its own role
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    service: str
+    name: str
+    created_role: bool
+    created_database: bool
+    migrated_from: str | None  # None: the database had no migrations applied
+    migrated_to: str
+
+    @property
+    def changed(self) -> bool:
+        return self.created_role or self.created_database or self.migrated_from != self.migrated_to
+
+
+async def provision(admin_url: str, databases: Sequence[ServiceDatabase]) -> list[ProvisionResult]:
+    for database in databases:
+        _check_name(database.name)
+    connection = await _connect_admin(admin_url)
+    try:
+        created = [await _create_role_and_database(connection, db) for db in databases]
+    finally:
+        await connection.close()
+    results = []
+    for database, (created_role, created_database) in zip(databases, created, strict=True):
+        before, after = await _migrate(database)
+        results.append(
+            ProvisionResult(
+                service=database.service,
+                name=database.name,
+                created_role=created_role,
+                created_database=created_database,
+                migrated_from=before,
+                migrated_to=after,
+            )
+        )
+    return results
+
+
+async def drop(admin_url: str, databases: Sequence[ServiceDatabase]) -> None:
+    """Drops the databases and roles that exist (test cleanup); their sessions are ended."""
+    for database in databases:
+        _check_name(database.name)
+    connection = await _connect_admin(admin_url)
+    try:
+        for database in databases:
+            # WITH (FORCE) terminates the database's backends itself, atomically with the
+            # drop, so a pooled client that reconnects in between cannot make it fail.
+            await _execute(connection, "DROP DATABASE IF EXISTS %I WITH (FORCE)", database.name)
+            await _execute(connection, "DROP ROLE IF EXISTS %I", database.name)
+    except asyncpg.PostgresError as exc:
+        raise ProvisioningError(f"dropping failed: {_one_line(exc)}") from exc
+    finally:
+        await connection.close()
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise ValueError(f"invalid database/role name {name!r}: must match {_NAME.pattern}")
+
+
+async def _connect_admin(admin_url: str) -> asyncpg.Connection:
+    # asyncpg runs each statement on its own (autocommit): CREATE DATABASE needs that.
+    try:
+        return await asyncpg.connect(asyncpg_url(admin_url), timeout=10)
+    # OSError covers refused connections and timeouts, ValueError a malformed URL.
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ProvisioningError(
+            f"cannot reach PostgreSQL at {_where(admin_url)}: {_one_line(exc)}"
+        ) from exc
+
+
+async def _create_role_and_database(
+    connection: asyncpg.Connection, database: ServiceDatabase
+) -> tuple[bool, bool]:
+    name = database.name
+    try:
+        role_exists = await connection.fetchval(
+            "SELECT true FROM pg_roles WHERE rolname = $1", name
+        )
+        # An existing role gets the settings' password: the service must log in with it.
+        verb = "ALTER" if role_exists else "CREATE"
+        await _execute(
+            connection, f"{verb} ROLE %I WITH LOGIN PASSWORD %L", name, database.password
+        )
+
+        owner = await connection.fetchval(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", name
+        )
+        if owner is None:
+            await _execute(connection, "CREATE DATABASE %I OWNER %I", name, name)
+        elif owner != name:
+            # Its migrations run as the role: in someone else's database they would fail on
+            # the public schema, so say why here instead.
+            raise ProvisioningError(f"database {name} exists but is owned by {owner}, not {name}")
+
+        # Every role may connect to a new database by default: only this one may.
+        await _execute(connection, "REVOKE CONNECT ON DATABASE %I FROM PUBLIC", name)
+        await _execute(connection, "GRANT CONNECT ON DATABASE %I TO %I", name, name)
+    except asyncpg.PostgresError as exc:
+        raise ProvisioningError(f"provisioning {name} failed: {_one_line(exc)}") from exc
+    return not role_exists, owner is None
+
+
+async def _execute(connection: asyncpg.Connection, template: str, *arguments: str) -> None:
+    # DDL takes no bind parameters: the server's format() quotes identifiers (%I) and
+    # literals such as the password (%L), so no quoting is done by hand here.
+    placeholders = "".join(f", ${index}::text" for index in range(2, len(arguments) + 2))
+    statement = await connection.fetchval(f"SELECT format($1{placeholders})", template, *arguments)
+    await connection.execute(statement)
+
+
+async def _migrate(database: ServiceDatabase) -> tuple[str | None, str]:
+    try:
+        return await upgrade_async(database.service, database.url)
+    # CommandError: e.g. the database is at a revision this code does not know.
+    except (OSError, SQLAlchemyError, CommandError) as exc:
+        raise ProvisioningError(f"migrating {database.name} failed: {_one_line(exc)}") from exc
+
+
+def _where(url: str) -> str:
+    # Host and port only: the URL may carry a password.
+    netloc = urlsplit(url).netloc
+    return netloc.rpartition("@")[2] or "localhost:5432"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

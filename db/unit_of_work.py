@@ -1,0 +1,91 @@
+"""One transaction in a service's own database, with the messages it emits.
+
+The state change, the inbox entry and the outbox rows commit together or not at all:
+a handler that fails before commit leaves no trace.
+
+The correlation of emitted messages comes from ``current_cause``, which the consuming
+middleware (``workers.middlewares``) sets while a message is being handled; so every
+message emitted while handling another gets its correlation id and names it as its cause,
+without handlers passing ids around.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts import Envelope, Message, encode_message
+from contracts.routing import exchange_for
+from db import outbox
+
+
+@dataclass(frozen=True)
+class Cause:
+    """The message being handled: what emitted messages are correlated with."""
+
+    message_id: str
+    correlation_id: str
+
+
+current_cause: ContextVar[Cause | None] = ContextVar("current_cause", default=None)
+
+
+class UnitOfWork:
+    def __init__(self, conn: AsyncConnection, *, producer: str, namespace: str) -> None:
+        self.conn = conn
+        self.producer = producer
+        self.namespace = namespace
+        self.emitted: list[outbox.OutgoingMessage] = []
+
+    def emit(
+        self,
+        message: Message,
+        *,
+        correlation_id: str | None = None,
+        message_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> Envelope:
+        """Queue ``message`` for the outbox; it is written when the unit of work commits.
+
+        Outside a handler (the CLI), ``correlation_id`` may start a correlation; inside one,
+        the handled message's correlation wins unless one is given explicitly.
+        """
+        cause = current_cause.get()
+        envelope = Envelope.new(
+            message.TYPE,
+            message.VERSION,
+            self.producer,
+            correlation_id=correlation_id or (cause.correlation_id if cause else None),
+            causation_id=cause.message_id if cause else None,
+            message_id=message_id,
+        )
+        self.emitted.append(
+            outbox.OutgoingMessage(
+                envelope=envelope,
+                exchange=exchange_for(self.namespace, message.KIND),
+                routing_key=message.TYPE,
+                body=encode_message(message),
+                headers=headers or {},
+            )
+        )
+        return envelope
+
+    async def flush(self) -> None:
+        await outbox.append(self.conn, self.emitted)
+        self.emitted = []
+
+
+@asynccontextmanager
+async def unit_of_work(
+    engine: AsyncEngine, *, producer: str, namespace: str
+) -> AsyncIterator[UnitOfWork]:
+    """Begin a transaction; on a clean exit write the emitted messages and commit."""
+    async with engine.begin() as conn:
+        uow = UnitOfWork(conn, producer=producer, namespace=namespace)
+        yield uow
+        await uow.flush()

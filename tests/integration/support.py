@@ -1,0 +1,232 @@
+"""What the integration tests share: a namespaced fleet on the real servers, real worker
+processes, and polling helpers (tests wait for outcomes, they never sleep a fixed time
+and hope)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from db.engine import create_engine
+from workers import topology
+from workers.publisher import ConfirmedPublisher
+from workers.runtime import Worker
+from workers.service import Service
+from workers.settings import Settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[Any]], *, timeout: float = 20.0, interval: float = 0.1
+) -> Any:
+    """Poll until ``condition()`` is truthy and return it; fail with the last value if not."""
+    deadline = time.monotonic() + timeout
+    value: Any = None
+    while time.monotonic() < deadline:
+        value = await condition()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+
+
+@dataclass
+class FleetProcess:
+    """A real ``fleet`` process (``python -m cli ...``) whose output lines are collected."""
+
+    process: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.lines.append(line.decode(errors="replace").rstrip())
+
+    async def wait_for_line(self, text: str, timeout: float = 20.0) -> str:
+        async def found() -> str | None:
+            if self.process.returncode is not None and not any(text in line for line in self.lines):
+                raise AssertionError(
+                    f"process exited {self.process.returncode}:\n" + "\n".join(self.lines[-30:])
+                )
+            return next((line for line in self.lines if text in line), None)
+
+        result: str = await wait_for(found, timeout=timeout)
+        return result
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    async def kill(self) -> None:
+        """SIGKILL: no cleanup, no acks, no lock release but by the connections dying."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def terminate(self, timeout: float = 30.0) -> int:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        if self.reader is not None:
+            await self.reader
+        return code
+
+
+class Fleet:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engines: dict[str, AsyncEngine] = {}
+        self.extra_queues: set[str] = set()
+        self.processes: list[FleetProcess] = []
+
+    @property
+    def ns(self) -> str:
+        return self.settings.namespace
+
+    def env(self, **overrides: Any) -> dict[str, str]:
+        """The environment a ``fleet`` process needs to join this test's namespace."""
+        values = {
+            "amqp_url": self.settings.amqp_url,
+            "pg_admin_url": self.settings.pg_admin_url,
+            "namespace": self.settings.namespace,
+            "retry_delays_ms": json.dumps(self.settings.retry_delays_ms),
+            "max_attempts": self.settings.max_attempts,
+            "delivery_limit": self.settings.delivery_limit,
+            "prefetch": self.settings.prefetch,
+            "relay_poll_interval": self.settings.relay_poll_interval,
+            "relay_lock_retry": self.settings.relay_lock_retry,
+            **overrides,
+        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+        env.update({f"FLEET_{key.upper()}": str(value) for key, value in values.items()})
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def engine(self, service: str) -> AsyncEngine:
+        if service not in self.engines:
+            self.engines[service] = create_engine(self.settings.database_url(service), pool_size=5)
+        return self.engines[service]
+
+    async def spawn(self, *args: str, **env: Any) -> FleetProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cli",
+            *args,
+            cwd=ROOT,
+            env=self.env(**env),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        handle = FleetProcess(process)
+        handle.reader = asyncio.create_task(handle._read())
+        self.processes.append(handle)
+        return handle
+
+    async def cli(self, *args: str, **env: Any) -> tuple[int, str]:
+        """Run a ``fleet`` command to its end: (exit code, its output)."""
+        handle = await self.spawn(*args, **env)
+        code = await asyncio.wait_for(handle.process.wait(), 60)
+        assert handle.reader is not None
+        await handle.reader
+        return code, "\n".join(handle.lines)
+
+    @contextlib.asynccontextmanager
+    async def worker(self, service: Service, *, with_relay: bool = True) -> AsyncIterator[Worker]:
+        """A worker in this test's own process (for probe services defined by the tests)."""
+        self.extra_queues.update(spec.name for spec in service.queue_specs(self.ns))
+        worker = Worker(self.settings, service, with_relay=with_relay)
+        stop, started = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(worker.run(stop, started))
+        starting = asyncio.ensure_future(started.wait())
+        await asyncio.wait([task, starting], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            starting.cancel()
+            task.result()
+        try:
+            yield worker
+        finally:
+            stop.set()
+            await task
+
+    @contextlib.asynccontextmanager
+    async def publisher(self) -> AsyncIterator[ConfirmedPublisher]:
+        publisher = await ConfirmedPublisher.connect(self.settings.amqp_url)
+        try:
+            yield publisher
+        finally:
+            await publisher.close()
+
+    async def queue_depth(self, name: str) -> int:
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        try:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(name, passive=True)
+            return queue.declaration_result.message_count or 0
+        finally:
+            await connection.close()
+
+    @contextlib.asynccontextmanager
+    async def tap(
+        self, exchange: str, routing_key: str
+    ) -> AsyncIterator[list[aio_pika.abc.AbstractIncomingMessage]]:
+        """Every message routed to ``exchange`` with ``routing_key`` while open, as a list."""
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        seen: list[aio_pika.abc.AbstractIncomingMessage] = []
+        try:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(exchange, routing_key)
+
+            async def keep(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                seen.append(message)
+
+            await queue.consume(keep, no_ack=True)
+            yield seen
+        finally:
+            await connection.close()
+
+    def all_queue_names(self, services: list[Service]) -> set[str]:
+        names = set(self.extra_queues)
+        names.update(spec.name for service in services for spec in service.queue_specs(self.ns))
+        expanded: set[str] = set()
+        for name in names:
+            expanded.add(name)
+            expanded.add(topology.dead_letter_queue(name))
+            expanded.update(topology.retry_queue(name, d) for d in self.settings.retry_delays_ms)
+        return expanded
+
+    async def remove_topology(self, services: list[Service]) -> None:
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        try:
+            channel = await connection.channel()
+            for name in self.all_queue_names(services):
+                await channel.queue_delete(name)
+            for exchange in (
+                f"{self.ns}.events",
+                f"{self.ns}.commands",
+                topology.dead_letter_exchange(self.ns),
+            ):
+                await channel.exchange_delete(exchange)
+        finally:
+            await connection.close()
+
+    async def close(self) -> None:
+        for handle in self.processes:
+            await handle.kill()
+            if handle.reader is not None:
+                handle.reader.cancel()
+        for engine in self.engines.values():
+            await engine.dispose()

@@ -1,0 +1,193 @@
+"""Database per service against the real PostgreSQL: roles, databases, isolation, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from db import migrate
+from db import tables as messaging
+from db.engine import asyncpg_url, create_engine
+from db.provision import ProvisioningError, ProvisionResult, ServiceDatabase, drop, provision
+from workers.inventory import store as inventory_store
+from workers.settings import SERVICES, Settings
+
+pytestmark = pytest.mark.integration
+
+ADMIN_URL = os.environ.get("FLEET_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+MESSAGING_TABLES = {"outbox", "inbox"}
+INVENTORY_TABLES = {"stock", "reservations", "reservation_lines", "stock_ledger"}
+
+
+def service_databases(services: Sequence[str]) -> list[ServiceDatabase]:
+    """The services' databases in a namespace of their own, so runs never collide."""
+    settings = Settings(namespace=f"t{secrets.token_hex(4)}", pg_admin_url=ADMIN_URL, db_urls={})
+    return [
+        ServiceDatabase(
+            service=service,
+            name=settings.database_name(service),
+            password=settings.db_password,
+            url=settings.database_url(service),
+        )
+        for service in services
+    ]
+
+
+@pytest.fixture(scope="module")
+async def provisioned() -> AsyncIterator[tuple[list[ServiceDatabase], list[ProvisionResult]]]:
+    databases = service_databases(SERVICES)
+    try:
+        yield databases, await provision(ADMIN_URL, databases)
+    finally:
+        await drop(ADMIN_URL, databases)
+
+
+def by_service(databases: list[ServiceDatabase]) -> dict[str, ServiceDatabase]:
+    return {database.service: database for database in databases}
+
+
+async def test_provision_creates_every_database_and_role_with_its_tables(
+    provisioned: tuple[list[ServiceDatabase], list[ProvisionResult]],
+) -> None:
+    databases, results = provisioned
+    assert [result.service for result in results] == list(SERVICES)
+    for result in results:
+        assert result.created_role and result.created_database
+        assert (result.migrated_from, result.migrated_to) == (None, migrate.head(result.service))
+
+    for database in databases:
+        expected = MESSAGING_TABLES | {"alembic_version"}
+        if database.service == "inventory":
+            expected |= INVENTORY_TABLES
+        # Connected as the service's own role: it owns its database and every table in it.
+        connection = await asyncpg.connect(asyncpg_url(database.url))
+        try:
+            owners = dict(
+                await connection.fetch(
+                    "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'"
+                )
+            )
+            database_owner = await connection.fetchval(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+            )
+        finally:
+            await connection.close()
+        assert owners == dict.fromkeys(expected, database.name)
+        assert database_owner == database.name
+
+
+async def test_migrated_schema_matches_the_code_s_tables(
+    provisioned: tuple[list[ServiceDatabase], list[ProvisionResult]],
+) -> None:
+    databases, _ = provisioned
+    for database in databases:
+        expected = sa.MetaData()
+        for table in messaging.metadata.tables.values():
+            table.to_metadata(expected)
+        if database.service == "inventory":
+            for table in inventory_store.metadata.tables.values():
+                table.to_metadata(expected)
+        differences = await schema_differences(database.url, expected)
+        assert differences == [], database.service
+
+
+async def test_second_provision_creates_nothing_and_stays_at_head(
+    provisioned: tuple[list[ServiceDatabase], list[ProvisionResult]],
+) -> None:
+    databases, _ = provisioned
+    again = await provision(ADMIN_URL, databases)
+    for result in again:
+        head = migrate.head(result.service)
+        assert not result.changed
+        assert (result.created_role, result.created_database) == (False, False)
+        assert (result.migrated_from, result.migrated_to) == (head, head)
+
+
+async def test_a_service_role_cannot_connect_to_another_service_s_database(
+    provisioned: tuple[list[ServiceDatabase], list[ProvisionResult]],
+) -> None:
+    databases = by_service(provisioned[0])
+    inventory, payment = databases["inventory"], databases["payment"]
+    own = await asyncpg.connect(asyncpg_url(inventory.url))
+    assert await own.fetchval("SELECT current_user") == inventory.name
+    await own.close()
+
+    # The inventory's credentials, the payment's database.
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for database"):
+        await asyncpg.connect(
+            asyncpg_url(ADMIN_URL),
+            user=inventory.name,
+            password=inventory.password,
+            database=payment.name,
+        )
+
+
+async def test_migrations_downgrade_to_nothing_and_upgrade_again() -> None:
+    databases = service_databases(["inventory"])
+    (inventory,) = databases
+    try:
+        await provision(ADMIN_URL, databases)
+        config = migrate.alembic_config("inventory", inventory.url)
+        await asyncio.to_thread(command.downgrade, config, "base")
+        assert await public_tables(inventory.url) == {"alembic_version"}
+        assert await migrate.upgrade_async("inventory", inventory.url) == (None, "0002")
+        assert await public_tables(inventory.url) == (
+            MESSAGING_TABLES | INVENTORY_TABLES | {"alembic_version"}
+        )
+    finally:
+        await drop(ADMIN_URL, databases)
+
+
+async def test_an_unreachable_server_is_a_one_line_provisioning_error() -> None:
+    (database,) = service_databases(["order"])
+    with pytest.raises(
+        ProvisioningError, match=r"^cannot reach PostgreSQL at 127\.0\.0\.1:1: "
+    ) as e:
+        await provision("postgresql://postgres:secret@127.0.0.1:1/postgres", [database])
+    assert "\n" not in str(e.value) and "secret" not in str(e.value)
+
+
+async def test_a_name_that_is_not_a_plain_identifier_is_refused() -> None:
+    (database,) = service_databases(["order"])
+    bad = ServiceDatabase(database.service, 'x"; DROP ROLE postgres; --', "p", database.url)
+    with pytest.raises(ValueError, match="invalid database/role name"):
+        await provision(ADMIN_URL, [bad])
+
+
+async def public_tables(url: str) -> set[str]:
+    connection = await asyncpg.connect(asyncpg_url(url))
+    try:
+        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    finally:
+        await connection.close()
+    return {row["tablename"] for row in rows}
+
+
+async def schema_differences(url: str, metadata: sa.MetaData) -> list[tuple[object, ...]]:
+    """What autogenerate would change to make the database look like ``metadata``."""
+
+    def not_alembic_version(obj: object, name: str | None, type_: str, *_: object) -> bool:
+        return not (type_ == "table" and name == "alembic_version")
+
+    def compare(connection: sa.Connection) -> list[tuple[object, ...]]:
+        context = MigrationContext.configure(
+            connection, opts={"include_object": not_alembic_version}
+        )
+        return list(compare_metadata(context, metadata))
+
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(compare)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,167 @@
+"""What happens to every delivered message, in every service, in this order:
+
+1. read the envelope from the AMQP properties (no message id, type or version: DLQ);
+2. decode the body against the contract and upcast it to the newest version (DLQ on failure);
+3. in one transaction: record it in the inbox (a duplicate stops here), apply the handler,
+   write the outbox rows it emitted; commit;
+4. only then ack. A transient failure is republished, confirmed, to a delayed retry queue
+   and then acked; a permanent one to ``<queue>.dlq`` with the reason in headers, then acked.
+   If even that publish fails, the delivery is nacked back to its queue (the broker's
+   delivery limit bounds how often).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import ContractError, Envelope, registry
+from db import inbox
+from db.unit_of_work import unit_of_work
+from workers.errors import is_transient
+from workers.publisher import ConfirmedPublisher, Outgoing
+from workers.service import Handler
+from workers.settings import Settings
+from workers.topology import dead_letter_exchange, dead_letter_queue, retry_queue
+
+log = logging.getLogger("fleet.consumer")
+
+ATTEMPTS_HEADER = "x-attempts"
+# Headers a dead letter carries; replay removes them again.
+ERROR_HEADERS = ("x-error-type", "x-error-message", "x-original-queue", "x-failed-at")
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    RETRY = "retry"
+    DEAD_LETTERED = "dead-lettered"
+
+
+class Consumer:
+    def __init__(
+        self, settings: Settings, engine: AsyncEngine, publisher: ConfirmedPublisher, service: str
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.publisher = publisher
+        self.service = service
+
+    async def process(self, handler: Handler, raw: AbstractIncomingMessage) -> Outcome:
+        """Handle one delivery; the caller acks after this returns (and nacks if it raises)."""
+        queue = handler.queue(self.settings.namespace)
+        attempts = _attempts(raw) + 1
+        try:
+            envelope = Envelope.from_amqp(
+                message_id=raw.message_id,
+                type=raw.type,
+                correlation_id=raw.correlation_id,
+                headers=raw.headers or {},
+                timestamp=raw.timestamp,
+                app_id=raw.app_id,
+            )
+            if envelope.type not in handler.types:
+                raise ContractError(f"{queue} has no handler for messages of type {envelope.type}")
+            message = registry.decode(envelope.type, envelope.version, raw.body)
+        except ContractError as error:
+            await self._dead_letter(raw, queue, error, attempts)
+            return Outcome.DEAD_LETTERED
+
+        try:
+            async with unit_of_work(
+                self.engine, producer=self.service, namespace=self.settings.namespace
+            ) as uow:
+                if not await inbox.record(
+                    uow.conn, handler.consumer, envelope.message_id, envelope.type
+                ):
+                    log.info(
+                        "duplicate %s %s for %s: acknowledged and skipped",
+                        envelope.type,
+                        envelope.message_id,
+                        handler.consumer,
+                    )
+                    return Outcome.DUPLICATE
+                await handler.apply(uow, message)
+        except Exception as error:
+            if is_transient(error) and attempts < self.settings.max_attempts:
+                await self._retry(raw, queue, error, attempts)
+                return Outcome.RETRY
+            await self._dead_letter(raw, queue, error, attempts)
+            return Outcome.DEAD_LETTERED
+        return Outcome.APPLIED
+
+    async def _retry(
+        self, raw: AbstractIncomingMessage, queue: str, error: Exception, attempts: int
+    ) -> None:
+        delay = self.settings.retry_delay_ms(attempts)
+        log.warning(
+            "%s %s failed on attempt %d (%s: %s); retrying in %d ms",
+            queue,
+            raw.message_id,
+            attempts,
+            type(error).__name__,
+            error,
+            delay,
+        )
+        headers = {**(raw.headers or {}), ATTEMPTS_HEADER: attempts}
+        await self.publisher.publish(_copy(raw, "", retry_queue(queue, delay), headers))
+
+    async def _dead_letter(
+        self, raw: AbstractIncomingMessage, queue: str, error: Exception, attempts: int
+    ) -> None:
+        reason = str(error) or type(error).__name__
+        log.error(
+            "%s %s dead-lettered after %d attempt(s): %s: %s",
+            queue,
+            raw.message_id,
+            attempts,
+            type(error).__name__,
+            reason,
+        )
+        if not isinstance(error, ContractError):
+            log.debug("".join(traceback.format_exception(error)))
+        headers = {
+            **(raw.headers or {}),
+            "x-error-type": type(error).__name__,
+            "x-error-message": reason[:1000],
+            ATTEMPTS_HEADER: attempts,
+            "x-original-queue": queue,
+            "x-failed-at": datetime.now(UTC).isoformat(),
+        }
+        await self.publisher.publish(
+            _copy(
+                raw,
+                dead_letter_exchange(self.settings.namespace),
+                dead_letter_queue(queue),
+                headers,
+            )
+        )
+
+
+def _attempts(raw: AbstractIncomingMessage) -> int:
+    value = (raw.headers or {}).get(ATTEMPTS_HEADER, 0)
+    return value if isinstance(value, int) else 0
+
+
+def _copy(
+    raw: AbstractIncomingMessage, exchange: str, routing_key: str, headers: dict[str, Any]
+) -> Outgoing:
+    """The same message, properties kept, sent somewhere else with new headers."""
+    return Outgoing(
+        exchange=exchange,
+        routing_key=routing_key,
+        body=raw.body,
+        message_id=raw.message_id,
+        type=raw.type,
+        correlation_id=raw.correlation_id,
+        timestamp=raw.timestamp,
+        app_id=raw.app_id,
+        content_type=raw.content_type,
+        headers=headers,
+    )

@@ -1,0 +1,215 @@
+"""Inspecting and repairing dead-letter queues over plain AMQP (no management plugin).
+
+AMQP has no peek: to read a queue without changing it we take messages unacked and close
+the channel, which puts every one of them back where it was (DLQs are classic queues, so
+no delivery count changes). Replay publishes a copy, confirmed, to the original queue and
+only then acks the dead letter, so a crash in between leaves a duplicate, never a loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aiormq.exceptions import ChannelNotFoundEntity, PublishError
+
+from workers import topology
+from workers.consumer import ATTEMPTS_HEADER, ERROR_HEADERS
+from workers.publisher import ConfirmedPublisher, Outgoing
+from workers.service import Service
+from workers.settings import Settings
+
+
+class DeadLetterError(Exception):
+    """A request about dead letters that cannot be carried out (one-line reason)."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message_id: str | None
+    type: str | None
+    headers: dict[str, Any]
+    body: bytes
+
+    @property
+    def reason(self) -> str:
+        """Ours (x-error-*) or, for what the broker dead-lettered itself, its x-death."""
+        if "x-error-type" in self.headers:
+            return f"{self.headers['x-error-type']}: {self.headers.get('x-error-message', '')}"
+        deaths = self.headers.get("x-death") or []
+        if deaths:
+            return f"broker: {deaths[0].get('reason')} (from {deaths[0].get('queue')})"
+        return "unknown"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "type": self.type,
+            "reason": self.reason,
+            "headers": _plain(self.headers),
+            "body": self.body.decode("utf-8", errors="replace"),
+        }
+
+
+def dead_letter_queues(settings: Settings, services: list[Service]) -> list[str]:
+    return [
+        topology.dead_letter_queue(spec.name)
+        for service in services
+        for spec in service.queue_specs(settings.namespace)
+    ] + [topology.unrouted_queue(settings.namespace)]
+
+
+@contextlib.asynccontextmanager
+async def _connection(settings: Settings) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def _open_dlq(
+    connection: aio_pika.abc.AbstractConnection, name: str
+) -> tuple[AbstractChannel, AbstractQueue]:
+    topology.original_queue(name)  # refuses a queue that is not a DLQ
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+    except ChannelNotFoundEntity:
+        raise DeadLetterError(f"no queue named {name}") from None
+    return channel, queue
+
+
+async def depths(settings: Settings, names: list[str]) -> dict[str, int | None]:
+    """Messages in each queue; None where the queue has not been declared yet."""
+    result: dict[str, int | None] = {}
+    async with _connection(settings) as connection:
+        for name in names:
+            channel = await connection.channel(publisher_confirms=False)
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+                result[name] = queue.declaration_result.message_count
+            except ChannelNotFoundEntity:
+                result[name] = None  # a failed passive declare closes the channel
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+    return result
+
+
+async def _take(queue: AbstractQueue, limit: int) -> list[AbstractIncomingMessage]:
+    """Up to ``limit`` messages from the head, unacked (they return on channel close)."""
+    taken: list[AbstractIncomingMessage] = []
+    while len(taken) < limit:
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            break
+        taken.append(message)
+    return taken
+
+
+def _as_dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
+    return DeadLetter(message.message_id, message.type, dict(message.headers or {}), message.body)
+
+
+async def browse(settings: Settings, name: str, limit: int) -> list[DeadLetter]:
+    async with _connection(settings) as connection:
+        channel, queue = await _open_dlq(connection, name)
+        messages = await _take(queue, limit)
+        await channel.close()  # everything taken goes back, in place
+    return [_as_dead_letter(message) for message in messages]
+
+
+def _select(message_id: str | None) -> Callable[[AbstractIncomingMessage], bool]:
+    return lambda message: message_id is None or message.message_id == message_id
+
+
+async def replay(settings: Settings, name: str, message_id: str | None) -> list[str]:
+    """Move the chosen dead letters (all when ``message_id`` is None) back to their queue."""
+    selected = _select(message_id)
+    replayed: list[str] = []
+    async with _connection(settings) as connection:
+        channel, queue = await _open_dlq(connection, name)
+        # Only what is there now: a replayed message that fails again must not loop here.
+        depth = queue.declaration_result.message_count or 0
+        publisher = ConfirmedPublisher(connection)
+        for message in await _take(queue, depth):
+            if not selected(message):
+                continue
+            exchange, routing_key = _replay_target(message, name, settings.namespace)
+            try:
+                await publisher.publish(_replayed_copy(message, exchange, routing_key))
+            except PublishError:
+                raise DeadLetterError(f"cannot replay to {routing_key}: no such queue") from None
+            await message.ack()
+            replayed.append(str(message.message_id))
+        await channel.close()
+    if message_id is not None and not replayed:
+        raise DeadLetterError(f"no message with id {message_id} in {name}")
+    return replayed
+
+
+def _replay_target(message: AbstractIncomingMessage, dlq: str, namespace: str) -> tuple[str, str]:
+    """(exchange, routing key) the dead letter goes back to."""
+    if dlq == topology.unrouted_queue(namespace):
+        # Unroutable when first sent: send it as it was sent, now that queues may be bound.
+        return message.exchange or "", message.routing_key or ""
+    origin = (message.headers or {}).get("x-original-queue")
+    return "", str(origin) if origin else topology.original_queue(dlq)
+
+
+def _replayed_copy(message: AbstractIncomingMessage, exchange: str, routing_key: str) -> Outgoing:
+    headers = {
+        key: value
+        for key, value in (message.headers or {}).items()
+        if key not in ERROR_HEADERS and key not in (ATTEMPTS_HEADER, "x-death")
+    }
+    headers["x-replayed-at"] = datetime.now(UTC).isoformat()
+    return Outgoing(
+        exchange=exchange,
+        routing_key=routing_key,
+        body=message.body,
+        message_id=message.message_id,
+        type=message.type,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        app_id=message.app_id,
+        content_type=message.content_type,
+        headers=headers,
+    )
+
+
+async def purge(settings: Settings, name: str, message_id: str | None) -> int:
+    async with _connection(settings) as connection:
+        channel, queue = await _open_dlq(connection, name)
+        if message_id is None:
+            purged = (await queue.purge()).message_count or 0
+        else:
+            depth = queue.declaration_result.message_count or 0
+            purged = 0
+            for message in await _take(queue, depth):
+                if message.message_id == message_id:
+                    await message.ack()
+                    purged += 1
+            if not purged:
+                raise DeadLetterError(f"no message with id {message_id} in {name}")
+        await channel.close()
+    return purged
+
+
+def _plain(value: Any) -> Any:
+    """AMQP header values (bytes, datetimes, nested tables) as JSON-friendly values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

@@ -1,0 +1,55 @@
+"""Which failures are worth a delayed retry, and which go straight to the dead-letter queue.
+
+Transient: the database or broker is unreachable or restarting, a serialization failure or
+deadlock, an optimistic concurrency conflict; waiting helps. Everything else is permanent:
+a message that cannot be decoded, a contract we do not know, a bug in a handler; retrying
+it would only fail again, so it goes to the DLQ at once with the reason, to be replayed once
+fixed. Business refusals (out of stock) are not errors at all: handlers emit events for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from sqlalchemy import exc as sa_exc
+
+
+class TransientError(Exception):
+    """Raise from a handler to ask for a delayed retry (e.g. a concurrency conflict)."""
+
+
+class PermanentError(Exception):
+    """Raise from a handler for a message that can never succeed."""
+
+
+# SQLSTATE classes that mean "try again later": 08 connection exception, 40 transaction
+# rollback (serialization failure, deadlock), 53 insufficient resources, 57P operator
+# intervention (server shutting down, backend terminated).
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "57P")
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    while error is not None:
+        state = getattr(error, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+        error = getattr(error, "orig", None) or error.__cause__  # type: ignore[assignment]
+    return None
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, TransientError):
+        return True
+    if isinstance(error, PermanentError):
+        return False
+    if isinstance(error, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError)):
+        return True
+    if isinstance(error, sa_exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return True
+    state = _sqlstate(error)
+    return state is not None and state.startswith(_TRANSIENT_SQLSTATE_PREFIXES)

@@ -1,0 +1,68 @@
+"""The inventory's handlers: decode (done by the runtime), decide (domain), write + emit."""
+
+from __future__ import annotations
+
+from contracts import (
+    ReleaseStock,
+    ReserveStock,
+    StockReleased,
+    StockReservationFailed,
+    StockReserved,
+)
+from db.unit_of_work import UnitOfWork
+from workers.inventory import domain, store
+from workers.service import Service
+
+service = Service("inventory")
+
+
+@service.handler("inventory.reserve_stock")
+async def reserve_stock(uow: UnitOfWork, command: ReserveStock) -> None:
+    """All lines or none; out of stock or an unknown SKU is a refusal event, not an error."""
+    await store.lock_order(uow.conn, command.order_id)
+    existing = await store.load_reservation(uow.conn, command.order_id)
+    lines = domain.merge_lines(domain.Line(item.sku, item.quantity) for item in command.items)
+    available = (
+        await store.lock_available(uow.conn, [line.sku for line in lines])
+        if existing is None
+        else {}
+    )
+    decision = domain.decide_reservation(existing, available, lines)
+    if isinstance(decision, domain.Refuse):
+        if decision.new:
+            await store.refuse(uow.conn, command.order_id, decision.reason)
+        uow.emit(
+            StockReservationFailed(
+                order_id=command.order_id,
+                reason=decision.reason,
+                saga=command.saga,
+                customer_id=command.customer_id,
+            )
+        )
+        return
+    if isinstance(decision, domain.Reserve):
+        await store.reserve(uow.conn, command.order_id, decision.lines)
+    # Reserved now or before: answer the same, so a repeated command gets its reply again.
+    uow.emit(
+        StockReserved(
+            order_id=command.order_id,
+            items=command.items,
+            saga=command.saga,
+            customer_id=command.customer_id,
+            total=command.total,
+            country=command.country,
+        )
+    )
+
+
+@service.handler("inventory.release_stock")
+async def release_stock(uow: UnitOfWork, command: ReleaseStock) -> None:
+    """Give the order's stock back; before any reservation, leave a tombstone instead."""
+    await store.lock_order(uow.conn, command.order_id)
+    existing = await store.load_reservation(uow.conn, command.order_id)
+    decision = domain.decide_release(existing)
+    if isinstance(decision, domain.Release):
+        await store.release(uow.conn, command.order_id, decision.lines, command.reason)
+    elif isinstance(decision, domain.LeaveTombstone):
+        await store.leave_tombstone(uow.conn, command.order_id, command.reason)
+    uow.emit(StockReleased(order_id=command.order_id, saga=command.saga))

@@ -1,0 +1,140 @@
+"""The outbox relay: publishes a service's outbox rows with publisher confirms.
+
+One relay per service database publishes at a time: it holds a session-level advisory lock
+on a dedicated connection, which PostgreSQL releases when that connection dies, so a
+standby (another worker of the same service, or `fleet relay`) takes over within
+``relay_lock_retry`` seconds. The active relay wakes on the NOTIFY sent by each writing
+transaction and also polls every ``relay_poll_interval`` as a safety net.
+
+A crash between publishing and marking publishes those rows again: the consumers' inboxes
+make that harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import asyncpg
+
+from contracts import Envelope
+from db import inbox, outbox
+from db.engine import asyncpg_url
+from workers.publisher import ConfirmedPublisher, Outgoing
+from workers.settings import Settings
+
+log = logging.getLogger("fleet.relay")
+
+LOCK = "SELECT pg_try_advisory_lock(hashtext('fleet.outbox.relay'))"
+
+
+def outgoing_from_row(row: Any) -> Outgoing:
+    envelope = Envelope(
+        message_id=row["message_id"],
+        type=row["type"],
+        version=row["version"],
+        correlation_id=row["correlation_id"],
+        causation_id=row["causation_id"],
+        occurred_at=row["occurred_at"],
+        producer=row["producer"],
+    )
+    return Outgoing.from_envelope(
+        envelope,
+        exchange=row["exchange"],
+        routing_key=row["routing_key"],
+        body=row["body"],
+        headers=outbox.decode_headers(row["headers"]),
+    )
+
+
+class Relay:
+    def __init__(self, settings: Settings, service: str, publisher: ConfirmedPublisher) -> None:
+        self.settings = settings
+        self.service = service
+        self.publisher = publisher
+        self.active = False  # holds the lock and publishes
+        self.published = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until ``stop`` is set; survives database and broker outages."""
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except Exception as error:  # database or broker trouble: start over
+                if stop.is_set():
+                    break
+                log.warning(
+                    "%s relay: %s: %s; reconnecting", self.service, type(error).__name__, error
+                )
+                self.active = False
+                await _wait(stop, self.settings.relay_lock_retry)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            asyncpg_url(self.settings.database_url(self.service))
+        )
+        try:
+            while not await conn.fetchval(LOCK):
+                if not self.active:
+                    log.debug("%s relay: standby, another relay holds the lock", self.service)
+                if await _wait(stop, self.settings.relay_lock_retry):
+                    return
+            self.active = True
+            log.info("%s relay: active", self.service)
+            await self._publish_loop(conn, stop)
+        finally:
+            self.active = False
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=2)
+
+    async def _publish_loop(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+        woken = asyncio.Event()
+        await conn.add_listener(outbox.NOTIFY_CHANNEL, lambda *_: woken.set())
+        next_housekeeping = 0.0
+        while not stop.is_set():
+            woken.clear()
+            await self.drain(conn)
+            if time.monotonic() >= next_housekeeping:
+                await self.housekeeping(conn)
+                next_housekeeping = time.monotonic() + self.settings.housekeeping_interval
+            await _wait_any(stop, woken, self.settings.relay_poll_interval)
+
+    async def drain(self, conn: asyncpg.Connection) -> int:
+        """Publish batches until no unpublished row is left; returns how many."""
+        total = 0
+        while True:
+            async with conn.transaction():
+                rows = await conn.fetch(outbox.CLAIM_BATCH, self.settings.relay_batch_size)
+                if not rows:
+                    return total
+                await self.publisher.publish_many([outgoing_from_row(row) for row in rows])
+                if self.settings.relay_fault_pause_after_publish:
+                    # Fault injection for tests: a window between publish and mark to kill in.
+                    print(f"relay: published {len(rows)}, pausing before mark", flush=True)
+                    await asyncio.sleep(self.settings.relay_fault_pause_after_publish)
+                await conn.execute(outbox.MARK_PUBLISHED, [row["id"] for row in rows])
+            total += len(rows)
+            self.published += len(rows)
+
+    async def housekeeping(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(outbox.DELETE_PUBLISHED, self.settings.outbox_retention_seconds)
+        await conn.execute(inbox.DELETE_EXPIRED, self.settings.inbox_retention_seconds)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True if ``stop`` was set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    return stop.is_set()
+
+
+async def _wait_any(stop: asyncio.Event, woken: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,134 @@
+"""Running one service: its queues, its FastStream subscribers and its outbox relay.
+
+    worker = Worker(settings, service)
+    await worker.run(stop)      # until stop is set, then drains in-flight messages
+
+The broker consumes with manual acks: ``Consumer.process`` decides the fate of each
+delivery and the subscriber acks only after that decision is durable (committed, or
+republished to a retry or dead-letter queue with a confirm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
+from faststream.rabbit.annotations import RabbitMessage
+
+from db.engine import create_engine
+from workers import topology
+from workers.consumer import Consumer
+from workers.middlewares import CorrelationMiddleware
+from workers.publisher import ConfirmedPublisher
+from workers.relay import Relay
+from workers.service import Handler, Service
+from workers.settings import Settings
+
+log = logging.getLogger("fleet.worker")
+
+
+def _raw_body(message: Any) -> bytes:
+    # The consumer decodes bodies against the contracts itself; FastStream must not try
+    # (a body that is not JSON would fail before the consumer could dead-letter it).
+    body: bytes = message.body
+    return body
+
+
+def build_broker(settings: Settings, service: Service, consumer: Consumer) -> RabbitBroker:
+    broker = RabbitBroker(
+        settings.amqp_url,
+        # Bounded prefetch: at most this many unacked deliveries (and handler tasks) at once.
+        default_channel=Channel(
+            prefetch_count=settings.prefetch, publisher_confirms=True, on_return_raises=True
+        ),
+        app_id=service.name,
+        ack_policy=AckPolicy.MANUAL,
+        middlewares=[CorrelationMiddleware],
+        graceful_timeout=30.0,
+        log_level=logging.DEBUG,
+    )
+    for handler in service.handlers:
+        _subscribe(broker, settings, handler, consumer)
+    return broker
+
+
+def _subscribe(
+    broker: RabbitBroker, settings: Settings, handler: Handler, consumer: Consumer
+) -> None:
+    queue = RabbitQueue(
+        handler.queue(settings.namespace),
+        queue_type=QueueType.QUORUM,
+        declare=False,  # declared by workers.topology with all its arguments
+    )
+
+    async def consume(body: bytes, message: RabbitMessage) -> None:
+        try:
+            await consumer.process(handler, message.raw_message)
+        except BaseException:
+            # Not even the retry or dead-letter publish went through: give the delivery
+            # back to the queue (the delivery limit bounds how often this can happen).
+            await message.nack(requeue=True)
+            raise
+        await message.ack()
+
+    consume.__name__ = handler.name
+    consume.__doc__ = f"{handler.consumer}: {', '.join(handler.types)}"
+    broker.subscriber(queue, decoder=_raw_body, title=handler.queue(settings.namespace))(consume)
+
+
+async def declare_topology(settings: Settings, services: list[Service]) -> None:
+    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+    try:
+        specs = [spec for service in services for spec in service.queue_specs(settings.namespace)]
+        await topology.declare(await publisher.channel(), settings, specs)
+    finally:
+        await publisher.close()
+
+
+class Worker:
+    def __init__(self, settings: Settings, service: Service, *, with_relay: bool = True) -> None:
+        self.settings = settings
+        self.service = service
+        self.with_relay = with_relay
+        self.relay: Relay | None = None
+        self.consumer: Consumer | None = None
+
+    async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
+        settings = self.settings
+        engine = create_engine(
+            settings.database_url(self.service.name), pool_size=settings.prefetch
+        )
+        publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+        try:
+            await topology.declare(
+                await publisher.channel(), settings, self.service.queue_specs(settings.namespace)
+            )
+            self.consumer = Consumer(settings, engine, publisher, self.service.name)
+            broker = build_broker(settings, self.service, self.consumer)
+            relay_stop = asyncio.Event()
+            relay_task: asyncio.Task[None] | None = None
+            if self.with_relay:
+                self.relay = Relay(settings, self.service.name, publisher)
+                relay_task = asyncio.create_task(self.relay.run(relay_stop))
+            try:
+                await broker.start()
+                log.info(
+                    "%s worker consuming %d queue(s)", self.service.name, len(self.service.handlers)
+                )
+                if started is not None:
+                    started.set()
+                await stop.wait()
+            finally:
+                # Stop consuming and wait for in-flight handlers; then stop the relay (what
+                # they emitted waits in the outbox for the next relay if it is not out yet).
+                await broker.stop()
+                relay_stop.set()
+                if relay_task is not None:
+                    await relay_task
+        finally:
+            await publisher.close()
+            await engine.dispose()
+        log.info("%s worker stopped", self.service.name)

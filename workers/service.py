@@ -1,0 +1,71 @@
+"""How a service declares its handlers: the one shape every service package uses.
+
+    service = Service("inventory")
+
+    @service.handler("inventory.reserve_stock", "order.placed")
+    async def reserve_stock(uow: UnitOfWork, message: ReserveStock | OrderPlaced) -> None: ...
+
+Each handler gets its own durable queue ``<ns>.<service>.<handler>`` bound to the types it
+names, and its own inbox consumer name ``<service>.<handler>``; it receives the message
+already decoded and upcast to the newest version, inside a unit of work whose inbox entry,
+state and outbox rows commit together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from contracts import registry
+from contracts.routing import exchange_for
+from db.unit_of_work import UnitOfWork
+from workers.topology import QueueSpec
+
+HandlerFunction = Callable[[UnitOfWork, Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Handler:
+    service: str
+    name: str
+    types: tuple[str, ...]
+    apply: HandlerFunction
+
+    @property
+    def consumer(self) -> str:
+        """The name under which this handler's inbox remembers messages."""
+        return f"{self.service}.{self.name}"
+
+    def queue(self, namespace: str) -> str:
+        return f"{namespace}.{self.service}.{self.name}"
+
+    def queue_spec(self, namespace: str) -> QueueSpec:
+        return QueueSpec(
+            self.queue(namespace),
+            tuple((exchange_for(namespace, registry.kind(t)), t) for t in self.types),
+        )
+
+
+@dataclass
+class Service:
+    name: str
+    handlers: list[Handler] = field(default_factory=list)
+
+    def handler(
+        self, *types: str, name: str | None = None
+    ) -> Callable[[HandlerFunction], HandlerFunction]:
+        for type_ in types:
+            registry.latest_version(type_)  # fail at import on a type with no contract
+
+        def register(function: HandlerFunction) -> HandlerFunction:
+            handler_name = name or function.__name__
+            if any(h.name == handler_name for h in self.handlers):
+                raise ValueError(f"{self.name} already has a handler named {handler_name}")
+            self.handlers.append(Handler(self.name, handler_name, types, function))
+            return function
+
+        return register
+
+    def queue_specs(self, namespace: str) -> list[QueueSpec]:
+        return [handler.queue_spec(namespace) for handler in self.handlers]

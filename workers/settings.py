@@ -1,0 +1,94 @@
+"""Settings of the fleet, read from the environment with the prefix ``FLEET_``.
+
+The defaults point at RabbitMQ and PostgreSQL on localhost, so a developer with both
+running needs no configuration at all.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Every service of DESIGN.md's Domain table owns one database.
+SERVICES: tuple[str, ...] = (
+    "order",
+    "inventory",
+    "payment",
+    "shipping",
+    "orchestrator",
+    "order_view",
+)
+
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # A superuser connection used only by `fleet db init` to create roles and databases.
+    pg_admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # Per-service database URLs; a service missing here gets one derived from pg_admin_url.
+    db_urls: dict[str, str] = Field(default_factory=dict)
+    # The password of every service role created by `fleet db init`.
+    db_password: str = "fleet"
+    namespace: str = "fleet"
+
+    # Delayed retries: one TTL queue per delay, in milliseconds; attempt n waits delays[n-1]
+    # (the last delay repeats). After max_attempts the message goes to the dead-letter queue.
+    retry_delays_ms: list[int] = Field(default_factory=lambda: [1_000, 5_000, 30_000])
+    max_attempts: int = 5
+    # Deliveries of one message (crashes before ack included) before the broker dead-letters it.
+    delivery_limit: int = 10
+    prefetch: int = 20
+
+    relay_batch_size: int = 500
+    relay_poll_interval: float = 5.0
+    relay_lock_retry: float = 1.0
+    outbox_retention_seconds: float = 3_600.0
+    inbox_retention_seconds: float = 7 * 24 * 3_600.0
+    housekeeping_interval: float = 60.0
+    # Fault injection for tests only: the relay sleeps this long between publishing a batch
+    # and marking it published, so a test can kill it in that window.
+    relay_fault_pause_after_publish: float = 0.0
+
+    @field_validator("namespace")
+    @classmethod
+    def _valid_namespace(cls, value: str) -> str:
+        if not _NAMESPACE.match(value):
+            raise ValueError("namespace must match [a-z][a-z0-9_]{0,30}")
+        return value
+
+    @field_validator("retry_delays_ms")
+    @classmethod
+    def _valid_delays(cls, value: list[int]) -> list[int]:
+        if not value or any(delay <= 0 for delay in value):
+            raise ValueError("retry_delays_ms needs at least one positive delay")
+        return value
+
+    def database_name(self, service: str) -> str:
+        """The database and the role of a service carry the same namespaced name."""
+        return f"{self.namespace}_{service}"
+
+    def database_url(self, service: str) -> str:
+        if service in self.db_urls:
+            return self.db_urls[service]
+        admin = urlsplit(self.pg_admin_url)
+        host = admin.hostname or "127.0.0.1"
+        port = f":{admin.port}" if admin.port else ""
+        name = self.database_name(service)
+        netloc = f"{name}:{quote(self.db_password, safe='')}@{host}{port}"
+        return urlunsplit((admin.scheme, netloc, f"/{name}", admin.query, ""))
+
+    def retry_delay_ms(self, attempt: int) -> int:
+        """The delay before retry number ``attempt`` (1-based)."""
+        return self.retry_delays_ms[min(attempt, len(self.retry_delays_ms)) - 1]
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,137 @@
+"""The broker topology: exchanges, one queue per handler, its retry queues and its DLQ.
+
+    <ns>.events / <ns>.commands   topic exchanges the relay publishes to
+    <ns>.<service>.<handler>      a handler's quorum queue, bound to the types it handles
+    <queue>.retry.<delay>ms       delayed retry: a TTL queue that dead-letters back to <queue>
+    <queue>.dlq                   messages that cannot succeed, with the reason in headers
+    <ns>.dlx                      direct exchange routing dead letters to their <queue>.dlq
+    <ns>.unrouted.dlq             what reached an exchange with no queue bound for it
+
+Both topic exchanges have ``<ns>.unrouted`` as their alternate exchange: an event nobody
+subscribes to yet (or a command for a service never started) is kept there instead of
+being returned, which would block the relay on it forever or lose it.
+
+Queue arguments are fixed when a queue is first declared (RabbitMQ refuses a redeclaration
+with other arguments), so every argument is chosen here, once. Retry queues are named by
+their delay, so changing the delays makes new queues instead of clashing with old ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel
+
+from contracts.routing import commands_exchange, events_exchange
+from workers.settings import Settings
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """One handler's queue and the (exchange, routing key) pairs bound to it."""
+
+    name: str
+    bindings: tuple[tuple[str, str], ...]
+
+
+def dead_letter_exchange(namespace: str) -> str:
+    return f"{namespace}.dlx"
+
+
+def unrouted_exchange(namespace: str) -> str:
+    return f"{namespace}.unrouted"
+
+
+def unrouted_queue(namespace: str) -> str:
+    return dead_letter_queue(unrouted_exchange(namespace))
+
+
+def dead_letter_queue(queue: str) -> str:
+    return f"{queue}.dlq"
+
+
+def retry_queue(queue: str, delay_ms: int) -> str:
+    return f"{queue}.retry.{delay_ms}ms"
+
+
+def original_queue(dlq: str) -> str:
+    if not dlq.endswith(".dlq"):
+        raise ValueError(f"{dlq} is not a dead-letter queue (its name ends in .dlq)")
+    return dlq.removesuffix(".dlq")
+
+
+# Quorum queues keep a message that dead-letters until its target confirms it
+# (at-least-once dead-lettering needs reject-publish overflow).
+_AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+
+def handler_queue_arguments(settings: Settings, queue: str) -> dict[str, Any]:
+    # The delivery limit counts crashes before ack too: a message that kills its worker
+    # every time is dead-lettered to <queue>.dlq instead of looping forever.
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.delivery_limit,
+        "x-dead-letter-exchange": dead_letter_exchange(settings.namespace),
+        "x-dead-letter-routing-key": dead_letter_queue(queue),
+        **_AT_LEAST_ONCE,
+    }
+
+
+def retry_queue_arguments(queue: str, delay_ms: int) -> dict[str, Any]:
+    # Expired messages go through the default exchange straight back to their queue; one
+    # queue per delay, because messages only expire at the head of a queue.
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": delay_ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue,
+        **_AT_LEAST_ONCE,
+    }
+
+
+# DLQs are classic queues: `fleet dlq show` browses them by holding messages unacked and
+# closing the channel, which returns them in place with no delivery count to bump.
+DLQ_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
+
+
+async def declare(
+    channel: AbstractChannel, settings: Settings, queues: Iterable[QueueSpec]
+) -> None:
+    """Declare the exchanges and every queue of ``queues``; safe to repeat."""
+    ns = settings.namespace
+    unrouted = await channel.declare_exchange(
+        unrouted_exchange(ns), aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    unrouted_dlq = await channel.declare_queue(
+        unrouted_queue(ns), durable=True, arguments=DLQ_ARGUMENTS
+    )
+    await unrouted_dlq.bind(unrouted)
+    for name in (events_exchange(ns), commands_exchange(ns)):
+        await channel.declare_exchange(
+            name,
+            aio_pika.ExchangeType.TOPIC,
+            durable=True,
+            arguments={"alternate-exchange": unrouted_exchange(ns)},
+        )
+    dlx = await channel.declare_exchange(
+        dead_letter_exchange(ns), aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for spec in queues:
+        dlq = await channel.declare_queue(
+            dead_letter_queue(spec.name), durable=True, arguments=DLQ_ARGUMENTS
+        )
+        await dlq.bind(dlx, dead_letter_queue(spec.name))
+        queue = await channel.declare_queue(
+            spec.name, durable=True, arguments=handler_queue_arguments(settings, spec.name)
+        )
+        for exchange, routing_key in spec.bindings:
+            await queue.bind(exchange, routing_key)
+        for delay in sorted(set(settings.retry_delays_ms)):
+            await channel.declare_queue(
+                retry_queue(spec.name, delay),
+                durable=True,
+                arguments=retry_queue_arguments(spec.name, delay),
+            )
