@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import signal
-import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -117,8 +116,6 @@ def publish(
     else:
         chosen = version or (registry.latest_version(type_) if known else 1)
         body = data.encode()
-    if message_id == "" and not raw:
-        fail("--message-id '' (no message id) needs --raw", 2)
 
     if exchange is None:
         target = (
@@ -145,13 +142,11 @@ def publish(
                     chosen,
                     "fleet-cli",
                     correlation_id=correlation_id,
-                    message_id=message_id or None,
+                    message_id=message_id,
                 )
                 outgoing = Outgoing.from_envelope(
                     envelope, exchange=target, routing_key=type_, body=body
                 )
-                if message_id == "":
-                    outgoing = Outgoing(**{**outgoing.__dict__, "message_id": None})
                 await publisher.publish(outgoing)
                 sent.append(outgoing.message_id)
         except PublishError:
@@ -184,5 +179,3 @@ def register(app: typer.Typer) -> None:
     app.command()(topology)
     app.command()(publish)
 
-
-__all__ = ["register", "uuid"]

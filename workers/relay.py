@@ -77,9 +77,11 @@ class Relay:
             asyncpg_url(self.settings.database_url(self.service))
         )
         try:
+            standby_said = False
             while not await conn.fetchval(LOCK):
-                if not self.active:
-                    log.debug("%s relay: standby, another relay holds the lock", self.service)
+                if not standby_said:
+                    log.info("%s relay: standby, another relay holds the lock", self.service)
+                    standby_said = True
                 if await _wait(stop, self.settings.relay_lock_retry):
                     return
             self.active = True

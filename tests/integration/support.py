@@ -11,16 +11,20 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import pika
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contracts import Envelope, Message, Money, OrderLine, ReserveStock, encode_message
 from db.engine import create_engine
 from workers import topology
-from workers.publisher import ConfirmedPublisher
+from workers.publisher import ConfirmedPublisher, Outgoing
 from workers.runtime import Worker
 from workers.service import Service
 from workers.settings import Settings
@@ -230,3 +234,76 @@ class Fleet:
                 handle.reader.cancel()
         for engine in self.engines.values():
             await engine.dispose()
+
+
+def outgoing(
+    message: Message,
+    *,
+    queue: str | None = None,
+    exchange: str | None = None,
+    message_id: str | None = None,
+    correlation_id: str | None = None,
+) -> Outgoing:
+    """``message`` with a fresh envelope, to a queue (default exchange) or its exchange."""
+    envelope = Envelope.new(
+        message.TYPE, message.VERSION, "tests", message_id=message_id, correlation_id=correlation_id
+    )
+    return Outgoing.from_envelope(
+        envelope,
+        exchange="" if queue else (exchange or ""),
+        routing_key=queue or message.TYPE,
+        body=encode_message(message),
+    )
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def reserve_command(order_id: str, *lines: tuple[str, int]) -> ReserveStock:
+    items = [
+        OrderLine(sku=sku, quantity=quantity, unit_price=Money.of("1.00", "EUR"))
+        for sku, quantity in lines
+    ]
+    total = Money.of(str(sum(quantity for _, quantity in lines)) + ".00", "EUR")
+    return ReserveStock(
+        order_id=order_id,
+        items=items,
+        saga="orchestration",
+        customer_id="customer-1",
+        total=total,
+        country="DE",
+    )
+
+
+async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
+    async with engine.connect() as conn:
+        return (await conn.execute(sa.text(sql), params)).scalar()
+
+
+async def publish_with_another_client(amqp_url: str, message: Outgoing) -> None:
+    """Publish through pika, which (unlike aio-pika) sends no message id unless given one."""
+
+    def publish() -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.basic_publish(
+                message.exchange,
+                message.routing_key,
+                message.body,
+                pika.BasicProperties(
+                    message_id=message.message_id,
+                    type=message.type,
+                    correlation_id=message.correlation_id,
+                    content_type=message.content_type,
+                    headers=message.headers,
+                    delivery_mode=2,
+                ),
+                mandatory=True,
+            )
+        finally:
+            connection.close()
+
+    await asyncio.to_thread(publish)

@@ -1,0 +1,202 @@
+"""What both benchmarks share: a throw-away namespace, sample messages and the output.
+
+async with bench_namespace(Settings(namespace=fresh_namespace())) as ns:
+    ...  # databases provisioned and migrated, topology declared
+# queues, exchanges, databases and roles removed, even after an error or Ctrl-C
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import statistics
+import sys
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from rich.console import Console
+from rich.table import Table
+
+from cli.db import service_databases
+from contracts import Money, OrderLine, ReserveStock, StockReserved, encode_message
+from contracts.routing import commands_exchange, events_exchange
+from db.provision import drop, provision
+from workers import services, topology
+from workers.runtime import declare_topology
+from workers.settings import Settings
+
+log = logging.getLogger("fleet.bench")
+
+
+def fresh_namespace() -> str:
+    return f"bench{secrets.token_hex(4)}"
+
+
+@dataclass
+class BenchNamespace:
+    settings: Settings
+    connection: aio_pika.abc.AbstractConnection
+    extra_queues: list[str] = field(default_factory=list)
+
+    @property
+    def ns(self) -> str:
+        return self.settings.namespace
+
+    async def declare_quorum_queue(self, name: str, bind_to: tuple[str, str] | None = None) -> None:
+        """A durable quorum queue owned by the benchmark (deleted with the namespace)."""
+        self.extra_queues.append(name)
+        channel = await self.connection.channel()
+        try:
+            queue = await channel.declare_queue(
+                name, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            if bind_to is not None:
+                await queue.bind(*bind_to)
+        finally:
+            await channel.close()
+
+    async def depth(self, name: str) -> int:
+        channel = await self.connection.channel()
+        try:
+            queue = await channel.declare_queue(name, passive=True)
+            return queue.declaration_result.message_count or 0
+        finally:
+            await channel.close()
+
+    async def purge(self, name: str) -> None:
+        channel = await self.connection.channel()
+        try:
+            queue = await channel.get_queue(name, ensure=False)
+            await queue.purge()
+        finally:
+            await channel.close()
+
+
+def _queue_names(settings: Settings) -> list[str]:
+    names = [topology.unrouted_queue(settings.namespace)]
+    for service in services.load_all():
+        for spec in service.queue_specs(settings.namespace):
+            names += [spec.name, topology.dead_letter_queue(spec.name)]
+            names += [topology.retry_queue(spec.name, d) for d in settings.retry_delays_ms]
+    return names
+
+
+def _exchange_names(namespace: str) -> list[str]:
+    return [
+        events_exchange(namespace),
+        commands_exchange(namespace),
+        topology.dead_letter_exchange(namespace),
+        topology.unrouted_exchange(namespace),
+    ]
+
+
+@contextlib.asynccontextmanager
+async def bench_namespace(settings: Settings) -> AsyncIterator[BenchNamespace]:
+    """Provision the namespace's databases and topology; remove all of it afterwards."""
+    databases = service_databases(settings)
+    connection = await aio_pika.connect(settings.amqp_url)
+    bench = BenchNamespace(settings, connection)
+    try:
+        print(f"namespace {settings.namespace}: provisioning", file=sys.stderr)
+        await provision(settings.pg_admin_url, databases)
+        await declare_topology(settings, services.load_all())
+        yield bench
+    finally:
+        print(f"namespace {settings.namespace}: cleaning up", file=sys.stderr)
+        try:
+            await _remove_topology(bench)
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            await drop(settings.pg_admin_url, databases)
+
+
+async def _remove_topology(bench: BenchNamespace) -> None:
+    # One channel per deletion: a refused operation closes its channel, not the others.
+    async def each(operation: str, name: str) -> None:
+        try:
+            channel = await bench.connection.channel()
+            try:
+                await getattr(channel, operation)(name)
+            finally:
+                await channel.close()
+        except Exception as error:  # keep going: remove as much as possible
+            log.warning("%s %s: %s", operation, name, error)
+
+    for queue in [*_queue_names(bench.settings), *bench.extra_queues]:
+        await each("queue_delete", queue)
+    for exchange in _exchange_names(bench.ns):
+        await each("exchange_delete", exchange)
+
+
+# --- Sample messages ----------------------------------------------------------------
+
+
+def reserve_stock(order_id: str, skus: Sequence[str]) -> ReserveStock:
+    """A valid reserve_stock command for ``order_id``: one of each SKU at 9.99 EUR."""
+    items = [OrderLine(sku=sku, quantity=1, unit_price=Money.of("9.99", "EUR")) for sku in skus]
+    total = Money.of("0", "EUR")
+    for item in items:
+        total = total + item.subtotal()
+    return ReserveStock(
+        order_id=order_id,
+        items=items,
+        saga="orchestration",
+        customer_id="bench-customer",
+        total=total,
+        country="DE",
+    )
+
+
+def stock_reserved_body() -> bytes:
+    """The body of a typical event the inventory relay publishes (two order lines)."""
+    command = reserve_stock(str(uuid.uuid4()), ["SKU-0001", "SKU-0002"])
+    return encode_message(
+        StockReserved(
+            order_id=command.order_id,
+            items=command.items,
+            saga=command.saga,
+            customer_id=command.customer_id,
+            total=command.total,
+            country=command.country,
+        )
+    )
+
+
+# --- Output ---------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def show(title: str, columns: Sequence[str], rows: Sequence[dict[str, Any]], as_json: bool) -> None:
+    """A table, then each row's error (if any) on its own line; or all of it as JSON."""
+    if as_json:
+        sys.stdout.write(json.dumps({"title": title, "rows": list(rows)}, indent=2) + "\n")
+        return
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in rows:
+        table.add_row(*(_cell(row.get(column)) for column in columns))
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    for row in rows:
+        if row.get("error"):
+            console.print(f"[red]error[/red] {row['method']}: {row['error']}", highlight=False)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.3f}" if value < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,253 @@
+"""Outbox relay throughput against raw aio-pika, measured in the same run.
+
+What is measured, for each batch size B (100, 500, 1000; 500 is the default) and each run:
+
+* raw: N persistent, mandatory messages with the relay's body, properties and headers,
+  published with aio-pika on a confirm channel (``on_return_raises=True``), pipelined in
+  windows of B (gather a window, await its confirms, next window). The fastest honest way
+  to get N confirmed messages onto the broker: the ceiling for the relay.
+* relay: N rows bulk-inserted into the inventory ``outbox`` (not timed), then
+  ``Relay(settings, "inventory", publisher).drain(conn)`` timed until every row is published
+  and marked. Each batch is claim (SELECT ... FOR UPDATE SKIP LOCKED) -> publish pipelined
+  with confirms -> mark published -> commit.
+
+Both publish to ``<ns>.events`` with routing key ``stock.reserved`` into one durable quorum
+queue bound for it, so every message is really routed and confirmed by the quorum; the queue
+is purged between measurements and its depth checked (== N) after each.
+
+How to read it: ``msg/s`` is N / median seconds over the runs; ``vs raw`` is the relay's
+rate over the raw rate at the same batch size (the goal is >= 80 %). RabbitMQ, PostgreSQL
+and this Python process share the machine, so compare ratios, not absolute numbers, across
+machines. Nothing here asserts on time.
+
+    uv run python bench/relay_throughput.py [--messages 20000] [--runs 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import asyncpg
+from _support import (
+    BenchNamespace,
+    bench_namespace,
+    fresh_namespace,
+    median,
+    show,
+    stock_reserved_body,
+)
+
+from contracts import Envelope, StockReserved
+from contracts.routing import events_exchange
+from db import outbox
+from db.engine import asyncpg_url
+from workers.publisher import ConfirmedPublisher
+from workers.relay import Relay
+from workers.settings import Settings
+
+SERVICE = "inventory"
+ROUTING_KEY = StockReserved.TYPE
+BATCH_SIZES = (100, 500, 1000)
+OUTBOX_COLUMNS = (
+    "message_id",
+    "exchange",
+    "routing_key",
+    "type",
+    "version",
+    "correlation_id",
+    "causation_id",
+    "producer",
+    "occurred_at",
+    "headers",
+    "body",
+)
+
+
+@dataclass
+class Measurement:
+    method: str
+    batch: int
+    seconds: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def envelopes(count: int) -> list[Envelope]:
+    return [
+        Envelope.new(
+            ROUTING_KEY,
+            StockReserved.VERSION,
+            SERVICE,
+            correlation_id=str(uuid.uuid4()),
+            causation_id=str(uuid.uuid4()),
+        )
+        for _ in range(count)
+    ]
+
+
+def raw_message(envelope: Envelope, body: bytes) -> aio_pika.Message:
+    """What the relay sends for an outbox row, built directly with aio-pika."""
+    amqp = envelope.to_amqp()
+    return aio_pika.Message(
+        body,
+        headers=amqp["headers"],
+        content_type=amqp["content_type"],
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=amqp["message_id"],
+        type=amqp["type"],
+        correlation_id=amqp["correlation_id"],
+        timestamp=amqp["timestamp"],
+        app_id=amqp["app_id"],
+    )
+
+
+async def time_raw(
+    connection: aio_pika.abc.AbstractConnection, ns: str, body: bytes, count: int, window: int
+) -> tuple[float, int]:
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    try:
+        exchange = await channel.get_exchange(events_exchange(ns), ensure=False)
+        pending = envelopes(count)
+        started = time.perf_counter()
+        for start in range(0, count, window):
+            await asyncio.gather(
+                *(
+                    exchange.publish(raw_message(envelope, body), ROUTING_KEY, mandatory=True)
+                    for envelope in pending[start : start + window]
+                )
+            )
+        return time.perf_counter() - started, count
+    finally:
+        await channel.close()
+
+
+async def fill_outbox(conn: asyncpg.Connection, ns: str, body: bytes, count: int) -> None:
+    await conn.execute("TRUNCATE outbox")
+    exchange = events_exchange(ns)
+    records = [
+        (
+            e.message_id,
+            exchange,
+            ROUTING_KEY,
+            e.type,
+            e.version,
+            e.correlation_id,
+            e.causation_id,
+            e.producer,
+            e.occurred_at,
+            "{}",
+            body,
+        )
+        for e in envelopes(count)
+    ]
+    await conn.copy_records_to_table("outbox", records=records, columns=OUTBOX_COLUMNS)
+
+
+async def time_relay(
+    settings: Settings, publisher: ConfirmedPublisher, conn: asyncpg.Connection
+) -> tuple[float, int]:
+    relay = Relay(settings, SERVICE, publisher)
+    started = time.perf_counter()
+    published = await relay.drain(conn)
+    return time.perf_counter() - started, published
+
+
+async def measure(
+    bench: BenchNamespace, sink: str, method: str, batch: int, count: int, into: Measurement
+) -> None:
+    settings = bench.settings.model_copy(update={"relay_batch_size": batch})
+    body = stock_reserved_body()
+    await bench.purge(sink)
+    if method == "raw":
+        seconds, sent = await time_raw(bench.connection, bench.ns, body, count, batch)
+    else:
+        conn = await asyncpg.connect(asyncpg_url(settings.database_url(SERVICE)))
+        publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+        try:
+            await fill_outbox(conn, bench.ns, body, count)
+            await publisher.channel()  # open the confirm channel before the clock starts
+            seconds, sent = await time_relay(settings, publisher, conn)
+            left = await conn.fetchval(outbox.COUNT_UNPUBLISHED)
+            if left:
+                into.errors.append(f"{left} rows left unpublished")
+        finally:
+            await publisher.close()
+            await conn.close()
+    depth = await bench.depth(sink)
+    if sent != count or depth != count:
+        into.errors.append(f"published {sent}, queue depth {depth}, expected {count}")
+    into.seconds.append(seconds)
+
+
+async def main(count: int, runs: int, batch_sizes: Sequence[int], as_json: bool) -> None:
+    settings = Settings(namespace=fresh_namespace())
+    results = {
+        (method, batch): Measurement(method, batch)
+        for batch in batch_sizes
+        for method in ("raw", "relay")
+    }
+    async with bench_namespace(settings) as bench:
+        sink = f"{bench.ns}.bench.relay_sink"
+        await bench.declare_quorum_queue(sink, (events_exchange(bench.ns), ROUTING_KEY))
+        for run in range(1, runs + 1):
+            for batch in batch_sizes:
+                for method in ("raw", "relay"):
+                    result = results[(method, batch)]
+                    try:
+                        await measure(bench, sink, method, batch, count, result)
+                    except Exception as error:
+                        result.errors.append(f"{type(error).__name__}: {error}")
+            print(f"run {run}/{runs} done", flush=True, file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    for batch in batch_sizes:
+        raw = results[("raw", batch)]
+        for result in (raw, results[("relay", batch)]):
+            seconds = median(result.seconds) if result.seconds else None
+            rate = count / seconds if seconds else None
+            raw_rate = count / median(raw.seconds) if raw.seconds else None
+            rows.append(
+                {
+                    "method": f"{result.method} (batch {batch})",
+                    "batch": batch,
+                    "messages": count,
+                    "runs": len(result.seconds),
+                    "median s": seconds,
+                    "min s": min(result.seconds) if result.seconds else None,
+                    "msg/s": rate,
+                    "vs raw": f"{rate / raw_rate:.0%}"
+                    if rate and raw_rate and result is not raw
+                    else None,
+                    "error": "; ".join(sorted(set(result.errors))) or None,
+                }
+            )
+    show(
+        f"outbox relay vs raw aio-pika, {count} messages x {runs} runs "
+        f"(quorum queue, confirms; default batch {Settings().relay_batch_size})",
+        ["method", "messages", "runs", "median s", "min s", "msg/s", "vs raw"],
+        rows,
+        as_json,
+    )
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    asyncio.run(main(args.messages, args.runs, sizes, args.json))
+
+
+if __name__ == "__main__":
+    cli()
