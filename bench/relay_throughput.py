@@ -16,9 +16,12 @@ queue bound for it, so every message is really routed and confirmed by the quoru
 is purged between measurements and its depth checked (== N) after each.
 
 How to read it: ``msg/s`` is N / median seconds over the runs; ``vs raw`` is the relay's
-rate over the raw rate at the same batch size (the goal is >= 80 %). RabbitMQ, PostgreSQL
-and this Python process share the machine, so compare ratios, not absolute numbers, across
-machines. Nothing here asserts on time.
+rate over the raw rate at the same batch size (the goal is >= 80 %). ``cpu s`` is this
+Python process's CPU time in the timed window (median): the part of ``median s`` not spent
+in Python is spent waiting on PostgreSQL round trips and broker confirms. RabbitMQ,
+PostgreSQL and this Python process share the machine, so compare ratios, not absolute
+numbers, across machines; ``min s`` shows how noisy the machine was. Nothing here asserts
+on time.
 
     uv run python bench/relay_throughput.py [--messages 20000] [--runs 3] [--json]
 """
@@ -76,6 +79,7 @@ class Measurement:
     method: str
     batch: int
     seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -110,12 +114,12 @@ def raw_message(envelope: Envelope, body: bytes) -> aio_pika.Message:
 
 async def time_raw(
     connection: aio_pika.abc.AbstractConnection, ns: str, body: bytes, count: int, window: int
-) -> tuple[float, int]:
+) -> tuple[float, float, int]:
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     try:
         exchange = await channel.get_exchange(events_exchange(ns), ensure=False)
         pending = envelopes(count)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for start in range(0, count, window):
             await asyncio.gather(
                 *(
@@ -123,7 +127,7 @@ async def time_raw(
                     for envelope in pending[start : start + window]
                 )
             )
-        return time.perf_counter() - started, count
+        return time.perf_counter() - started, time.process_time() - cpu, count
     finally:
         await channel.close()
 
@@ -152,11 +156,11 @@ async def fill_outbox(conn: asyncpg.Connection, ns: str, body: bytes, count: int
 
 async def time_relay(
     settings: Settings, publisher: ConfirmedPublisher, conn: asyncpg.Connection
-) -> tuple[float, int]:
+) -> tuple[float, float, int]:
     relay = Relay(settings, SERVICE, publisher)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     published = await relay.drain(conn)
-    return time.perf_counter() - started, published
+    return time.perf_counter() - started, time.process_time() - cpu, published
 
 
 async def measure(
@@ -166,14 +170,14 @@ async def measure(
     body = stock_reserved_body()
     await bench.purge(sink)
     if method == "raw":
-        seconds, sent = await time_raw(bench.connection, bench.ns, body, count, batch)
+        seconds, cpu, sent = await time_raw(bench.connection, bench.ns, body, count, batch)
     else:
         conn = await asyncpg.connect(asyncpg_url(settings.database_url(SERVICE)))
         publisher = await ConfirmedPublisher.connect(settings.amqp_url)
         try:
             await fill_outbox(conn, bench.ns, body, count)
             await publisher.channel()  # open the confirm channel before the clock starts
-            seconds, sent = await time_relay(settings, publisher, conn)
+            seconds, cpu, sent = await time_relay(settings, publisher, conn)
             left = await conn.fetchval(outbox.COUNT_UNPUBLISHED)
             if left:
                 into.errors.append(f"{left} rows left unpublished")
@@ -184,6 +188,7 @@ async def measure(
     if sent != count or depth != count:
         into.errors.append(f"published {sent}, queue depth {depth}, expected {count}")
     into.seconds.append(seconds)
+    into.cpu.append(cpu)
 
 
 async def main(count: int, runs: int, batch_sizes: Sequence[int], as_json: bool) -> None:
@@ -220,6 +225,7 @@ async def main(count: int, runs: int, batch_sizes: Sequence[int], as_json: bool)
                     "runs": len(result.seconds),
                     "median s": seconds,
                     "min s": min(result.seconds) if result.seconds else None,
+                    "cpu s": median(result.cpu) if result.cpu else None,
                     "msg/s": rate,
                     "vs raw": f"{rate / raw_rate:.0%}"
                     if rate and raw_rate and result is not raw
@@ -230,7 +236,7 @@ async def main(count: int, runs: int, batch_sizes: Sequence[int], as_json: bool)
     show(
         f"outbox relay vs raw aio-pika, {count} messages x {runs} runs "
         f"(quorum queue, confirms; default batch {Settings().relay_batch_size})",
-        ["method", "messages", "runs", "median s", "min s", "msg/s", "vs raw"],
+        ["method", "messages", "runs", "median s", "min s", "cpu s", "msg/s", "vs raw"],
         rows,
         as_json,
     )

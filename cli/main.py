@@ -57,6 +57,9 @@ def main() -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    # One-shot commands report a failure in their one line; the long-running ones (worker,
+    # relay) turn the driver's own logging back on.
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     try:
         result = app(standalone_mode=False)
     except typer.TyperException as error:  # bad usage: unknown option, missing argument...

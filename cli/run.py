@@ -25,6 +25,7 @@ from workers.settings import SERVICES, get_settings
 def _serve(work: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run ``work`` until SIGINT or SIGTERM, which sets its stop event (then it drains)."""
     logging.getLogger("fleet").setLevel(logging.INFO)
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -178,4 +179,3 @@ def register(app: typer.Typer) -> None:
     app.command()(relay)
     app.command()(topology)
     app.command()(publish)
-

@@ -1,0 +1,265 @@
+"""The fleet's idempotent consumer against a bare FastStream consumer, in the same run.
+
+What is measured, for each prefetch P (``settings.prefetch``, default 20, and 50):
+
+* bare: N persistent ``inventory.reserve_stock`` messages preloaded into a durable quorum
+  queue; a RabbitBroker with ``Channel(prefetch_count=P)`` and manual acks subscribes with
+  a handler that only acks (bodies passed through undecoded by an async decoder).
+  Timed from ``broker.start()`` until the N-th ack was sent.
+* fleet: N valid ``inventory.reserve_stock`` commands (distinct orders, SKUs seeded with
+  plenty of stock) preloaded into ``<ns>.inventory.reserve_stock`` through the commands
+  exchange with ``ConfirmedPublisher``; then ``Worker(settings, inventory, with_relay=False)``
+  runs in this process, timed from its start until the inventory ``inbox`` holds N more rows
+  (polled every 20 ms). Each message is: envelope + contract decode, then one transaction
+  with the inbox row, the reservation (advisory lock, row locks, stock update, ledger) and
+  the ``stock.reserved`` outbox row, then the ack.
+
+How to read it: ``msg/s`` is N / seconds; ``vs bare`` is the fleet's rate over the bare
+rate at the same prefetch. ``startup s`` is the part of ``seconds`` before consuming began
+(connecting, declaring), included in both. ``cpu s`` is this Python process's CPU time in
+the timed window: close to ``seconds`` means the process itself (one core) is the
+bottleneck, far below it means it waits on PostgreSQL or RabbitMQ. The bare row is the
+ceiling of FastStream + RabbitMQ here; the gap is the price of the idempotent consumer's
+transaction per message. RabbitMQ, PostgreSQL and this process share the machine's cores,
+so compare ratios, not absolute rates, across machines. Nothing here asserts on time.
+
+    uv run python bench/consumer_throughput.py [--messages 5000] [--prefetch 20,50] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
+
+import asyncpg
+from _support import BenchNamespace, bench_namespace, fresh_namespace, reserve_stock, show
+from faststream import AckPolicy
+from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
+from faststream.rabbit.annotations import RabbitMessage
+
+from contracts import Envelope, ReserveStock, encode_message
+from contracts.routing import commands_exchange
+from db.engine import asyncpg_url, create_engine
+from workers import services
+from workers.inventory import store
+from workers.publisher import ConfirmedPublisher, Outgoing
+from workers.runtime import Worker
+from workers.settings import Settings
+
+SERVICE = "inventory"
+HANDLER = "reserve_stock"
+CONSUMER = f"{SERVICE}.{HANDLER}"  # the handler's inbox consumer name
+# Order i takes SKUs 2i and 2i+1 (mod SKU_COUNT): orders in flight together never share a
+# stock row, so the numbers show the consumer's own cost, not lock waits on hot SKUs.
+SKU_COUNT = 1_000
+POLL = 0.02
+
+
+def commands(ns: str, count: int) -> list[Outgoing]:
+    """``count`` reserve_stock commands for new orders, two SKUs each, as the CLI sends them."""
+    messages = []
+    for i in range(count):
+        order_id = str(uuid.uuid4())
+        skus = [sku(2 * i % SKU_COUNT), sku((2 * i + 1) % SKU_COUNT)]
+        envelope = Envelope.new(ReserveStock.TYPE, ReserveStock.VERSION, "bench", order_id)
+        messages.append(
+            Outgoing.from_envelope(
+                envelope,
+                exchange=commands_exchange(ns),
+                routing_key=ReserveStock.TYPE,
+                body=encode_message(reserve_stock(order_id, skus)),
+            )
+        )
+    return messages
+
+
+def sku(i: int) -> str:
+    return f"BENCH-{i:04d}"
+
+
+async def preload(settings: Settings, messages: Sequence[Outgoing]) -> None:
+    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+    try:
+        for start in range(0, len(messages), 500):
+            await publisher.publish_many(messages[start : start + 500])
+    finally:
+        await publisher.close()
+
+
+async def seed(settings: Settings, stock_each: int) -> None:
+    engine = create_engine(settings.database_url(SERVICE), pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            for i in range(SKU_COUNT):
+                await store.seed(conn, sku(i), stock_each)
+    finally:
+        await engine.dispose()
+
+
+async def _raw_body(message: Any) -> bytes:
+    # async: FastStream runs a plain-def decoder in a worker thread, one hop per message.
+    body: bytes = message.body
+    return body
+
+
+async def time_bare(bench: BenchNamespace, queue: str, count: int, prefetch: int) -> dict[str, Any]:
+    await preload(
+        bench.settings,
+        [dataclasses.replace(m, exchange="", routing_key=queue) for m in commands(bench.ns, count)],
+    )
+    queued = await bench.depth(queue)
+    broker = RabbitBroker(
+        bench.settings.amqp_url,
+        default_channel=Channel(prefetch_count=prefetch),
+        ack_policy=AckPolicy.MANUAL,
+        log_level=logging.DEBUG,  # as the fleet's broker: per-message logs below INFO
+    )
+    done = asyncio.Event()
+    acked = 0
+
+    @broker.subscriber(
+        RabbitQueue(queue, queue_type=QueueType.QUORUM, declare=False), decoder=_raw_body
+    )
+    async def handle(body: bytes, message: RabbitMessage) -> None:
+        nonlocal acked
+        await message.ack()
+        acked += 1
+        if acked == count:
+            done.set()
+
+    started, cpu = time.perf_counter(), time.process_time()
+    try:
+        await broker.start()
+        startup = time.perf_counter() - started
+        await asyncio.wait_for(done.wait(), timeout=600)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        await broker.stop()
+    left = await bench.depth(queue)
+    error = None
+    if queued != count or left:
+        error = f"preloaded {queued} of {count}, {left} left in the queue"
+    return {"seconds": seconds, "startup s": startup, "cpu s": cpu, "error": error}
+
+
+async def inbox_count(conn: asyncpg.Connection) -> int:
+    value: int = await conn.fetchval("SELECT count(*) FROM inbox WHERE consumer = $1", CONSUMER)
+    return value
+
+
+async def outcome_counts(conn: asyncpg.Connection) -> tuple[int, int, int]:
+    """(inbox rows, reserved orders, outbox rows) of the inventory database."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM inbox WHERE consumer = $1),
+                  (SELECT count(*) FROM reservations WHERE status = 'reserved'),
+                  (SELECT count(*) FROM outbox)""",
+        CONSUMER,
+    )
+    return row[0], row[1], row[2]
+
+
+async def time_fleet(bench: BenchNamespace, count: int, prefetch: int) -> dict[str, Any]:
+    settings = bench.settings.model_copy(update={"prefetch": prefetch})
+    queue = f"{bench.ns}.{SERVICE}.{HANDLER}"
+    await preload(settings, commands(bench.ns, count))
+    queued = await bench.depth(queue)
+    conn = await asyncpg.connect(asyncpg_url(settings.database_url(SERVICE)))
+    try:
+        before = await outcome_counts(conn)
+        target = before[0] + count
+        worker = Worker(settings, services.load(SERVICE), with_relay=False)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        started, cpu = time.perf_counter(), time.process_time()
+        task = asyncio.create_task(worker.run(stop, ready))
+        try:
+            await ready.wait()
+            startup = time.perf_counter() - started
+            while await inbox_count(conn) < target:
+                if task.done():
+                    task.result()  # the worker died: raise its error
+                    raise RuntimeError("the worker stopped before consuming everything")
+                if time.perf_counter() - started > 600:
+                    raise TimeoutError(f"inbox still short of {target} rows after 600 s")
+                await asyncio.sleep(POLL)
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        finally:
+            stop.set()
+            await task
+        after = await outcome_counts(conn)
+    finally:
+        await conn.close()
+    left = await bench.depth(queue)
+    dead = await bench.depth(f"{queue}.dlq")
+    inbox, reserved, emitted = (a - b for a, b in zip(after, before, strict=True))
+    error = None
+    if (queued, inbox, reserved, emitted, left, dead) != (count, count, count, count, 0, 0):
+        error = (
+            f"preloaded {queued} of {count}; new inbox rows {inbox}, reservations {reserved}, "
+            f"outbox rows {emitted}; left in queue {left}, dead-lettered {dead}"
+        )
+    return {"seconds": seconds, "startup s": startup, "cpu s": cpu, "error": error}
+
+
+async def main(count: int, prefetches: Sequence[int], as_json: bool) -> None:
+    settings = Settings(namespace=fresh_namespace())
+    rows: list[dict[str, Any]] = []
+    async with bench_namespace(settings) as bench:
+        bare_queue = f"{bench.ns}.bench.bare"
+        await bench.declare_quorum_queue(bare_queue)
+        await seed(settings, stock_each=2 * count * len(prefetches) + 1)
+        for prefetch in prefetches:
+            pair = []
+            measures: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
+                ("bare faststream", partial(time_bare, bench, bare_queue, count, prefetch)),
+                ("fleet consumer", partial(time_fleet, bench, count, prefetch)),
+            ]
+            for method, measure in measures:
+                try:
+                    result = await measure()
+                except Exception as error:
+                    result = {"error": f"{type(error).__name__}: {error}"}
+                seconds = result.get("seconds")
+                result |= {
+                    "method": f"{method} (prefetch {prefetch})",
+                    "prefetch": prefetch,
+                    "messages": count,
+                    "msg/s": count / seconds if seconds else None,
+                }
+                pair.append(result)
+                print(f"{result['method']} done", file=sys.stderr, flush=True)
+            bare, fleet = pair
+            if bare.get("msg/s") and fleet.get("msg/s"):
+                fleet["vs bare"] = f"{fleet['msg/s'] / bare['msg/s']:.0%}"
+            rows += pair
+    show(
+        f"idempotent consumer vs bare FastStream, {count} messages (quorum queues, manual ack)",
+        ["method", "messages", "seconds", "startup s", "cpu s", "msg/s", "vs bare"],
+        rows,
+        as_json,
+    )
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=5_000)
+    parser.add_argument(
+        "--prefetch",
+        default=f"{Settings().prefetch},50",
+        help="comma-separated prefetch counts (default: settings.prefetch and 50)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    prefetches = list(dict.fromkeys(int(p) for p in args.prefetch.split(",")))
+    asyncio.run(main(args.messages, prefetches, args.json))
+
+
+if __name__ == "__main__":
+    cli()
