@@ -14,6 +14,7 @@ import asyncpg
 import pydantic
 import typer
 from aiormq.exceptions import AMQPConnectionError, AMQPError
+from sqlalchemy import exc as sa_exc
 
 from cli import db as db_commands
 from cli import dlq, run
@@ -48,6 +49,9 @@ def _one_line(error: BaseException) -> tuple[str, int]:
         return f"cannot reach RabbitMQ: {error}", 1
     if isinstance(error, AMQPError):
         return f"RabbitMQ refused: {error}", 1
+    if isinstance(error, sa_exc.DBAPIError):
+        reason = str(error.orig).rsplit(": ", 1)[-1] if error.orig else str(error)
+        return f"cannot use PostgreSQL: {reason} (has 'fleet db init' run for this namespace?)", 1
     if isinstance(error, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
         return f"cannot use PostgreSQL: {type(error).__name__}: {error}", 1
     return f"unexpected {type(error).__name__}: {error}", 1

@@ -15,7 +15,10 @@ from aiormq.exceptions import PublishError
 from cli.output import JsonOption, fail, print_json
 from contracts import Envelope, registry
 from contracts.routing import commands_exchange, events_exchange, exchange_for
+from db.engine import create_engine
+from db.unit_of_work import unit_of_work
 from workers import services
+from workers.inventory import store as inventory_store
 from workers.publisher import ConfirmedPublisher, Outgoing
 from workers.relay import Relay
 from workers.runtime import Worker, declare_topology
@@ -166,6 +169,33 @@ def publish(
             typer.echo(sent_id)
 
 
+def seed(
+    skus: int = typer.Option(10, "--skus", min=1, help="How many SKUs (SKU-0001, SKU-0002, ...)."),
+    stock: int = typer.Option(100, "--stock", min=1, help="Units added to each SKU."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Add stock to play with (adds to what is there; prints the SKUs)."""
+    settings = get_settings()
+    names = [f"SKU-{n:04d}" for n in range(1, skus + 1)]
+
+    async def add() -> None:
+        engine = create_engine(settings.database_url("inventory"), pool_size=1)
+        try:
+            async with unit_of_work(
+                engine, producer="fleet-cli", namespace=settings.namespace
+            ) as uow:
+                for name in names:
+                    await inventory_store.seed(uow.conn, name, stock)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(add())
+    if as_json:
+        print_json({"skus": names, "stock_added": stock})
+    else:
+        typer.echo("\n".join(names))
+
+
 def _first_error(error: Exception) -> str:
     errors = getattr(error, "errors", None)
     if callable(errors):
@@ -179,3 +209,4 @@ def register(app: typer.Typer) -> None:
     app.command()(relay)
     app.command()(topology)
     app.command()(publish)
+    app.command()(seed)

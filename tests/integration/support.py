@@ -216,12 +216,13 @@ class Fleet:
         connection = await aio_pika.connect(self.settings.amqp_url)
         try:
             channel = await connection.channel()
-            for name in self.all_queue_names(services):
+            for name in self.all_queue_names(services) | {topology.unrouted_queue(self.ns)}:
                 await channel.queue_delete(name)
             for exchange in (
                 f"{self.ns}.events",
                 f"{self.ns}.commands",
                 topology.dead_letter_exchange(self.ns),
+                topology.unrouted_exchange(self.ns),
             ):
                 await channel.exchange_delete(exchange)
         finally:
