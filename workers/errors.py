@@ -24,9 +24,12 @@ class PermanentError(Exception):
 
 
 # SQLSTATE classes that mean "try again later": 08 connection exception, 40 transaction
-# rollback (serialization failure, deadlock), 53 insufficient resources, 57P operator
-# intervention (server shutting down, backend terminated).
-_TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "57P")
+# rollback (serialization failure, deadlock), 53 insufficient resources, 55 object not in
+# prerequisite state (database not accepting connections, lock not available), 57P operator
+# intervention (server shutting down, backend terminated), and the connection-time refusals
+# an operator mends (28 authorization, 3D000 no such database): waiting costs nothing, and
+# what still fails ends in the DLQ, replayable.
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "28", "3D000", "40", "53", "55", "57P")
 
 
 def _sqlstate(error: BaseException) -> str | None:

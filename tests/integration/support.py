@@ -148,10 +148,12 @@ class Fleet:
         return code, "\n".join(handle.lines)
 
     @contextlib.asynccontextmanager
-    async def worker(self, service: Service, *, with_relay: bool = True) -> AsyncIterator[Worker]:
+    async def worker(
+        self, service: Service, *, with_relay: bool = True, settings: Settings | None = None
+    ) -> AsyncIterator[Worker]:
         """A worker in this test's own process (for probe services defined by the tests)."""
         self.extra_queues.update(spec.name for spec in service.queue_specs(self.ns))
-        worker = Worker(self.settings, service, with_relay=with_relay)
+        worker = Worker(settings or self.settings, service, with_relay=with_relay)
         stop, started = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(worker.run(stop, started))
         starting = asyncio.ensure_future(started.wait())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import aio_pika
+import asyncpg
 import pytest
 
 from contracts import Envelope, Money, OrderConfirmed, OrderPlacedV2
@@ -388,3 +390,65 @@ async def test_events_a_handler_emits_carry_its_correlation(stocked: Fleet) -> N
 
 async def _seen(seen: list, order_id: str):  # type: ignore[no-untyped-def]
     return next((m for m in seen if order_id in m.body.decode()), None)
+
+
+async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered_by_the_broker(
+    fleet: Fleet,
+) -> None:
+    """A consumer that dies before ack (its connection drops) gives the message back; the
+    quorum queue's delivery limit stops that after ``delivery_limit`` deliveries."""
+    order_id = new_id()
+    queue = probe_queue(fleet, "probe_effects")
+    async with fleet.worker(probes.probe, with_relay=False):
+        pass  # declares the probe's queues, then stops consuming
+    async with fleet.publisher() as publisher:
+        await publisher.publish(outgoing(OrderConfirmed(order_id=order_id), queue=queue))
+    deliveries = 0
+    while True:
+        connection = await aio_pika.connect(fleet.settings.amqp_url)
+        channel = await connection.channel()
+        source = await channel.declare_queue(queue, passive=True)
+        message = await source.get(no_ack=False, fail=False)
+        await connection.close()  # "crash": the delivery was never acked
+        if message is None:
+            break
+        deliveries += 1
+        assert deliveries <= fleet.settings.delivery_limit + 1, "the message loops forever"
+    letter = await wait_for(lambda: _in_dlq(fleet, queue, order_id))
+    assert deliveries == fleet.settings.delivery_limit + 1
+    assert letter.headers["x-death"][0]["reason"] == "delivery_limit"
+    assert letter.reason.startswith("broker: delivery_limit")
+
+
+async def test_a_database_outage_is_retried_with_delay_and_the_message_applied_once(
+    stocked: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet = stocked
+    order_id = new_id()
+    database = fleet.settings.database_name("inventory")
+    admin = await asyncpg.connect(fleet.settings.pg_admin_url)
+    patient = fleet.settings.model_copy(update={"max_attempts": 20})
+    try:
+        async with fleet.worker(services.load("inventory"), with_relay=False, settings=patient):
+            # The outage: no new connections, and every existing one terminated.
+            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                database,
+            )
+            async with fleet.publisher() as publisher:
+                await publisher.publish(
+                    outgoing(reserve_command(order_id, ("sku-b", 2)), queue=reserve_queue(fleet))
+                )
+            await wait_for(lambda: _logged(caplog, "retrying"))
+            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+            await wait_for(lambda: reserved_quantity(fleet, order_id), timeout=30)
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
+    assert await reserved_quantity(fleet, order_id) == 2
+    assert await _in_dlq(fleet, reserve_queue(fleet), order_id) is None
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in record.getMessage() for record in caplog.records)

@@ -62,6 +62,9 @@ def test_retry_delays_must_be_positive() -> None:
         asyncpg.DeadlockDetectedError("deadlock"),
         asyncpg.AdminShutdownError("terminating connection"),
         asyncpg.ConnectionDoesNotExistError("gone"),
+        asyncpg.ObjectNotInPrerequisiteStateError("database is not accepting connections"),
+        asyncpg.LockNotAvailableError("could not obtain lock"),
+        asyncpg.InvalidCatalogNameError("database does not exist"),
         sa_exc.TimeoutError("pool"),
     ],
 )
