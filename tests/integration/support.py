@@ -29,6 +29,9 @@ from workers.runtime import Worker
 from workers.service import Service
 from workers.settings import Settings
 
+# What a tap has seen so far.
+Seen = list[aio_pika.abc.AbstractIncomingMessage]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -185,12 +188,10 @@ class Fleet:
             await connection.close()
 
     @contextlib.asynccontextmanager
-    async def tap(
-        self, exchange: str, routing_key: str
-    ) -> AsyncIterator[list[aio_pika.abc.AbstractIncomingMessage]]:
+    async def tap(self, exchange: str, routing_key: str) -> AsyncIterator[Seen]:
         """Every message routed to ``exchange`` with ``routing_key`` while open, as a list."""
         connection = await aio_pika.connect(self.settings.amqp_url)
-        seen: list[aio_pika.abc.AbstractIncomingMessage] = []
+        seen: Seen = []
         try:
             channel = await connection.channel()
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)

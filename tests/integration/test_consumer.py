@@ -15,6 +15,7 @@ from db.unit_of_work import unit_of_work
 from tests.integration import probes
 from tests.integration.support import (
     Fleet,
+    Seen,
     new_id,
     outgoing,
     publish_with_another_client,
@@ -388,7 +389,7 @@ async def test_events_a_handler_emits_carry_its_correlation(stocked: Fleet) -> N
     assert event.delivery_mode == 2  # persistent
 
 
-async def _seen(seen: list, order_id: str):  # type: ignore[no-untyped-def]
+async def _seen(seen: Seen, order_id: str) -> aio_pika.abc.AbstractIncomingMessage | None:
     return next((m for m in seen if order_id in m.body.decode()), None)
 
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from contracts import StockReleased
 from contracts.routing import commands_exchange, events_exchange
 from db.unit_of_work import UnitOfWork, unit_of_work
-from tests.integration.support import Fleet, new_id, reserve_command, scalar, wait_for
+from tests.integration.support import Fleet, Seen, new_id, reserve_command, scalar, wait_for
 from workers import services
 from workers.inventory import store
 from workers.publisher import ConfirmedPublisher
@@ -39,7 +39,7 @@ async def unpublished(fleet: Fleet, message_id: str) -> bool:
     return bool(await scalar(fleet.engine("inventory"), sql, id=message_id))
 
 
-async def copies(seen: list, message_id: str, n: int) -> bool:  # type: ignore[type-arg]
+async def copies(seen: Seen, message_id: str, n: int) -> bool:
     return sum(message.message_id == message_id for message in seen) >= n
 
 
@@ -57,7 +57,7 @@ async def test_a_committed_message_reaches_its_consumer(stocked: Fleet) -> None:
     assert await scalar(fleet.engine("inventory"), taken, id=order_id) == 2
 
 
-async def _any_for(seen: list, order_id: str) -> bool:  # type: ignore[type-arg]
+async def _any_for(seen: Seen, order_id: str) -> bool:
     return any(order_id in message.body.decode() for message in seen)
 
 
@@ -132,10 +132,10 @@ async def test_only_one_of_two_relays_publishes_and_the_other_takes_over_when_it
 
 async def _all_published(fleet: Fleet, ids: list[str]) -> bool:
     sql = "SELECT count(*) FROM outbox WHERE message_id = ANY(:ids) AND published_at IS NOT NULL"
-    return await scalar(fleet.engine("inventory"), sql, ids=ids) == len(ids)
+    return bool(await scalar(fleet.engine("inventory"), sql, ids=ids) == len(ids))
 
 
-async def _all_seen(seen: list, ids: list[str]) -> bool:  # type: ignore[type-arg]
+async def _all_seen(seen: Seen, ids: list[str]) -> bool:
     return {message.message_id for message in seen} >= set(ids)
 
 
