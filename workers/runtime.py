@@ -103,6 +103,8 @@ class Worker:
         )
         publisher = await ConfirmedPublisher.connect(settings.amqp_url)
         try:
+            async with engine.connect():  # fail at start, not on every message, without a database
+                pass
             await topology.declare(
                 await publisher.channel(), settings, self.service.queue_specs(settings.namespace)
             )

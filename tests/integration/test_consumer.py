@@ -9,7 +9,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from contracts import Envelope, Money, OrderConfirmed, OrderPlacedV2
+from contracts import Envelope, Money, OrderConfirmed, OrderPlacedV2, ReleaseStock
 from contracts.routing import events_exchange
 from db.unit_of_work import unit_of_work
 from tests.integration import probes
@@ -453,3 +453,47 @@ async def test_a_database_outage_is_retried_with_delay_and_the_message_applied_o
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return any(text in record.getMessage() for record in caplog.records)
+
+
+async def test_a_release_before_its_reservation_leaves_a_tombstone_that_refuses_it(
+    stocked: Fleet,
+) -> None:
+    fleet = stocked
+    order_id = new_id()
+    release = ReleaseStock(order_id=order_id, reason="payment failed", saga="orchestration")
+    async with (
+        fleet.worker(services.load("inventory"), with_relay=False),
+        fleet.publisher() as publisher,
+    ):
+        await publisher.publish(outgoing(release, queue=f"{fleet.ns}.inventory.release_stock"))
+        await wait_for(lambda: _outbox_at_least(fleet, "stock.released", order_id, 1))
+        await publisher.publish(
+            outgoing(reserve_command(order_id, ("sku-a", 1)), queue=reserve_queue(fleet))
+        )
+        await wait_for(lambda: _outbox_at_least(fleet, "stock.reservation_failed", order_id, 1))
+    assert await reserved_quantity(fleet, order_id) == 0
+    assert await outbox_count(fleet, "stock.reserved", order_id) == 0
+
+
+async def test_a_release_gives_back_exactly_what_was_reserved_once(stocked: Fleet) -> None:
+    fleet = stocked
+    order_id = new_id()
+    release = ReleaseStock(order_id=order_id, reason="shipment failed", saga="orchestration")
+    release_queue = f"{fleet.ns}.inventory.release_stock"
+    available = "SELECT available FROM stock WHERE sku = 'sku-c'"
+    engine = fleet.engine("inventory")
+    async with (
+        fleet.worker(services.load("inventory"), with_relay=False),
+        fleet.publisher() as publisher,
+    ):
+        await publisher.publish(
+            outgoing(reserve_command(order_id, ("sku-c", 7)), queue=reserve_queue(fleet))
+        )
+        await wait_for(lambda: reserved_quantity(fleet, order_id))
+        before_release = await scalar(engine, available)
+        for _ in range(2):  # a compensation delivered twice, under two message ids
+            await publisher.publish(outgoing(release, queue=release_queue))
+        await wait_for(lambda: _outbox_at_least(fleet, "stock.released", order_id, 2))
+    assert await scalar(engine, available) == before_release + 7
+    given_back = "SELECT sum(delta) FROM stock_ledger WHERE order_id = :id AND reason = 'released'"
+    assert await scalar(engine, given_back, id=order_id) == 7

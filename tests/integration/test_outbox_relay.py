@@ -182,3 +182,38 @@ async def _outbox_ids(fleet: Fleet, message_ids: list[str]) -> dict[str, int]:
             {"ids": message_ids},
         )
         return {message_id: id_ for message_id, id_ in rows}
+
+
+async def test_housekeeping_deletes_published_rows_and_expired_inbox_entries(fleet: Fleet) -> None:
+    engine = fleet.engine("inventory")
+    [published_id] = await emit(fleet, StockReleased(order_id=new_id(), saga="orchestration"))
+    old_inbox, fresh_inbox = new_id(), new_id()
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO inbox (consumer, message_id, type, received_at) VALUES"
+                " ('tests.housekeeping', :old, 'x', now() - interval '2 days'),"
+                " ('tests.housekeeping', :fresh, 'x', now())"
+            ),
+            {"old": old_inbox, "fresh": fresh_inbox},
+        )
+    settings = fleet.settings.model_copy(
+        update={"outbox_retention_seconds": 0.0, "inbox_retention_seconds": 86_400.0}
+    )
+    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+    stop = asyncio.Event()
+    relay_task = asyncio.create_task(Relay(settings, "inventory", publisher).run(stop))
+    try:
+        # The relay publishes the row, then its first housekeeping round deletes it.
+        await wait_for(lambda: _gone(fleet, "outbox", published_id))
+        await wait_for(lambda: _gone(fleet, "inbox", old_inbox))
+    finally:
+        stop.set()
+        await relay_task
+        await publisher.close()
+    assert not await _gone(fleet, "inbox", fresh_inbox)
+
+
+async def _gone(fleet: Fleet, table: str, message_id: str) -> bool:
+    sql = f"SELECT count(*) FROM {table} WHERE message_id = :id"
+    return bool(await scalar(fleet.engine("inventory"), sql, id=message_id) == 0)
