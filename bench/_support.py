@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import secrets
+import signal
 import statistics
 import sys
 import uuid
@@ -108,12 +109,15 @@ async def bench_namespace(settings: Settings) -> AsyncIterator[BenchNamespace]:
         yield bench
     finally:
         print(f"namespace {settings.namespace}: cleaning up", file=sys.stderr)
+        # A second Ctrl-C would abort asyncio.run mid-cleanup and leave databases behind.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             await _remove_topology(bench)
-        finally:
             with contextlib.suppress(Exception):
                 await connection.close()
             await drop(settings.pg_admin_url, databases)
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 async def _remove_topology(bench: BenchNamespace) -> None:

@@ -258,7 +258,10 @@ def cli() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     prefetches = list(dict.fromkeys(int(p) for p in args.prefetch.split(",")))
-    asyncio.run(main(args.messages, prefetches, args.json))
+    try:
+        asyncio.run(main(args.messages, prefetches, args.json))
+    except KeyboardInterrupt:
+        sys.exit(130)  # cleaned up already (see _support.bench_namespace)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ def asyncpg_url(url: str) -> str:
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    # pool_pre_ping: after PostgreSQL restarts, a stale pooled connection is replaced
-    # instead of failing the first handler that picks it up.
-    return create_async_engine(
-        sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-    )
+    # No pool_pre_ping: it costs three round trips per checkout. After PostgreSQL restarts,
+    # the first handler to meet a stale connection fails transiently (and is retried), and
+    # SQLAlchemy then replaces the whole pool.
+    return create_async_engine(sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size)

@@ -59,12 +59,13 @@ async def append(conn: AsyncConnection, messages: Sequence[OutgoingMessage]) -> 
 
 # --- The relay's side, in asyncpg's dialect ($n parameters). ---------------------------
 
-# SKIP LOCKED and "unpublished in id order", never "id > last seen": a transaction that took
-# a lower id may commit after a higher one, and must not be skipped.
+# "Unpublished, in id order", never "id > last seen": a transaction that took a lower id
+# may commit after a higher one, and must not be skipped. No row locks: only the relay that
+# holds the advisory lock publishes, and the batch still in flight is excluded by id.
 CLAIM_BATCH = """
-SELECT id, message_id, exchange, routing_key, type, version, correlation_id, causation_id,
-       producer, occurred_at, headers, body
-FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+SELECT id, message_id, exchange, routing_key, type, correlation_id, producer, occurred_at,
+       headers, body
+FROM outbox WHERE published_at IS NULL AND id <> ALL($2::bigint[]) ORDER BY id LIMIT $1
 """
 MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
 DELETE_PUBLISHED = (

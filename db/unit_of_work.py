@@ -70,7 +70,9 @@ class UnitOfWork:
                 exchange=exchange_for(self.namespace, message.KIND),
                 routing_key=message.TYPE,
                 body=encode_message(message),
-                headers=headers or {},
+                # The envelope's AMQP headers are stored ready to send: the relay copies
+                # rows to the broker without rebuilding anything.
+                headers={**(headers or {}), **envelope.to_amqp()["headers"]},
             )
         )
         return envelope

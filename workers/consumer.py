@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
-import traceback
 from datetime import UTC, datetime
-from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -110,7 +108,11 @@ class Consumer:
             delay,
         )
         headers = {**(raw.headers or {}), ATTEMPTS_HEADER: attempts}
-        await self.publisher.publish(_copy(raw, "", retry_queue(queue, delay), headers))
+        await self.publisher.publish(
+            Outgoing.copy_of(
+                raw, exchange="", routing_key=retry_queue(queue, delay), headers=headers
+            )
+        )
 
     async def _dead_letter(
         self, raw: AbstractIncomingMessage, queue: str, error: Exception, attempts: int
@@ -123,9 +125,9 @@ class Consumer:
             attempts,
             type(error).__name__,
             reason,
+            # A bad message needs no traceback; a failing handler does.
+            exc_info=None if isinstance(error, ContractError) else error,
         )
-        if not isinstance(error, ContractError):
-            log.debug("".join(traceback.format_exception(error)))
         headers = {
             **(raw.headers or {}),
             "x-error-type": type(error).__name__,
@@ -135,11 +137,11 @@ class Consumer:
             "x-failed-at": datetime.now(UTC).isoformat(),
         }
         await self.publisher.publish(
-            _copy(
+            Outgoing.copy_of(
                 raw,
-                dead_letter_exchange(self.settings.namespace),
-                dead_letter_queue(queue),
-                headers,
+                exchange=dead_letter_exchange(self.settings.namespace),
+                routing_key=dead_letter_queue(queue),
+                headers=headers,
             )
         )
 
@@ -147,21 +149,3 @@ class Consumer:
 def _attempts(raw: AbstractIncomingMessage) -> int:
     value = (raw.headers or {}).get(ATTEMPTS_HEADER, 0)
     return value if isinstance(value, int) else 0
-
-
-def _copy(
-    raw: AbstractIncomingMessage, exchange: str, routing_key: str, headers: dict[str, Any]
-) -> Outgoing:
-    """The same message, properties kept, sent somewhere else with new headers."""
-    return Outgoing(
-        exchange=exchange,
-        routing_key=routing_key,
-        body=raw.body,
-        message_id=raw.message_id,
-        type=raw.type,
-        correlation_id=raw.correlation_id,
-        timestamp=raw.timestamp,
-        app_id=raw.app_id,
-        content_type=raw.content_type,
-        headers=headers,
-    )

@@ -170,18 +170,7 @@ def _replayed_copy(message: AbstractIncomingMessage, exchange: str, routing_key:
         if key not in ERROR_HEADERS and key not in (ATTEMPTS_HEADER, "x-death")
     }
     headers["x-replayed-at"] = datetime.now(UTC).isoformat()
-    return Outgoing(
-        exchange=exchange,
-        routing_key=routing_key,
-        body=message.body,
-        message_id=message.message_id,
-        type=message.type,
-        correlation_id=message.correlation_id,
-        timestamp=message.timestamp,
-        app_id=message.app_id,
-        content_type=message.content_type,
-        headers=headers,
-    )
+    return Outgoing.copy_of(message, exchange=exchange, routing_key=routing_key, headers=headers)
 
 
 async def purge(settings: Settings, name: str, message_id: str | None) -> int:

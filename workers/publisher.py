@@ -14,7 +14,12 @@ from datetime import datetime
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+)
 
 from contracts import Envelope
 
@@ -54,6 +59,29 @@ class Outgoing:
             app_id=amqp["app_id"],
             content_type=amqp["content_type"],
             headers={**(headers or {}), **amqp["headers"]},
+        )
+
+    @classmethod
+    def copy_of(
+        cls,
+        message: AbstractIncomingMessage,
+        *,
+        exchange: str,
+        routing_key: str,
+        headers: dict[str, Any],
+    ) -> Outgoing:
+        """A received message, properties kept, to send elsewhere with other headers."""
+        return cls(
+            exchange=exchange,
+            routing_key=routing_key,
+            body=message.body,
+            message_id=message.message_id,
+            type=message.type,
+            correlation_id=message.correlation_id,
+            timestamp=message.timestamp,
+            app_id=message.app_id,
+            content_type=message.content_type,
+            headers=headers,
         )
 
     def to_message(self) -> aio_pika.Message:

@@ -20,7 +20,6 @@ from typing import Any
 
 import asyncpg
 
-from contracts import Envelope
 from db import inbox, outbox
 from db.engine import asyncpg_url
 from workers.publisher import ConfirmedPublisher, Outgoing
@@ -32,20 +31,16 @@ LOCK = "SELECT pg_try_advisory_lock(hashtext('fleet.outbox.relay'))"
 
 
 def outgoing_from_row(row: Any) -> Outgoing:
-    envelope = Envelope(
-        message_id=row["message_id"],
-        type=row["type"],
-        version=row["version"],
-        correlation_id=row["correlation_id"],
-        causation_id=row["causation_id"],
-        occurred_at=row["occurred_at"],
-        producer=row["producer"],
-    )
-    return Outgoing.from_envelope(
-        envelope,
+    """An outbox row as it goes to the broker (its headers were made at emit time)."""
+    return Outgoing(
         exchange=row["exchange"],
         routing_key=row["routing_key"],
         body=row["body"],
+        message_id=row["message_id"],
+        type=row["type"],
+        correlation_id=row["correlation_id"],
+        timestamp=row["occurred_at"],
+        app_id=row["producer"],
         headers=outbox.decode_headers(row["headers"]),
     )
 
@@ -105,21 +100,45 @@ class Relay:
             await _wait_any(stop, woken, self.settings.relay_poll_interval)
 
     async def drain(self, conn: asyncpg.Connection) -> int:
-        """Publish batches until no unpublished row is left; returns how many."""
+        """Publish until no unpublished row is left; returns how many.
+
+        Pipelined with the database: while one batch's confirms are awaited, the next batch
+        is read; while the next batch is published, the confirmed one is marked. A batch
+        starts only once the one before it is confirmed, so rows go out in id order.
+        """
         total = 0
-        while True:
-            async with conn.transaction():
-                rows = await conn.fetch(outbox.CLAIM_BATCH, self.settings.relay_batch_size)
-                if not rows:
+        in_flight: asyncio.Task[None] | None = None
+        in_flight_ids: list[int] = []
+        try:
+            while True:
+                rows = await conn.fetch(
+                    outbox.CLAIM_BATCH, self.settings.relay_batch_size, in_flight_ids
+                )
+                confirmed_ids: list[int] = []
+                if in_flight is not None:
+                    await in_flight  # a nack, a return or a lost connection raises here
+                    confirmed_ids, in_flight = in_flight_ids, None
+                    await self._fault_pause(len(confirmed_ids))
+                if rows:
+                    in_flight_ids = [row["id"] for row in rows]
+                    in_flight = asyncio.create_task(
+                        self.publisher.publish_many([outgoing_from_row(row) for row in rows])
+                    )
+                if confirmed_ids:
+                    await conn.execute(outbox.MARK_PUBLISHED, confirmed_ids)
+                    total += len(confirmed_ids)
+                    self.published += len(confirmed_ids)
+                if in_flight is None:
                     return total
-                await self.publisher.publish_many([outgoing_from_row(row) for row in rows])
-                if self.settings.relay_fault_pause_after_publish:
-                    # Fault injection for tests: a window between publish and mark to kill in.
-                    print(f"relay: published {len(rows)}, pausing before mark", flush=True)
-                    await asyncio.sleep(self.settings.relay_fault_pause_after_publish)
-                await conn.execute(outbox.MARK_PUBLISHED, [row["id"] for row in rows])
-            total += len(rows)
-            self.published += len(rows)
+        finally:
+            if in_flight is not None:
+                in_flight.cancel()  # unmarked: published again later, harmless
+
+    async def _fault_pause(self, count: int) -> None:
+        """Fault injection for tests: a window between publish and mark to kill the relay in."""
+        if self.settings.relay_fault_pause_after_publish:
+            print(f"relay: published {count}, pausing before mark", flush=True)
+            await asyncio.sleep(self.settings.relay_fault_pause_after_publish)
 
     async def housekeeping(self, conn: asyncpg.Connection) -> None:
         await conn.execute(outbox.DELETE_PUBLISHED, self.settings.outbox_retention_seconds)

@@ -30,9 +30,10 @@ from workers.settings import Settings
 log = logging.getLogger("fleet.worker")
 
 
-def _raw_body(message: Any) -> bytes:
+async def _raw_body(message: Any) -> bytes:
     # The consumer decodes bodies against the contracts itself; FastStream must not try
     # (a body that is not JSON would fail before the consumer could dead-letter it).
+    # async: FastStream runs a plain function decoder in a worker thread.
     body: bytes = message.body
     return body
 
