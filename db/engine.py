@@ -19,8 +19,10 @@ def asyncpg_url(url: str) -> str:
     return f"postgresql://{rest}" if scheme.startswith("postgresql") else url
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    # No pool_pre_ping: it costs three round trips per checkout. After PostgreSQL restarts,
-    # the first handler to meet a stale connection fails transiently (and is retried), and
-    # SQLAlchemy then replaces the whole pool.
-    return create_async_engine(sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size)
+def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = False) -> AsyncEngine:
+    # Workers go without pool_pre_ping: it costs three round trips per checkout. After
+    # PostgreSQL restarts, the first handler to meet a stale connection fails transiently
+    # (and is retried), and SQLAlchemy then replaces the whole pool.
+    return create_async_engine(
+        sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping
+    )

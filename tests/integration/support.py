@@ -123,7 +123,10 @@ class Fleet:
 
     def engine(self, service: str) -> AsyncEngine:
         if service not in self.engines:
-            self.engines[service] = create_engine(self.settings.database_url(service), pool_size=5)
+            # pre_ping: the tests' own queries must survive the outages the tests cause.
+            self.engines[service] = create_engine(
+                self.settings.database_url(service), pool_size=5, pre_ping=True
+            )
         return self.engines[service]
 
     async def spawn(self, *args: str, **env: Any) -> FleetProcess:
