@@ -25,10 +25,28 @@ from workers.runtime import Worker, declare_topology
 from workers.settings import SERVICES, get_settings
 
 
-def _serve(work: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line, for log shippers (``--json`` on long-running commands)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record),
+            "logger": record.name,
+            "level": record.levelname,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def _serve(work: Callable[[asyncio.Event], Coroutine[Any, Any, None]], as_json: bool) -> None:
     """Run ``work`` until SIGINT or SIGTERM, which sets its stop event (then it drains)."""
     logging.getLogger("fleet").setLevel(logging.INFO)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
+    if as_json:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLogFormatter())
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -43,14 +61,18 @@ def _serve(work: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
 def worker(
     service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)}."),
     no_relay: bool = typer.Option(False, "--no-relay", help="Consume only; run the relay apart."),
+    as_json: bool = typer.Option(False, "--json", help="Log JSON lines."),
 ) -> None:
     """Run one service's consumers and its outbox relay until Ctrl-C or SIGTERM."""
     settings = get_settings()
     runnable = services.load(service)
-    _serve(lambda stop: Worker(settings, runnable, with_relay=not no_relay).run(stop))
+    _serve(lambda stop: Worker(settings, runnable, with_relay=not no_relay).run(stop), as_json)
 
 
-def relay(service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)}.")) -> None:
+def relay(
+    service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)}."),
+    as_json: bool = typer.Option(False, "--json", help="Log JSON lines."),
+) -> None:
     """Run one service's outbox relay alone (a standby takes over if the active one dies)."""
     if service not in SERVICES:
         fail(f"unknown service {service!r}; services are {', '.join(SERVICES)}", 2)
@@ -63,7 +85,7 @@ def relay(service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)
         finally:
             await publisher.close()
 
-    _serve(work)
+    _serve(work, as_json)
 
 
 def topology(as_json: bool = JsonOption) -> None:

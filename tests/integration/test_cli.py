@@ -204,3 +204,11 @@ async def test_a_worker_stops_gracefully_on_sigterm(fleet: Fleet) -> None:
     await worker.wait_for_line("consuming")
     assert await worker.terminate() == 0
     assert worker.count("worker stopped") == 1
+
+
+async def test_a_worker_logs_json_lines_with_json(fleet: Fleet) -> None:
+    worker = await fleet.spawn("worker", "inventory", "--json")
+    line = await worker.wait_for_line("consuming")
+    assert await worker.terminate() == 0
+    record = json.loads(line)
+    assert record["logger"] == "fleet.worker" and record["level"] == "INFO"
