@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     outbox_retention_seconds: float = 3_600.0
     inbox_retention_seconds: float = 7 * 24 * 3_600.0
     housekeeping_interval: float = 60.0
+    # shipping refuses destinations in these countries (a business refusal, not an error).
+    blocked_countries: list[str] = Field(default_factory=lambda: ["XX"])
+    # order: a snapshot of an order stream every this many events (0: never).
+    snapshot_every: int = 20
+
     # Fault injection for tests only: the relay sleeps this long between publishing a batch
     # and marking it published, so a test can kill it in that window.
     relay_fault_pause_after_publish: float = 0.0
