@@ -17,7 +17,7 @@ from aiormq.exceptions import AMQPConnectionError, AMQPError
 from sqlalchemy import exc as sa_exc
 
 from cli import db as db_commands
-from cli import dlq, run
+from cli import dlq, run, up
 from cli.output import CliError
 from contracts import ContractError
 from db.provision import ProvisioningError
@@ -33,6 +33,7 @@ app = typer.Typer(
 app.add_typer(db_commands.app, name="db")
 app.add_typer(dlq.app, name="dlq")
 run.register(app)
+app.command()(up.up)
 
 
 def _one_line(error: BaseException) -> tuple[str, int]:

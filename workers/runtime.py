@@ -25,7 +25,7 @@ from workers.middlewares import CorrelationMiddleware
 from workers.publisher import ConfirmedPublisher
 from workers.relay import Relay
 from workers.service import Handler, Service
-from workers.settings import Settings
+from workers.settings import Settings, activate
 
 log = logging.getLogger("fleet.worker")
 
@@ -99,6 +99,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
         settings = self.settings
+        activate(settings)  # for handlers, which read get_settings()
         engine = create_engine(
             settings.database_url(self.service.name), pool_size=settings.prefetch
         )
@@ -111,11 +112,15 @@ class Worker:
             )
             self.consumer = Consumer(settings, engine, publisher, self.service.name)
             broker = build_broker(settings, self.service, self.consumer)
-            relay_stop = asyncio.Event()
+            relay_stop = asyncio.Event()  # stops the relay and background tasks, after consumers
             relay_task: asyncio.Task[None] | None = None
             if self.with_relay:
                 self.relay = Relay(settings, self.service.name, publisher)
                 relay_task = asyncio.create_task(self.relay.run(relay_stop))
+            background = [
+                asyncio.create_task(task(settings, engine, relay_stop))
+                for task in self.service.background
+            ]
             try:
                 await broker.start()
                 log.info(
@@ -129,6 +134,8 @@ class Worker:
                 # they emitted waits in the outbox for the next relay if it is not out yet).
                 await broker.stop()
                 relay_stop.set()
+                for task in background:
+                    await task
                 if relay_task is not None:
                     await relay_task
         finally:

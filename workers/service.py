@@ -13,16 +13,25 @@ state and outbox rows commit together.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contracts import registry
 from contracts.routing import exchange_for
 from db.unit_of_work import UnitOfWork
 from workers.topology import QueueSpec
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from workers.settings import Settings
+
 HandlerFunction = Callable[[UnitOfWork, Any], Awaitable[None]]
+# Work a service does besides handling messages (the orchestrator's deadline watcher): runs
+# from the worker's start until ``stop`` is set.
+BackgroundTask = Callable[["Settings", "AsyncEngine", asyncio.Event], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class Handler:
 class Service:
     name: str
     handlers: list[Handler] = field(default_factory=list)
+    background: list[BackgroundTask] = field(default_factory=list)
 
     def handler(
         self, *types: str, name: str | None = None

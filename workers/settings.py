@@ -7,6 +7,7 @@ running needs no configuration at all.
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from functools import cache
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -57,6 +58,11 @@ class Settings(BaseSettings):
     # order: a snapshot of an order stream every this many events (0: never).
     snapshot_every: int = 20
 
+    # orchestrator: how long a saga step may wait for its reply before it is compensated
+    # (or, for confirm and the compensations, sent again); how often deadlines are checked.
+    step_timeout_seconds: float = 30.0
+    deadline_poll_seconds: float = 1.0
+
     # Fault injection for tests only: the relay sleeps this long between publishing a batch
     # and marking it published, so a test can kill it in that window.
     relay_fault_pause_after_publish: float = 0.0
@@ -94,6 +100,20 @@ class Settings(BaseSettings):
         return self.retry_delays_ms[min(attempt, len(self.retry_delays_ms)) - 1]
 
 
-@cache
+_active: ContextVar[Settings | None] = ContextVar("fleet_settings", default=None)
+
+
+def activate(settings: Settings) -> None:
+    """Make ``settings`` what ``get_settings()`` returns in this task and the tasks it starts
+    (a worker activates its own, so handlers see them even when several workers with
+    different settings share one process, as in the tests)."""
+    _active.set(settings)
+
+
 def get_settings() -> Settings:
+    return _active.get() or _from_environment()
+
+
+@cache
+def _from_environment() -> Settings:
     return Settings()

@@ -1,0 +1,157 @@
+"""The orchestrated saga's state machine, with no servers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from contracts import (
+    CancelShipment,
+    ChargePayment,
+    ConfirmOrder,
+    CreateShipment,
+    Money,
+    OrderLine,
+    RefundPayment,
+    RejectOrder,
+    ReleaseStock,
+    ReserveStock,
+)
+from workers.orchestrator import domain
+from workers.orchestrator.domain import OrderFacts, Saga, Transition
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+TIMEOUT = timedelta(seconds=30)
+FACTS = OrderFacts(
+    order_id="6f1c1a3e-9a1c-4a43-9a49-7b0c5a9e1f10",
+    customer_id="c-1",
+    items=(OrderLine(sku="A", quantity=2, unit_price=Money.of("5.00", "EUR")),),
+    total=Money.of("10.00", "EUR"),
+    country="DE",
+)
+
+
+def reply(saga: Saga, type_: str, reason: str | None = None) -> Transition:
+    return domain.on_reply(saga, type_, reason, NOW, TIMEOUT)
+
+
+def run(*replies: str) -> tuple[Saga, list[object]]:
+    transition = domain.start(FACTS, NOW, TIMEOUT)
+    sent: list[object] = list(transition.commands)
+    saga = transition.saga
+    for type_ in replies:
+        transition = reply(saga, type_, "refused" if type_ in domain.REFUSAL else None)
+        saga = transition.saga
+        sent.extend(transition.commands)
+    return saga, sent
+
+
+def test_the_happy_path_runs_the_four_steps_in_order() -> None:
+    saga, sent = run("stock.reserved", "payment.completed", "shipment.created", "order.confirmed")
+    assert [type(c) for c in sent] == [ReserveStock, ChargePayment, CreateShipment, ConfirmOrder]
+    assert saga.status == "confirmed" and saga.deadline_at is None
+    assert saga.completed == domain.ACTIONS
+
+
+def test_a_refusal_compensates_completed_steps_in_reverse_then_rejects() -> None:
+    saga, sent = run(
+        "stock.reserved",
+        "payment.completed",
+        "shipment.failed",
+        "payment.refunded",
+        "stock.released",
+        "order.rejected",
+    )
+    assert [type(c) for c in sent] == [
+        ReserveStock,
+        ChargePayment,
+        CreateShipment,
+        RefundPayment,
+        ReleaseStock,
+        RejectOrder,
+    ]
+    assert saga.status == "rejected" and saga.reason == "refused"
+    assert isinstance(sent[-1], RejectOrder) and sent[-1].reason == "refused"
+
+
+def test_out_of_stock_rejects_with_nothing_to_undo() -> None:
+    saga, sent = run("stock.reservation_failed", "order.rejected")
+    assert [type(c) for c in sent] == [ReserveStock, RejectOrder]
+    assert saga.status == "rejected"
+
+
+def test_a_timed_out_step_is_compensated_too_because_it_may_have_completed() -> None:
+    saga, _ = run("stock.reserved", "payment.completed")
+    late = NOW + TIMEOUT + timedelta(seconds=1)
+    transition = domain.on_deadline(saga, late, TIMEOUT)
+    assert [type(c) for c in transition.commands] == [CancelShipment]
+    assert transition.saga.pending == ("refund_payment", "release_stock", "reject_order")
+    assert transition.saga.reason == "create_shipment timed out"
+    assert transition.saga.deadline_at == late + TIMEOUT
+
+
+def test_the_deadline_is_durable_data_not_a_timer() -> None:
+    saga, _ = run("stock.reserved")
+    assert saga.deadline_at == NOW + TIMEOUT
+    assert not domain.on_deadline(saga, NOW + TIMEOUT - timedelta(seconds=1), TIMEOUT).changed
+
+
+def test_confirm_and_compensations_are_sent_again_on_their_deadline_never_undone() -> None:
+    saga, _ = run("stock.reserved", "payment.completed", "shipment.created")
+    assert saga.step == "confirm_order"
+    late = NOW + 2 * TIMEOUT
+    again = domain.on_deadline(saga, late, TIMEOUT)
+    assert [type(c) for c in again.commands] == [ConfirmOrder] and again.saga.status == "running"
+    saga, _ = run("stock.reserved", "payment.failed")
+    again = domain.on_deadline(saga, late, TIMEOUT)
+    assert [type(c) for c in again.commands] == [ReleaseStock]
+    assert again.saga.status == "compensating"
+
+
+def test_late_and_stray_replies_change_nothing() -> None:
+    saga, _ = run("stock.reservation_failed", "order.rejected")
+    for type_ in ("stock.reserved", "payment.completed", "order.confirmed", "shipment.failed"):
+        transition = reply(saga, type_)
+        assert not transition.changed and transition.commands == () and transition.saga == saga
+    running, _ = run("stock.reserved")
+    duplicate = reply(running, "stock.reserved")
+    assert not duplicate.changed and "ignored" in duplicate.log
+
+
+replies = st.sampled_from([*domain.REPLY_TYPES, "deadline"])
+
+
+@given(st.lists(replies, max_size=40))
+def test_whatever_arrives_the_saga_keeps_its_promises(arrivals: list[str]) -> None:
+    transition = domain.start(FACTS, NOW, TIMEOUT)
+    saga, sent = transition.saga, list(transition.commands)
+    clock = NOW
+    for arrival in arrivals:
+        if arrival == "deadline":
+            clock += 2 * TIMEOUT
+            transition = domain.on_deadline(saga, clock, TIMEOUT)
+        else:
+            transition = domain.on_reply(saga, arrival, "no", clock, TIMEOUT)
+        if saga.final:
+            assert not transition.commands  # an ended saga never acts again
+        saga = transition.saga
+        sent.extend(transition.commands)
+    kinds = [type(command).__name__ for command in sent]
+    if saga.status == "confirmed":
+        assert saga.completed == domain.ACTIONS and saga.reason is None
+        assert not {"RejectOrder", "ReleaseStock", "RefundPayment", "CancelShipment"} & set(kinds)
+    if saga.status == "rejected":
+        assert "ConfirmOrder" not in kinds and kinds[-1] == "RejectOrder"
+        # Every action that completed is undone, and undos run last-done-first.
+        undo = {
+            "ReserveStock": "ReleaseStock",
+            "ChargePayment": "RefundPayment",
+            "CreateShipment": "CancelShipment",
+        }
+        started = [undo[k] for k in dict.fromkeys(kinds) if k in undo]
+        compensations = [k for k in dict.fromkeys(kinds) if k in undo.values()]
+        assert compensations == [c for c in reversed(started) if c in compensations]
+        completed = {type(domain.command_for(a, saga)).__name__ for a in saga.completed}
+        assert {undo[k] for k in completed if k in undo} <= set(compensations)

@@ -1,0 +1,234 @@
+"""The orchestrated order saga as a pure state machine: no I/O, no clock of its own.
+
+    reserve_stock -> charge_payment -> create_shipment -> confirm_order
+
+Every transition takes the saga as it is stored and returns the saga as it must be stored
+next, the commands to send, and a line for the step log. The handler persists the result
+(optimistic concurrency on ``version``) and emits the commands through the outbox.
+
+On a refusal the completed steps are compensated in reverse order, then the order is
+rejected. When a step's deadline passes, the step *may* have completed, so it is
+compensated too (every compensation is idempotent, and one that arrives before its action
+leaves a tombstone). Two steps are never compensated but sent again when their deadline
+passes: ``confirm_order``, the pivot (once shipping has created the shipment the saga can
+only go forward), and every compensation (an undo must eventually happen). A reply that
+does not match the step the saga waits for, or that arrives after the saga ended, changes
+nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from contracts import (
+    CancelShipment,
+    ChargePayment,
+    Command,
+    ConfirmOrder,
+    CreateShipment,
+    Money,
+    OrderLine,
+    RefundPayment,
+    RejectOrder,
+    ReleaseStock,
+    ReserveStock,
+)
+
+Status = Literal["running", "compensating", "confirmed", "rejected"]
+Action = Literal["reserve_stock", "charge_payment", "create_shipment", "confirm_order"]
+Compensation = Literal["cancel_shipment", "refund_payment", "release_stock", "reject_order"]
+Step = Action | Compensation
+
+ACTIONS: tuple[Action, ...] = (
+    "reserve_stock",
+    "charge_payment",
+    "create_shipment",
+    "confirm_order",
+)
+COMPENSATION_OF: dict[Action, Compensation] = {
+    "reserve_stock": "release_stock",
+    "charge_payment": "refund_payment",
+    "create_shipment": "cancel_shipment",
+}
+FINAL: frozenset[Status] = frozenset({"confirmed", "rejected"})
+
+# Which reply event answers which step, and whether it is a success.
+SUCCESS: dict[str, Step] = {
+    "stock.reserved": "reserve_stock",
+    "payment.completed": "charge_payment",
+    "shipment.created": "create_shipment",
+    "order.confirmed": "confirm_order",
+    "stock.released": "release_stock",
+    "payment.refunded": "refund_payment",
+    "shipment.cancelled": "cancel_shipment",
+    "order.rejected": "reject_order",
+}
+REFUSAL: dict[str, Action] = {
+    "stock.reservation_failed": "reserve_stock",
+    "payment.failed": "charge_payment",
+    "shipment.failed": "create_shipment",
+}
+REPLY_TYPES: tuple[str, ...] = (*SUCCESS, *REFUSAL)
+
+
+@dataclass(frozen=True)
+class OrderFacts:
+    """What the saga needs to know of the order to send every command."""
+
+    order_id: str
+    customer_id: str
+    items: tuple[OrderLine, ...]
+    total: Money
+    country: str
+
+
+@dataclass(frozen=True)
+class Saga:
+    facts: OrderFacts
+    status: Status
+    step: Step  # the step whose reply the saga waits for (its last one once final)
+    completed: tuple[Action, ...]  # actions that succeeded, in order
+    pending: tuple[Compensation, ...]  # compensations still to run after ``step``
+    reason: str | None
+    deadline_at: datetime | None
+    version: int  # 0 until first stored
+
+    @property
+    def order_id(self) -> str:
+        return self.facts.order_id
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+
+@dataclass(frozen=True)
+class Transition:
+    saga: Saga
+    commands: tuple[Command, ...]
+    log: str  # what happened, for the step log
+    changed: bool = True  # False: nothing to store (a late or stray reply)
+
+
+def command_for(step: Step, saga: Saga) -> Command:
+    facts, reason = saga.facts, saga.reason or "saga compensation"
+    items = list(facts.items)
+    match step:
+        case "reserve_stock":
+            return ReserveStock(
+                order_id=facts.order_id,
+                items=items,
+                saga="orchestration",
+                customer_id=facts.customer_id,
+                total=facts.total,
+                country=facts.country,
+            )
+        case "charge_payment":
+            return ChargePayment(
+                order_id=facts.order_id,
+                customer_id=facts.customer_id,
+                amount=facts.total,
+                saga="orchestration",
+                country=facts.country,
+                items=items,
+            )
+        case "create_shipment":
+            return CreateShipment(
+                order_id=facts.order_id, country=facts.country, items=items, saga="orchestration"
+            )
+        case "confirm_order":
+            return ConfirmOrder(order_id=facts.order_id)
+        case "release_stock":
+            return ReleaseStock(order_id=facts.order_id, reason=reason, saga="orchestration")
+        case "refund_payment":
+            return RefundPayment(order_id=facts.order_id, reason=reason, saga="orchestration")
+        case "cancel_shipment":
+            return CancelShipment(order_id=facts.order_id, reason=reason, saga="orchestration")
+        case "reject_order":
+            return RejectOrder(order_id=facts.order_id, reason=reason)
+    raise ValueError(f"unknown step {step}")
+
+
+def _action(step: Step) -> Action:
+    """``step`` while running, which is always one of the actions."""
+    if step not in ACTIONS:
+        raise ValueError(f"{step} is not an action step")
+    return step
+
+
+def start(facts: OrderFacts, now: datetime, timeout: timedelta) -> Transition:
+    saga = Saga(facts, "running", "reserve_stock", (), (), None, now + timeout, 0)
+    return Transition(saga, (command_for("reserve_stock", saga),), "started: reserve_stock")
+
+
+def _go_to(saga: Saga, step: Step, now: datetime, timeout: timedelta, log: str) -> Transition:
+    moved = replace(saga, step=step, deadline_at=now + timeout)
+    return Transition(moved, (command_for(step, moved),), log)
+
+
+def _compensate(
+    saga: Saga, undo: tuple[Action, ...], reason: str, now: datetime, timeout: timedelta, log: str
+) -> Transition:
+    """Undo ``undo`` in reverse order, then reject the order."""
+    steps: list[Compensation] = [
+        COMPENSATION_OF[action] for action in reversed(undo) if action in COMPENSATION_OF
+    ]
+    steps.append("reject_order")
+    compensating = replace(saga, status="compensating", pending=tuple(steps[1:]), reason=reason)
+    return _go_to(compensating, steps[0], now, timeout, f"{log}; compensating: {steps[0]}")
+
+
+def _unchanged(saga: Saga, log: str) -> Transition:
+    return Transition(saga, (), log, changed=False)
+
+
+def on_reply(
+    saga: Saga, reply_type: str, reason: str | None, now: datetime, timeout: timedelta
+) -> Transition:
+    """A service answered; ``reason`` is the refusal's reason for a refusal event."""
+    if saga.final:
+        return _unchanged(saga, f"late {reply_type} after the saga ended {saga.status}: ignored")
+    if reply_type in REFUSAL:
+        step: Step = REFUSAL[reply_type]
+        if saga.status != "running" or saga.step != step:
+            return _unchanged(saga, f"{reply_type} while waiting for {saga.step}: ignored")
+        return _compensate(
+            saga, saga.completed, reason or reply_type, now, timeout, f"{step} refused: {reason}"
+        )
+    step = SUCCESS[reply_type]
+    if step != saga.step:
+        return _unchanged(saga, f"{reply_type} while waiting for {saga.step}: ignored")
+    if saga.status == "running":
+        done = replace(saga, completed=(*saga.completed, _action(step)))
+        if step == "confirm_order":
+            return Transition(
+                replace(done, status="confirmed", deadline_at=None),
+                (),
+                "confirm_order done: confirmed",
+            )
+        following = ACTIONS[ACTIONS.index(_action(step)) + 1]
+        return _go_to(done, following, now, timeout, f"{step} done; next: {following}")
+    # compensating
+    if step == "reject_order":
+        return Transition(
+            replace(saga, status="rejected", deadline_at=None), (), "reject_order done: rejected"
+        )
+    following_compensation = saga.pending[0]
+    moved = replace(saga, pending=saga.pending[1:])
+    return _go_to(
+        moved, following_compensation, now, timeout, f"{step} done; next: {following_compensation}"
+    )
+
+
+def on_deadline(saga: Saga, now: datetime, timeout: timedelta) -> Transition:
+    """The step's deadline passed with no reply."""
+    if saga.final or saga.deadline_at is None or saga.deadline_at > now:
+        return _unchanged(saga, "deadline not reached")
+    if saga.status == "compensating" or saga.step == "confirm_order":
+        return _go_to(saga, saga.step, now, timeout, f"{saga.step} timed out: sent again")
+    # The step may have completed: undo it with the completed ones.
+    undo = (*saga.completed, _action(saga.step))
+    reason = f"{saga.step} timed out"
+    return _compensate(saga, undo, reason, now, timeout, reason)

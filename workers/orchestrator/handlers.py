@@ -1,0 +1,107 @@
+"""The orchestrator's wiring: start a saga on order.placed, advance it on every reply, and
+watch deadlines in the background (they live in the database, so they survive restarts)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import OrderPlacedV2
+from db.unit_of_work import UnitOfWork, unit_of_work
+from workers.orchestrator import domain, store
+from workers.orchestrator.domain import OrderFacts, Transition
+from workers.service import Service
+from workers.settings import Settings, get_settings
+
+log = logging.getLogger("fleet.orchestrator")
+
+service = Service("orchestrator")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timeout(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.step_timeout_seconds)
+
+
+async def _lock(uow: UnitOfWork, order_id: str) -> None:
+    """One decision about a saga at a time (replies, deadlines, a repeated start)."""
+    await uow.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(order_id))))
+
+
+async def _apply(uow: UnitOfWork, transition: Transition) -> None:
+    if not transition.changed:
+        log.info("saga %s: %s", transition.saga.order_id, transition.log)
+        await store.log(uow.conn, transition.saga, transition.log)
+        return
+    await store.save(uow.conn, transition.saga)
+    await store.log(uow.conn, transition.saga, transition.log)
+    for command in transition.commands:
+        # The saga's correlation id is its order id, whatever caused this step.
+        uow.emit(command, correlation_id=transition.saga.order_id)
+
+
+@service.handler("order.placed")
+async def start_saga(uow: UnitOfWork, event: OrderPlacedV2) -> None:
+    if event.saga != "orchestration":
+        return
+    await _lock(uow, event.order_id)
+    if await store.load(uow.conn, event.order_id) is not None:
+        return  # already started: order.placed delivered again under another id
+    facts = OrderFacts(
+        order_id=event.order_id,
+        customer_id=event.customer_id,
+        items=tuple(event.items),
+        total=event.total,
+        country=event.country,
+    )
+    await _apply(uow, domain.start(facts, _now(), _timeout(get_settings())))
+
+
+@service.handler(*domain.REPLY_TYPES)
+async def advance_saga(uow: UnitOfWork, event: Any) -> None:
+    if getattr(event, "saga", "orchestration") != "orchestration":
+        return  # a choreographed order's event: not ours
+    await _lock(uow, event.order_id)
+    saga = await store.load(uow.conn, event.order_id)
+    if saga is None:
+        log.info("%s for order %s, which has no saga: ignored", event.TYPE, event.order_id)
+        return
+    reason = getattr(event, "reason", None) if event.TYPE in domain.REFUSAL else None
+    await _apply(uow, domain.on_reply(saga, event.TYPE, reason, _now(), _timeout(get_settings())))
+
+
+async def watch_deadlines(settings: Settings, engine: AsyncEngine, stop: asyncio.Event) -> None:
+    """Every ``deadline_poll_seconds``, act on the sagas whose step deadline passed."""
+    while not stop.is_set():
+        try:
+            await fire_due_deadlines(settings, engine)
+        except Exception as error:  # the database is down: try again on the next round
+            log.warning("deadline watcher: %s: %s", type(error).__name__, error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=settings.deadline_poll_seconds)
+
+
+async def fire_due_deadlines(settings: Settings, engine: AsyncEngine, limit: int = 100) -> int:
+    async with unit_of_work(engine, producer=service.name, namespace=settings.namespace) as uow:
+        now = _now()
+        due = await store.due(uow.conn, now, limit)
+        for order_id in due:
+            await _lock(uow, order_id)
+            saga = await store.load(uow.conn, order_id)
+            if saga is not None:
+                transition = domain.on_deadline(saga, now, _timeout(settings))
+                log.warning("saga %s: %s", order_id, transition.log)
+                await _apply(uow, transition)
+    return len(due)
+
+
+service.background.append(watch_deadlines)
