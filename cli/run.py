@@ -7,18 +7,20 @@ import json
 import logging
 import signal
 from collections.abc import Callable, Coroutine
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import typer
 from aiormq.exceptions import PublishError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cli.output import JsonOption, fail, print_json
+from cli.output import JsonOption, fail, first_error, print_json
 from contracts import Envelope, registry
 from contracts.routing import commands_exchange, events_exchange, exchange_for
 from db.engine import create_engine
-from db.unit_of_work import unit_of_work
 from workers import services
 from workers.inventory import store as inventory_store
+from workers.payment import store as payment_store
 from workers.publisher import ConfirmedPublisher, Outgoing
 from workers.relay import Relay
 from workers.runtime import Worker, declare_topology
@@ -138,7 +140,7 @@ def publish(
         try:
             body = registry.encode(model.model_validate(parsed))
         except Exception as error:  # pydantic's ValidationError, summarised
-            fail(f"--data is not a valid {type_} v{chosen}: {_first_error(error)}", 2)
+            fail(f"--data is not a valid {type_} v{chosen}: {first_error(error)}", 2)
     else:
         chosen = version or (registry.latest_version(type_) if known else 1)
         body = data.encode()
@@ -192,38 +194,66 @@ def publish(
 
 
 def seed(
-    skus: int = typer.Option(10, "--skus", min=1, help="How many SKUs (SKU-0001, SKU-0002, ...)."),
+    skus: int = typer.Option(10, "--skus", min=0, help="How many SKUs (SKU-0001, SKU-0002, ...)."),
     stock: int = typer.Option(100, "--stock", min=1, help="Units added to each SKU."),
+    customers: int = typer.Option(
+        0, "--customers", min=0, help="How many customers (CUST-0001...)."
+    ),
+    balance: str = typer.Option("1000.00", "--balance", help="Money added to each account."),
+    currency: str = typer.Option("EUR", "--currency", help="The accounts' currency."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Add stock to play with (adds to what is there; prints the SKUs)."""
+    """Add stock and customer accounts to play with (adds to what is there; prints the ids)."""
+    try:
+        amount = Decimal(balance)
+        if amount < 0 or amount != amount.quantize(Decimal("0.01")):
+            raise InvalidOperation
+    except InvalidOperation:
+        fail(f"--balance must be an amount like 1000.00, not {balance!r}", 2)
     settings = get_settings()
-    names = [f"SKU-{n:04d}" for n in range(1, skus + 1)]
+    sku_names = [f"SKU-{n:04d}" for n in range(1, skus + 1)]
+    customer_ids = [f"CUST-{n:04d}" for n in range(1, customers + 1)]
 
-    async def add() -> None:
-        engine = create_engine(settings.database_url("inventory"), pool_size=1)
+    async def add(
+        service: str, write: Callable[[AsyncConnection], Coroutine[Any, Any, None]]
+    ) -> None:
+        engine = create_engine(settings.database_url(service), pool_size=1)
         try:
-            async with unit_of_work(
-                engine, producer="fleet-cli", namespace=settings.namespace
-            ) as uow:
-                for name in names:
-                    await inventory_store.seed(uow.conn, name, stock)
+            async with engine.begin() as conn:
+                await write(conn)
         finally:
             await engine.dispose()
 
-    asyncio.run(add())
+    async def stock_up(conn: AsyncConnection) -> None:
+        for name in sku_names:
+            await inventory_store.seed(conn, name, stock)
+
+    async def fund(conn: AsyncConnection) -> None:
+        for customer in customer_ids:
+            await payment_store.seed_customer(conn, customer, amount, currency)
+
+    async def both() -> None:
+        if sku_names:
+            await add("inventory", stock_up)
+        if customer_ids:
+            await add("payment", fund)
+
+    try:
+        asyncio.run(both())
+    except ValueError as error:  # an account in another currency
+        fail(str(error))
     if as_json:
-        print_json({"skus": names, "stock_added": stock})
+        print_json(
+            {
+                "skus": sku_names,
+                "stock_added": stock,
+                "customers": customer_ids,
+                "balance_added": str(amount),
+                "currency": currency,
+            }
+        )
     else:
-        typer.echo("\n".join(names))
-
-
-def _first_error(error: Exception) -> str:
-    errors = getattr(error, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}"
-    return str(error)
+        typer.echo("\n".join([*sku_names, *customer_ids]))
 
 
 def register(app: typer.Typer) -> None:

@@ -14,6 +14,8 @@ import asyncio
 import asyncpg
 from sqlalchemy import exc as sa_exc
 
+from db.event_store import ConcurrencyConflict
+
 
 class TransientError(Exception):
     """Raise from a handler to ask for a delayed retry (e.g. a concurrency conflict)."""
@@ -42,7 +44,8 @@ def _sqlstate(error: BaseException) -> str | None:
 
 
 def is_transient(error: BaseException) -> bool:
-    if isinstance(error, TransientError):
+    # A concurrency conflict aborted the transaction: the retry decides again on fresh state.
+    if isinstance(error, (TransientError, ConcurrencyConflict)):
         return True
     if isinstance(error, PermanentError):
         return False

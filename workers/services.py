@@ -9,7 +9,13 @@ from workers.settings import SERVICES
 
 # service name -> module whose ``service`` attribute is its Service; the others of SERVICES
 # have databases already but no handlers yet.
-_MODULES = {"inventory": "workers.inventory.handlers"}
+_MODULES = {
+    "inventory": "workers.inventory.handlers",
+    "order": "workers.order.handlers",
+    "payment": "workers.payment.handlers",
+    "shipping": "workers.shipping.handlers",
+    "orchestrator": "workers.orchestrator.handlers",
+}
 
 
 class UnknownService(ValueError):

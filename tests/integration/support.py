@@ -104,20 +104,16 @@ class Fleet:
 
     def env(self, **overrides: Any) -> dict[str, str]:
         """The environment a ``fleet`` process needs to join this test's namespace."""
-        values = {
-            "amqp_url": self.settings.amqp_url,
-            "pg_admin_url": self.settings.pg_admin_url,
-            "namespace": self.settings.namespace,
-            "retry_delays_ms": json.dumps(self.settings.retry_delays_ms),
-            "max_attempts": self.settings.max_attempts,
-            "delivery_limit": self.settings.delivery_limit,
-            "prefetch": self.settings.prefetch,
-            "relay_poll_interval": self.settings.relay_poll_interval,
-            "relay_lock_retry": self.settings.relay_lock_retry,
-            **overrides,
-        }
+        values = {**self.settings.model_dump(), **overrides}
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-        env.update({f"FLEET_{key.upper()}": str(value) for key, value in values.items()})
+        env.update(
+            {
+                f"FLEET_{key.upper()}": json.dumps(value)
+                if isinstance(value, list | dict)
+                else str(value)
+                for key, value in values.items()
+            }
+        )
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

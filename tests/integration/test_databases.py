@@ -19,7 +19,11 @@ from db import tables as messaging
 from db.engine import asyncpg_url, create_engine
 from db.provision import ProvisioningError, ProvisionResult, ServiceDatabase, drop, provision
 from workers.inventory import store as inventory_store
+from workers.orchestrator import store as orchestrator_store
+from workers.order import store as order_store
+from workers.payment import store as payment_store
 from workers.settings import SERVICES, Settings
+from workers.shipping import store as shipping_store
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +31,22 @@ ADMIN_URL = os.environ.get("FLEET_PG_ADMIN_URL", "postgresql://postgres@127.0.0.
 
 MESSAGING_TABLES = {"outbox", "inbox"}
 INVENTORY_TABLES = {"stock", "reservations", "reservation_lines", "stock_ledger"}
+# Each service's own tables, next to its outbox and inbox.
+SERVICE_TABLES = {
+    "inventory": INVENTORY_TABLES,
+    "order": {"events", "snapshots"},
+    "payment": {"accounts", "payments", "payment_ledger"},
+    "shipping": {"shipments"},
+    "orchestrator": {"sagas", "saga_log"},
+}
+# Each service's own tables, as its code declares them.
+SERVICE_METADATA = {
+    "inventory": inventory_store.metadata,
+    "order": order_store.metadata,
+    "payment": payment_store.metadata,
+    "shipping": shipping_store.metadata,
+    "orchestrator": orchestrator_store.metadata,
+}
 
 
 def service_databases(services: Sequence[str]) -> list[ServiceDatabase]:
@@ -66,9 +86,9 @@ async def test_provision_creates_every_database_and_role_with_its_tables(
         assert (result.migrated_from, result.migrated_to) == (None, migrate.head(result.service))
 
     for database in databases:
-        expected = MESSAGING_TABLES | {"alembic_version"}
-        if database.service == "inventory":
-            expected |= INVENTORY_TABLES
+        expected = (
+            MESSAGING_TABLES | {"alembic_version"} | SERVICE_TABLES.get(database.service, set())
+        )
         # Connected as the service's own role: it owns its database and every table in it.
         connection = await asyncpg.connect(asyncpg_url(database.url))
         try:
@@ -94,8 +114,8 @@ async def test_migrated_schema_matches_the_code_s_tables(
         expected = sa.MetaData()
         for table in messaging.metadata.tables.values():
             table.to_metadata(expected)
-        if database.service == "inventory":
-            for table in inventory_store.metadata.tables.values():
+        if database.service in SERVICE_METADATA:
+            for table in SERVICE_METADATA[database.service].tables.values():
                 table.to_metadata(expected)
         differences = await schema_differences(database.url, expected)
         assert differences == [], database.service
@@ -132,17 +152,18 @@ async def test_a_service_role_cannot_connect_to_another_service_s_database(
         )
 
 
-async def test_migrations_downgrade_to_nothing_and_upgrade_again() -> None:
-    databases = service_databases(["inventory"])
-    (inventory,) = databases
+@pytest.mark.parametrize("service", sorted(SERVICE_TABLES))
+async def test_migrations_downgrade_to_nothing_and_upgrade_again(service: str) -> None:
+    databases = service_databases([service])
+    (database,) = databases
     try:
         await provision(ADMIN_URL, databases)
-        config = migrate.alembic_config("inventory", inventory.url)
+        config = migrate.alembic_config(service, database.url)
         await asyncio.to_thread(command.downgrade, config, "base")
-        assert await public_tables(inventory.url) == {"alembic_version"}
-        assert await migrate.upgrade_async("inventory", inventory.url) == (None, "0002")
-        assert await public_tables(inventory.url) == (
-            MESSAGING_TABLES | INVENTORY_TABLES | {"alembic_version"}
+        assert await public_tables(database.url) == {"alembic_version"}
+        assert await migrate.upgrade_async(service, database.url) == (None, "0002")
+        assert await public_tables(database.url) == (
+            MESSAGING_TABLES | SERVICE_TABLES[service] | {"alembic_version"}
         )
     finally:
         await drop(ADMIN_URL, databases)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from contracts import (
+    OrderPlacedV2,
+    PaymentFailed,
     ReleaseStock,
     ReserveStock,
+    ShipmentFailed,
     StockReleased,
     StockReservationFailed,
     StockReserved,
@@ -16,9 +19,13 @@ from workers.service import Service
 service = Service("inventory")
 
 
-@service.handler("inventory.reserve_stock")
-async def reserve_stock(uow: UnitOfWork, command: ReserveStock) -> None:
-    """All lines or none; out of stock or an unknown SKU is a refusal event, not an error."""
+@service.handler("inventory.reserve_stock", "order.placed")
+async def reserve_stock(uow: UnitOfWork, command: ReserveStock | OrderPlacedV2) -> None:
+    """All lines or none; out of stock or an unknown SKU is a refusal event, not an error.
+    In choreography the reservation follows ``order.placed``; an orchestrated order waits
+    for the orchestrator's command."""
+    if isinstance(command, OrderPlacedV2) and command.saga != "choreography":
+        return
     await store.lock_order(uow.conn, command.order_id)
     existing = await store.load_reservation(uow.conn, command.order_id)
     lines = domain.merge_lines(domain.Line(item.sku, item.quantity) for item in command.items)
@@ -55,9 +62,15 @@ async def reserve_stock(uow: UnitOfWork, command: ReserveStock) -> None:
     )
 
 
-@service.handler("inventory.release_stock")
-async def release_stock(uow: UnitOfWork, command: ReleaseStock) -> None:
-    """Give the order's stock back; before any reservation, leave a tombstone instead."""
+@service.handler("inventory.release_stock", "payment.failed", "shipment.failed")
+async def release_stock(
+    uow: UnitOfWork, command: ReleaseStock | PaymentFailed | ShipmentFailed
+) -> None:
+    """Give the order's stock back; before any reservation, leave a tombstone instead.
+    In choreography a failed payment or shipment releases the stock."""
+    if isinstance(command, PaymentFailed | ShipmentFailed):
+        if command.saga != "choreography":
+            return
     await store.lock_order(uow.conn, command.order_id)
     existing = await store.load_reservation(uow.conn, command.order_id)
     decision = domain.decide_release(existing)

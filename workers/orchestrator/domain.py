@@ -6,10 +6,12 @@ Every transition takes the saga as it is stored and returns the saga as it must 
 next, the commands to send, and a line for the step log. The handler persists the result
 (optimistic concurrency on ``version``) and emits the commands through the outbox.
 
-On a refusal the completed steps are compensated in reverse order, then the order is
-rejected. When a step's deadline passes, the step *may* have completed, so it is
-compensated too (every compensation is idempotent, and one that arrives before its action
-leaves a tombstone). Two steps are never compensated but sent again when their deadline
+On a refusal the completed steps are compensated in reverse order, each waiting for its
+reply, then the order is rejected. When a step's deadline passes, the step *may* have
+completed, so its compensation is sent too, first, but not waited for: its service may be
+the one that is down, and the command waits durably in its queue (every compensation is
+idempotent, and one that arrives before its action leaves a tombstone, so the late action
+is refused). Two steps are never compensated but sent again when their deadline
 passes: ``confirm_order``, the pivot (once shipping has created the shipment the saga can
 only go forward), and every compensation (an undo must eventually happen). A reply that
 does not match the step the saga waits for, or that arrives after the saga ended, changes
@@ -169,15 +171,24 @@ def _go_to(saga: Saga, step: Step, now: datetime, timeout: timedelta, log: str) 
 
 
 def _compensate(
-    saga: Saga, undo: tuple[Action, ...], reason: str, now: datetime, timeout: timedelta, log: str
+    saga: Saga,
+    undo: tuple[Action, ...],
+    reason: str,
+    now: datetime,
+    timeout: timedelta,
+    log: str,
+    without_waiting: tuple[Compensation, ...] = (),
 ) -> Transition:
-    """Undo ``undo`` in reverse order, then reject the order."""
+    """Undo ``undo`` in reverse order, then reject the order; first send
+    ``without_waiting``, whose replies the saga does not wait for."""
     steps: list[Compensation] = [
         COMPENSATION_OF[action] for action in reversed(undo) if action in COMPENSATION_OF
     ]
     steps.append("reject_order")
     compensating = replace(saga, status="compensating", pending=tuple(steps[1:]), reason=reason)
-    return _go_to(compensating, steps[0], now, timeout, f"{log}; compensating: {steps[0]}")
+    moved = _go_to(compensating, steps[0], now, timeout, f"{log}; compensating: {steps[0]}")
+    sent_now = tuple(command_for(step, compensating) for step in without_waiting)
+    return replace(moved, commands=(*sent_now, *moved.commands))
 
 
 def _unchanged(saga: Saga, log: str) -> Transition:
@@ -228,7 +239,9 @@ def on_deadline(saga: Saga, now: datetime, timeout: timedelta) -> Transition:
         return _unchanged(saga, "deadline not reached")
     if saga.status == "compensating" or saga.step == "confirm_order":
         return _go_to(saga, saga.step, now, timeout, f"{saga.step} timed out: sent again")
-    # The step may have completed: undo it with the completed ones.
-    undo = (*saga.completed, _action(saga.step))
-    reason = f"{saga.step} timed out"
-    return _compensate(saga, undo, reason, now, timeout, reason)
+    # The step may have completed: undo it too, without waiting on its (silent) service.
+    timed_out = _action(saga.step)
+    reason = f"{timed_out} timed out"
+    return _compensate(
+        saga, saga.completed, reason, now, timeout, reason, (COMPENSATION_OF[timed_out],)
+    )

@@ -1,0 +1,299 @@
+"""An append-only event store in a service's own database: streams of versioned events,
+optimistic concurrency, snapshots, and upcasting on load.
+
+A stream is the history of one aggregate, numbered 1, 2, 3, ... without gaps. Writing says
+which version the writer decided on (``expected_version``): the new events take the next
+numbers, and the primary key (stream_id, version), not the isolation level, makes the
+second of two writers that decided on the same version lose with :class:`ConcurrencyConflict`
+(its insert waits for the first transaction, then finds the row). PostgreSQL aborts the
+loser's transaction, so the caller's whole unit of work is retried and decides again on
+fresh state; ``workers.errors`` counts the conflict as transient for that reason.
+
+Everything here runs on the caller's connection, inside the caller's transaction, so events,
+snapshots, the inbox entry and the outbox rows that publish the same events commit together.
+
+Events are stored as their contract (type, contract version, JSON body) and decoded on load
+through ``contracts.registry``: a stored old version is upcast to the newest one, exactly as
+a consumer upcasts an old message. A stored version nobody knows fails loudly, never guessed.
+
+Snapshots: at most one per stream, the state folded up to some version, tagged with the
+schema version of the state's shape. A snapshot of another schema version is ignored (the
+stream is replayed from the start): an old shape is never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import Message, registry
+
+EVENTS_PRIMARY_KEY = "events_pkey"
+
+
+class ConcurrencyConflict(Exception):
+    """Another writer appended to the stream after ``expected_version``; decide again."""
+
+    def __init__(self, stream_id: str, expected_version: int) -> None:
+        super().__init__(f"stream {stream_id} moved past version {expected_version} while deciding")
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    stream_id: str
+    version: int
+    # Decoded and upcast to the newest contract version of its type.
+    message: Message
+    # The stored (type, contract version) before upcasting.
+    type: str
+    contract_version: int
+    metadata: dict[str, Any]
+    recorded_at: datetime
+    # Order of insertion across all streams (see ``all_events``).
+    global_position: int
+
+
+# --- Tables. Written down once here; each service's metadata gets them through
+# add_event_store_tables, and its migration writes the same out as frozen history. --------
+
+
+def _events_columns() -> list[Any]:
+    return [
+        sa.Column("stream_id", sa.Text, nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("type", sa.Text, nullable=False),
+        sa.Column("contract_version", sa.Integer, nullable=False),
+        sa.Column("data", JSONB, nullable=False),
+        # correlation_id, causation_id and the message_id under which the event was emitted.
+        sa.Column("metadata", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column(
+            "recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        # Insertion order across streams, for replays of the whole store (read models).
+        sa.Column("global_position", sa.BigInteger, sa.Identity(), nullable=False),
+        sa.PrimaryKeyConstraint("stream_id", "version", name=EVENTS_PRIMARY_KEY),
+        sa.UniqueConstraint("global_position", name="uq_events_global_position"),
+        sa.CheckConstraint("version >= 1", name="ck_events_version_positive"),
+    ]
+
+
+def _snapshots_columns() -> list[Any]:
+    return [
+        sa.Column("stream_id", sa.Text, primary_key=True),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("schema_version", sa.Integer, nullable=False),
+        sa.Column("state", JSONB, nullable=False),
+        sa.Column(
+            "taken_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+    ]
+
+
+def add_event_store_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
+    """The ``events`` and ``snapshots`` tables, added to a service's own metadata."""
+    events = sa.Table("events", metadata, *_events_columns())
+    snapshots = sa.Table("snapshots", metadata, *_snapshots_columns())
+    return events, snapshots
+
+
+# Standalone definitions for the statements below, in whichever service's database.
+metadata = sa.MetaData()
+events_table, snapshots_table = add_event_store_tables(metadata)
+_metadata_column = events_table.c["metadata"]
+
+
+# --- Writing. --------------------------------------------------------------------------
+
+
+async def append(
+    conn: AsyncConnection,
+    stream_id: str,
+    expected_version: int,
+    messages: Sequence[Message],
+    metadata: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+) -> int:
+    """Append ``messages`` as versions ``expected_version + 1 ...``; return the new version.
+
+    ``expected_version`` is the version the caller's decision was based on (0: the stream
+    did not exist). ``metadata`` is one mapping for every event, or one per event.
+    Raises :class:`ConcurrencyConflict` when another writer took one of those versions; the
+    transaction is then aborted and must be retried as a whole.
+    """
+    if expected_version < 0:
+        raise ValueError(f"expected_version must be >= 0, not {expected_version}")
+    if not messages:
+        return expected_version
+    if metadata is None or isinstance(metadata, Mapping):
+        per_event: Sequence[Mapping[str, Any] | None] = [metadata] * len(messages)
+    else:
+        if len(metadata) != len(messages):
+            raise ValueError(f"{len(messages)} events but {len(metadata)} metadata mappings")
+        per_event = metadata
+    rows = [
+        {
+            "stream_id": stream_id,
+            "version": expected_version + offset,
+            "type": message.TYPE,
+            "contract_version": message.VERSION,
+            # Through the registry: only a registered model of its (type, version) is stored.
+            "data": json.loads(registry.encode(message)),
+            "metadata": dict(meta or {}),
+        }
+        for offset, (message, meta) in enumerate(zip(messages, per_event, strict=True), start=1)
+    ]
+    try:
+        await conn.execute(sa.insert(events_table), rows)
+    except sa_exc.IntegrityError as error:
+        if _violated_constraint(error) == EVENTS_PRIMARY_KEY:
+            raise ConcurrencyConflict(stream_id, expected_version) from error
+        raise
+    return expected_version + len(messages)
+
+
+def _violated_constraint(error: BaseException) -> str | None:
+    """The constraint named by asyncpg's error, under SQLAlchemy's and the adapter's."""
+    current: BaseException | None = error
+    while current is not None:
+        name = getattr(current, "constraint_name", None)
+        if isinstance(name, str):
+            return name
+        current = getattr(current, "orig", None) or current.__cause__
+    return None
+
+
+# --- Reading. --------------------------------------------------------------------------
+
+_EVENT_COLUMNS = (
+    events_table.c.stream_id,
+    events_table.c.version,
+    events_table.c.type,
+    events_table.c.contract_version,
+    # As text: the registry validates the JSON itself, as it does a message body.
+    sa.cast(events_table.c.data, sa.Text).label("data"),
+    _metadata_column,
+    events_table.c.recorded_at,
+    events_table.c.global_position,
+)
+
+
+def _stored(row: sa.Row[Any]) -> StoredEvent:
+    values = row._mapping
+    return StoredEvent(
+        stream_id=values["stream_id"],
+        version=values["version"],
+        message=registry.decode(values["type"], values["contract_version"], values["data"]),
+        type=values["type"],
+        contract_version=values["contract_version"],
+        metadata=dict(values["metadata"] or {}),
+        recorded_at=values["recorded_at"],
+        global_position=values["global_position"],
+    )
+
+
+async def load(conn: AsyncConnection, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
+    """The stream's events after ``after_version``, in version order, upcast to the newest
+    contract versions. A stream that does not exist is empty."""
+    rows = await conn.execute(
+        sa.select(*_EVENT_COLUMNS)
+        .where(events_table.c.stream_id == stream_id, events_table.c.version > after_version)
+        .order_by(events_table.c.version)
+    )
+    return [_stored(row) for row in rows]
+
+
+async def current_version(conn: AsyncConnection, stream_id: str) -> int:
+    """The stream's last version; 0 when it does not exist."""
+    version = await conn.scalar(
+        sa.select(sa.func.coalesce(sa.func.max(events_table.c.version), 0)).where(
+            events_table.c.stream_id == stream_id
+        )
+    )
+    return int(version or 0)
+
+
+async def stream_exists(conn: AsyncConnection, stream_id: str) -> bool:
+    return await current_version(conn, stream_id) > 0
+
+
+async def all_events(
+    conn: AsyncConnection, after_position: int = 0, limit: int = 1000
+) -> list[StoredEvent]:
+    """Events of every stream after ``after_position``, in global position order.
+
+    The position is taken at insert, not at commit: a transaction holding a lower position
+    may still commit after a higher one is visible. A full replay at a quiet point is exact;
+    a reader that tails the store by "position > last seen" must allow for such late gaps
+    (as the outbox relay does by never reading "id > last seen").
+    """
+    rows = await conn.execute(
+        sa.select(*_EVENT_COLUMNS)
+        .where(events_table.c.global_position > after_position)
+        .order_by(events_table.c.global_position)
+        .limit(limit)
+    )
+    return [_stored(row) for row in rows]
+
+
+# --- Snapshots. ------------------------------------------------------------------------
+
+
+def crossed_snapshot_boundary(before: int, after: int, every: int) -> bool:
+    """Whether a stream that went from version ``before`` to ``after`` passed a multiple of
+    ``every`` (0 or less: never snapshot)."""
+    return every > 0 and after // every > before // every
+
+
+async def save_snapshot(
+    conn: AsyncConnection,
+    stream_id: str,
+    version: int,
+    schema_version: int,
+    state: Mapping[str, Any],
+) -> None:
+    """Keep ``state`` as the stream's snapshot at ``version``, replacing an older one (or one
+    of another schema version); a snapshot never moves backwards within one schema."""
+    statement = insert(snapshots_table).values(
+        stream_id=stream_id, version=version, schema_version=schema_version, state=dict(state)
+    )
+    existing, new = snapshots_table.c, statement.excluded
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[existing.stream_id],
+            set_={
+                "version": new.version,
+                "schema_version": new.schema_version,
+                "state": new.state,
+                "taken_at": sa.func.now(),
+            },
+            where=sa.or_(
+                existing.version < new.version, existing.schema_version != new.schema_version
+            ),
+        )
+    )
+
+
+async def load_snapshot(
+    conn: AsyncConnection, stream_id: str, schema_version: int
+) -> tuple[int, dict[str, Any]] | None:
+    """(version, state) of the stream's snapshot if it has ``schema_version``; else None."""
+    row = (
+        await conn.execute(
+            sa.select(snapshots_table.c.version, snapshots_table.c.state).where(
+                snapshots_table.c.stream_id == stream_id,
+                snapshots_table.c.schema_version == schema_version,
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return row.version, dict(row.state)

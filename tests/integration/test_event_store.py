@@ -1,0 +1,267 @@
+"""The event store on the real PostgreSQL (the order's database): appends, optimistic
+concurrency between real transactions, upcasting on load, snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts import (
+    Money,
+    OrderConfirmed,
+    OrderPlacedV2,
+    OrderRejected,
+    UnknownContractVersion,
+)
+from db import event_store
+from db.event_store import ConcurrencyConflict
+from tests.integration.support import Fleet, new_id, wait_for
+from workers.errors import is_transient
+
+pytestmark = pytest.mark.integration
+
+
+def engine(fleet: Fleet) -> AsyncEngine:
+    return fleet.engine("order")
+
+
+def confirmed(n: int) -> list[OrderConfirmed]:
+    """Any registered events do for the store; it knows nothing of orders."""
+    return [OrderConfirmed(order_id=new_id()) for _ in range(n)]
+
+
+async def versions(fleet: Fleet, stream_id: str) -> list[int]:
+    async with engine(fleet).connect() as conn:
+        rows = await conn.execute(
+            sa.text("SELECT version FROM events WHERE stream_id = :s ORDER BY version"),
+            {"s": stream_id},
+        )
+        return [version for (version,) in rows]
+
+
+async def test_appended_events_load_back_in_order_with_their_metadata(fleet: Fleet) -> None:
+    stream = new_id()
+    first, second = confirmed(2)
+    third = OrderRejected(order_id=new_id(), reason="why not")
+    meta = {"correlation_id": "c-1", "causation_id": "m-0", "message_id": "m-1"}
+    async with engine(fleet).begin() as conn:
+        assert await event_store.current_version(conn, stream) == 0
+        assert not await event_store.stream_exists(conn, stream)
+        assert await event_store.append(conn, stream, 0, [first, second], meta) == 2
+        assert await event_store.append(conn, stream, 2, [third], [{"message_id": "m-3"}]) == 3
+    async with engine(fleet).connect() as conn:
+        loaded = await event_store.load(conn, stream)
+        assert await event_store.current_version(conn, stream) == 3
+        assert await event_store.stream_exists(conn, stream)
+        assert [e.version for e in await event_store.load(conn, stream, after_version=2)] == [3]
+    assert [e.version for e in loaded] == [1, 2, 3]
+    assert [e.message for e in loaded] == [first, second, third]
+    assert [(e.type, e.contract_version) for e in loaded] == [
+        ("order.confirmed", 1),
+        ("order.confirmed", 1),
+        ("order.rejected", 1),
+    ]
+    assert loaded[0].metadata == meta == loaded[1].metadata
+    assert loaded[2].metadata == {"message_id": "m-3"}
+    assert loaded[0].recorded_at.tzinfo is not None
+    positions = [e.global_position for e in loaded]
+    assert positions == sorted(positions) and len(set(positions)) == 3
+
+
+async def test_appending_after_a_version_that_moved_on_is_a_conflict(fleet: Fleet) -> None:
+    stream = new_id()
+    async with engine(fleet).begin() as conn:
+        await event_store.append(conn, stream, 0, confirmed(2))
+    with pytest.raises(ConcurrencyConflict) as raised:
+        async with engine(fleet).begin() as conn:
+            await event_store.append(conn, stream, 1, confirmed(1))
+    assert raised.value.stream_id == stream and raised.value.expected_version == 1
+    assert is_transient(raised.value)
+    assert await versions(fleet, stream) == [1, 2]
+
+
+async def _waiting_for_a_lock(fleet: Fleet, n: int) -> bool:
+    """At least ``n`` sessions in the order database wait for a lock (a row's transaction)."""
+    async with engine(fleet).connect() as conn:
+        count = await conn.scalar(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return int(count or 0) >= n
+
+
+async def test_two_transactions_appending_at_the_same_version_one_commits_one_conflicts(
+    fleet: Fleet,
+) -> None:
+    stream = new_id()
+    async with engine(fleet).begin() as conn:
+        await event_store.append(conn, stream, 0, confirmed(1))
+    winner_events, loser_events = confirmed(2), confirmed(1)
+
+    async with engine(fleet).connect() as first, engine(fleet).connect() as second:
+        first_tx = await first.begin()
+        second_tx = await second.begin()
+        # Both decided on version 1.
+        assert await event_store.append(first, stream, 1, winner_events) == 3
+
+        async def append_second(conn: AsyncConnection) -> int:
+            return await event_store.append(conn, stream, 1, loser_events)
+
+        racing = asyncio.create_task(append_second(second))
+        # The second insert waits on the first's uncommitted row for version 2 ...
+        await wait_for(lambda: _waiting_for_a_lock(fleet, 1))
+        assert not racing.done()
+        await first_tx.commit()
+        # ... and loses as soon as the first commits.
+        with pytest.raises(ConcurrencyConflict):
+            await racing
+        await second_tx.rollback()
+
+    async with engine(fleet).connect() as conn:
+        stored = await event_store.load(conn, stream)
+    assert [e.version for e in stored] == [1, 2, 3]
+    assert [e.message for e in stored][1:] == winner_events
+
+
+async def test_when_the_first_writer_rolls_back_the_waiting_one_takes_the_version(
+    fleet: Fleet,
+) -> None:
+    stream = new_id()
+    events = confirmed(1)
+    async with engine(fleet).connect() as first, engine(fleet).connect() as second:
+        first_tx = await first.begin()
+        await event_store.append(first, stream, 0, confirmed(1))
+        second_tx = await second.begin()
+        racing = asyncio.create_task(event_store.append(second, stream, 0, events))
+        await wait_for(lambda: _waiting_for_a_lock(fleet, 1))
+        await first_tx.rollback()
+        assert await racing == 1
+        await second_tx.commit()
+    async with engine(fleet).connect() as conn:
+        assert [e.message for e in await event_store.load(conn, stream)] == events
+
+
+async def insert_raw(
+    fleet: Fleet, stream: str, version: int, type_: str, contract_version: int, data: Any
+) -> None:
+    async with engine(fleet).begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO events (stream_id, version, type, contract_version, data)"
+                " VALUES (:s, :v, :t, :cv, CAST(:d AS jsonb))"
+            ),
+            {"s": stream, "v": version, "t": type_, "cv": contract_version, "d": json.dumps(data)},
+        )
+
+
+async def test_a_stored_old_contract_version_is_upcast_on_load(fleet: Fleet) -> None:
+    stream = order_id = new_id()
+    v1 = {
+        "order_id": order_id,
+        "customer_id": "customer-old",
+        "items": [{"sku": "sku-a", "quantity": 3, "unit_price": 4.1}],
+        "total": 12.3,
+        "country": "FR",
+    }
+    await insert_raw(fleet, stream, 1, "order.placed", 1, v1)
+    async with engine(fleet).connect() as conn:
+        (event,) = await event_store.load(conn, stream)
+    assert (event.type, event.contract_version) == ("order.placed", 1)
+    assert isinstance(event.message, OrderPlacedV2)
+    assert event.message.total == Money.of("12.30", "EUR")
+    assert event.message.items[0].unit_price == Money.of("4.10", "EUR")
+    assert event.message.saga == "orchestration"
+
+
+async def test_a_stored_version_nobody_knows_fails_loudly(fleet: Fleet) -> None:
+    stream = new_id()
+    await insert_raw(fleet, stream, 1, "order.confirmed", 9, {"order_id": stream})
+    async with engine(fleet).connect() as conn:
+        with pytest.raises(UnknownContractVersion):
+            await event_store.load(conn, stream)
+
+
+async def test_all_events_reads_every_stream_in_position_order(fleet: Fleet) -> None:
+    a, b = new_id(), new_id()
+    async with engine(fleet).connect() as conn:
+        start = int(
+            await conn.scalar(sa.text("SELECT coalesce(max(global_position), 0) FROM events"))
+        )
+    for stream in (a, b, a):
+        async with engine(fleet).begin() as conn:
+            version = await event_store.current_version(conn, stream)
+            await event_store.append(conn, stream, version, confirmed(1))
+    async with engine(fleet).connect() as conn:
+        read = await event_store.all_events(conn, after_position=start, limit=10_000)
+        limited = await event_store.all_events(conn, after_position=start, limit=1)
+    ours = [(e.stream_id, e.version) for e in read if e.stream_id in (a, b)]
+    assert ours == [(a, 1), (b, 1), (a, 2)]
+    assert len(limited) == 1 and limited[0].global_position == read[0].global_position
+
+
+def count_state(state: dict[str, Any] | None) -> dict[str, Any]:
+    return dict(state or {"seen": 0})
+
+
+async def test_a_long_stream_loads_from_its_snapshot_and_reads_only_the_rest(
+    fleet: Fleet,
+) -> None:
+    stream = new_id()
+    every, total = 20, 47
+    version = 0
+    for _ in range(total):  # one event per transaction, as handlers append
+        async with engine(fleet).begin() as conn:
+            state = await _fold_count(conn, stream)
+            new_version = await event_store.append(conn, stream, version, confirmed(1))
+            if event_store.crossed_snapshot_boundary(version, new_version, every):
+                state = {"seen": state["seen"] + 1}
+                await event_store.save_snapshot(conn, stream, new_version, 1, state)
+            version = new_version
+    async with engine(fleet).connect() as conn:
+        assert await event_store.load_snapshot(conn, stream, 1) == (40, {"seen": 40})
+        rest = await event_store.load(conn, stream, after_version=40)
+        assert await _fold_count(conn, stream) == {"seen": total}
+    assert [e.version for e in rest] == list(range(41, total + 1))  # 7 read instead of 47
+
+
+async def _fold_count(conn: AsyncConnection, stream: str) -> dict[str, Any]:
+    snapshot = await event_store.load_snapshot(conn, stream, 1)
+    after, state = snapshot if snapshot else (0, {"seen": 0})
+    return {"seen": state["seen"] + len(await event_store.load(conn, stream, after))}
+
+
+async def test_a_snapshot_of_another_schema_version_is_ignored(fleet: Fleet) -> None:
+    stream = new_id()
+    async with engine(fleet).begin() as conn:
+        await event_store.append(conn, stream, 0, confirmed(3))
+        await event_store.save_snapshot(conn, stream, 3, 1, {"shape": "old"})
+    async with engine(fleet).connect() as conn:
+        assert await event_store.load_snapshot(conn, stream, 1) == (3, {"shape": "old"})
+        assert await event_store.load_snapshot(conn, stream, 2) is None
+    # A newer schema replaces the old snapshot even at the same version; the old is then gone.
+    async with engine(fleet).begin() as conn:
+        await event_store.save_snapshot(conn, stream, 3, 2, {"shape": "new"})
+    async with engine(fleet).connect() as conn:
+        assert await event_store.load_snapshot(conn, stream, 2) == (3, {"shape": "new"})
+        assert await event_store.load_snapshot(conn, stream, 1) is None
+
+
+async def test_a_snapshot_never_moves_backwards(fleet: Fleet) -> None:
+    stream = new_id()
+    async with engine(fleet).begin() as conn:
+        await event_store.append(conn, stream, 0, confirmed(5))
+        await event_store.save_snapshot(conn, stream, 4, 1, {"at": 4})
+        await event_store.save_snapshot(conn, stream, 2, 1, {"at": 2})
+    async with engine(fleet).connect() as conn:
+        assert await event_store.load_snapshot(conn, stream, 1) == (4, {"at": 4})
+    async with engine(fleet).begin() as conn:
+        await event_store.save_snapshot(conn, stream, 5, 1, {"at": 5})
+    async with engine(fleet).connect() as conn:
+        assert await event_store.load_snapshot(conn, stream, 1) == (5, {"at": 5})

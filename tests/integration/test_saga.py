@@ -1,0 +1,199 @@
+"""The order saga end to end, both styles, with every service in its own real process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+
+from cli.orders import order_status, place_order, wait_until_final
+from contracts import Money, OrderLine, PlaceOrder
+from db.unit_of_work import unit_of_work
+from tests.integration.conftest import namespace_settings, namespaced_fleet
+from tests.integration.support import Fleet, FleetProcess, scalar, wait_for
+from workers.inventory import store as inventory_store
+from workers.payment import store as payment_store
+from workers.verify import verify
+
+pytestmark = pytest.mark.integration
+
+RUNNING = ("inventory", "payment", "shipping", "order", "orchestrator")
+STYLES = ("orchestration", "choreography")
+
+
+class SagaFleet:
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.workers: dict[str, FleetProcess] = {}
+
+    async def start(self, service: str) -> None:
+        process = await self.fleet.spawn("worker", service)
+        await process.wait_for_line("consuming")
+        self.workers[service] = process
+
+    async def kill(self, service: str) -> None:
+        await self.workers.pop(service).kill()
+
+    async def place(
+        self,
+        customer: str,
+        *lines: tuple[str, int, str],
+        country: str = "DE",
+        saga: str = "orchestration",
+        key: str | None = None,
+    ) -> str:
+        command = PlaceOrder(
+            idempotency_key=key or str(uuid.uuid4()),
+            customer_id=customer,
+            items=[
+                OrderLine(sku=sku, quantity=quantity, unit_price=Money.of(price, "EUR"))
+                for sku, quantity, price in lines
+            ],
+            country=country,
+            saga=saga,
+        )
+        return await place_order(self.fleet.settings, command)
+
+    async def ended(self, order_id: str, timeout: float = 60) -> dict[str, object]:
+        status = await wait_until_final(self.fleet.settings, order_id, timeout)
+        assert status is not None and status["status"] in ("CONFIRMED", "REJECTED"), status
+        return status
+
+    async def quiet_and_verified(self, timeout: float = 60) -> None:
+        """Invariants hold at quiet points: wait for one (compensations may still be in
+        flight when an order has ended), then every invariant must pass."""
+        problems: list[str] = []
+
+        async def passes() -> bool:
+            checks = await verify(self.fleet.settings)
+            problems[:] = [f"{c.name}: {c.problems}" for c in checks if not c.passed]
+            return not problems
+
+        try:
+            await wait_for(passes, timeout=timeout, interval=0.5)
+        except AssertionError:
+            raise AssertionError("\n".join(problems)) from None
+
+
+@pytest.fixture(scope="module")
+async def sagas(server_urls: tuple[str, str]) -> AsyncIterator[SagaFleet]:
+    settings = namespace_settings(
+        server_urls,
+        step_timeout_seconds=5.0,
+        deadline_poll_seconds=0.3,
+        max_attempts=6,
+    )
+    async with namespaced_fleet(settings) as fleet:
+        async with unit_of_work(
+            fleet.engine("inventory"), producer="tests", namespace=fleet.ns
+        ) as uow:
+            await inventory_store.seed(uow.conn, "WIDGET", 100_000)
+            await inventory_store.seed(uow.conn, "RARE", 1)
+        async with unit_of_work(
+            fleet.engine("payment"), producer="tests", namespace=fleet.ns
+        ) as uow:
+            await payment_store.seed_customer(uow.conn, "rich", Decimal("1000000.00"), "EUR")
+            await payment_store.seed_customer(uow.conn, "poor", Decimal("1.00"), "EUR")
+        saga_fleet = SagaFleet(fleet)
+        await asyncio.gather(*(saga_fleet.start(service) for service in RUNNING))
+        yield saga_fleet
+        for process in saga_fleet.workers.values():
+            assert await process.terminate() == 0
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_an_order_with_stock_money_and_a_reachable_country_is_confirmed(
+    sagas: SagaFleet, style: str
+) -> None:
+    order_id = await sagas.place("rich", ("WIDGET", 2, "9.90"), saga=style)
+    status = await sagas.ended(order_id)
+    assert status["status"] == "CONFIRMED", status
+    assert status["total"] == "19.80 EUR"
+    await sagas.quiet_and_verified()
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize(
+    ("customer", "lines", "country", "reason"),
+    [
+        ("rich", [("WIDGET", 1, "5.00"), ("RARE", 5, "1.00")], "DE", "out of stock"),
+        ("poor", [("WIDGET", 1, "5.00")], "DE", "insufficient funds"),
+        ("rich", [("WIDGET", 3, "2.00")], "XX", "XX"),
+    ],
+    ids=["out-of-stock", "insufficient-funds", "blocked-country"],
+)
+async def test_a_refused_step_rejects_the_order_and_undoes_what_was_done(
+    sagas: SagaFleet,
+    style: str,
+    customer: str,
+    lines: list[tuple[str, int, str]],
+    country: str,
+    reason: str,
+) -> None:
+    order_id = await sagas.place(customer, *lines, country=country, saga=style)
+    status = await sagas.ended(order_id)
+    assert status["status"] == "REJECTED", status
+    assert reason in str(status["reason"]), status
+    await sagas.quiet_and_verified()  # stock released, payment refunded, nothing shipped
+
+
+async def test_the_same_idempotency_key_placed_twice_makes_one_order(sagas: SagaFleet) -> None:
+    key = f"client-key-{uuid.uuid4()}"
+    first = await sagas.place("rich", ("WIDGET", 1, "1.00"), key=key)
+    second = await sagas.place("rich", ("WIDGET", 1, "1.00"), key=key)
+    assert first == second
+    await sagas.ended(first)
+    placed = "SELECT count(*) FROM events WHERE stream_id = :id AND type = 'order.placed'"
+    assert await scalar(sagas.fleet.engine("order"), placed, id=first) == 1
+    await sagas.quiet_and_verified()
+
+
+async def test_a_step_deadline_compensates_and_a_late_reply_changes_nothing(
+    sagas: SagaFleet,
+) -> None:
+    await sagas.kill("shipping")
+    try:
+        order_id = await sagas.place("rich", ("WIDGET", 4, "2.50"))
+        status = await sagas.ended(order_id, timeout=30)
+        assert status["status"] == "REJECTED"
+        assert status["reason"] == "create_shipment timed out"
+    finally:
+        await sagas.start("shipping")
+    # Shipping now finds the create and the cancel waiting; whatever it answers is late.
+    await sagas.quiet_and_verified()
+    after = await order_status(sagas.fleet.settings, order_id)
+    assert after is not None and after["status"] == "REJECTED"
+    entries = await scalar(
+        sagas.fleet.engine("orchestrator"),
+        "SELECT string_agg(entry, ' | ' ORDER BY id) FROM saga_log WHERE order_id = :id",
+        id=order_id,
+    )
+    assert "create_shipment timed out" in entries
+    assert "ignored" in entries  # the late reply, logged and acknowledged
+
+
+@pytest.mark.parametrize("victim", RUNNING)
+async def test_a_worker_killed_mid_run_and_restarted_leaves_every_order_ended(
+    sagas: SagaFleet, victim: str
+) -> None:
+    orders = await asyncio.gather(
+        *(
+            sagas.place(
+                "rich" if n % 7 else "poor",
+                ("WIDGET", 1 + n % 3, "3.00"),
+                country="XX" if n % 11 == 0 else "DE",
+                saga=STYLES[n % 2],
+            )
+            for n in range(100)
+        )
+    )
+    await asyncio.sleep(0.5)  # let the run get going
+    await sagas.kill(victim)
+    await asyncio.sleep(1.0)
+    await sagas.start(victim)
+    for order_id in orders:
+        await sagas.ended(order_id, timeout=120)
+    await sagas.quiet_and_verified(timeout=120)

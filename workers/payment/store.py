@@ -1,0 +1,232 @@
+"""The payment's tables, in its own database, and the statements that read and write them."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from workers.payment.domain import Account, Payment, to_cents
+
+metadata = sa.MetaData()
+
+# Money: NUMERIC(14, 2), read back as Decimal; never a float.
+MONEY = sa.Numeric(14, 2)
+
+# seeded: all money ever added by seeding; the invariant is
+# balance + charged - refunded = seeded (charged and refunded summed from the ledger).
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("balance", MONEY, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("seeded", MONEY, nullable=False),
+    sa.CheckConstraint("balance >= 0", name="ck_accounts_balance_not_negative"),
+    sa.CheckConstraint("seeded >= 0", name="ck_accounts_seeded_not_negative"),
+)
+
+# One row per order, whatever happened to it: charged, refused, or refunded. A refund that
+# arrives first writes a 'refunded' row with no amount: the tombstone that refuses a late
+# charge. Every row has a payment id of its own (the answer to a repeated request repeats
+# it); only a 'charged' row, or a 'refunded' one with an amount, stands for money moved.
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("order_id", sa.Text, primary_key=True),
+    sa.Column("payment_id", sa.Text, nullable=False, unique=True),
+    sa.Column("customer_id", sa.Text, nullable=True),
+    sa.Column("amount", MONEY, nullable=True),
+    sa.Column("currency", sa.Text, nullable=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.CheckConstraint("status IN ('charged', 'refused', 'refunded')", name="ck_payments_status"),
+    sa.CheckConstraint(
+        "status <> 'charged'"
+        " OR (customer_id IS NOT NULL AND amount IS NOT NULL AND currency IS NOT NULL)",
+        name="ck_payments_charged_is_complete",
+    ),
+    sa.CheckConstraint("amount >= 0", name="ck_payments_amount_not_negative"),
+)
+
+# Every change of a balance, with its cause; amount is what moved, its direction is the
+# kind's: a charge takes it, a refund and a seed add it.
+payment_ledger = sa.Table(
+    "payment_ledger",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("customer_id", sa.Text, sa.ForeignKey("accounts.customer_id"), nullable=False),
+    sa.Column("order_id", sa.Text, nullable=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("amount", MONEY, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("kind IN ('charge', 'refund', 'seed')", name="ck_payment_ledger_kind"),
+    sa.CheckConstraint("amount >= 0", name="ck_payment_ledger_amount_not_negative"),
+    sa.CheckConstraint(
+        "(kind = 'seed') = (order_id IS NULL)", name="ck_payment_ledger_order_unless_seed"
+    ),
+)
+sa.Index("ix_payment_ledger_customer_id", payment_ledger.c.customer_id)
+sa.Index("ix_payment_ledger_order_id", payment_ledger.c.order_id)
+
+
+# --- Reads and writes, in the caller's transaction. -----------------------------------
+
+
+async def lock_order(conn: AsyncConnection, order_id: str) -> None:
+    """Serialise every decision about one order (a charge racing its refund)."""
+    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(order_id))))
+
+
+async def load_payment(conn: AsyncConnection, order_id: str) -> Payment | None:
+    row = (await conn.execute(sa.select(payments).where(payments.c.order_id == order_id))).first()
+    if row is None:
+        return None
+    return Payment(
+        order_id=row.order_id,
+        payment_id=row.payment_id,
+        customer_id=row.customer_id,
+        amount=row.amount,
+        currency=row.currency,
+        status=row.status,
+        reason=row.reason,
+    )
+
+
+async def lock_account(conn: AsyncConnection, customer_id: str) -> Account | None:
+    """The customer's account, its row locked until the transaction ends."""
+    row = (
+        await conn.execute(
+            sa.select(accounts.c.balance, accounts.c.currency)
+            .where(accounts.c.customer_id == customer_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        return None
+    return Account(customer_id, row.balance, row.currency)
+
+
+async def _set_balance(
+    conn: AsyncConnection,
+    customer_id: str,
+    balance: Decimal,
+    order_id: str | None,
+    kind: str,
+    amount: Decimal,
+) -> None:
+    await conn.execute(
+        sa.update(accounts).where(accounts.c.customer_id == customer_id).values(balance=balance)
+    )
+    await conn.execute(
+        sa.insert(payment_ledger).values(
+            customer_id=customer_id, order_id=order_id, kind=kind, amount=amount
+        )
+    )
+
+
+async def charge(
+    conn: AsyncConnection,
+    order_id: str,
+    payment_id: str,
+    account: Account,
+    new_balance: Decimal,
+    amount: Decimal,
+    currency: str,
+) -> None:
+    """Record the charge and take ``amount`` from the (locked) account."""
+    await conn.execute(
+        sa.insert(payments).values(
+            order_id=order_id,
+            payment_id=payment_id,
+            customer_id=account.customer_id,
+            amount=amount,
+            currency=currency,
+            status="charged",
+        )
+    )
+    await _set_balance(conn, account.customer_id, new_balance, order_id, "charge", amount)
+
+
+async def refuse(
+    conn: AsyncConnection,
+    order_id: str,
+    payment_id: str,
+    customer_id: str,
+    amount: Decimal | None,
+    currency: str,
+    reason: str,
+) -> None:
+    await conn.execute(
+        sa.insert(payments).values(
+            order_id=order_id,
+            payment_id=payment_id,
+            customer_id=customer_id,
+            amount=amount,
+            currency=currency,
+            status="refused",
+            reason=reason,
+        )
+    )
+
+
+async def refund(
+    conn: AsyncConnection,
+    order_id: str,
+    account: Account,
+    new_balance: Decimal,
+    amount: Decimal,
+    reason: str,
+) -> None:
+    """Give ``amount`` back to the (locked) account and mark the payment refunded."""
+    await _set_balance(conn, account.customer_id, new_balance, order_id, "refund", amount)
+    await conn.execute(
+        sa.update(payments)
+        .where(payments.c.order_id == order_id)
+        .values(status="refunded", reason=reason, updated_at=sa.func.now())
+    )
+
+
+async def leave_tombstone(
+    conn: AsyncConnection, order_id: str, payment_id: str, reason: str
+) -> None:
+    await conn.execute(
+        sa.insert(payments).values(
+            order_id=order_id, payment_id=payment_id, status="refunded", reason=reason
+        )
+    )
+
+
+async def seed_customer(
+    conn: AsyncConnection, customer_id: str, balance: Decimal, currency: str
+) -> None:
+    """Add ``balance`` to the customer's account (creating it if new) and to its seeded
+    total. An existing account keeps its currency: seeding it in another one is refused."""
+    cents = to_cents(balance)
+    if cents is None or cents < 0:
+        raise ValueError(f"cannot seed {balance}: a non-negative amount in cents is needed")
+    statement = insert(accounts).values(
+        customer_id=customer_id, balance=cents, currency=currency, seeded=cents
+    )
+    seeded = await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[accounts.c.customer_id],
+            set_={"balance": accounts.c.balance + cents, "seeded": accounts.c.seeded + cents},
+            where=accounts.c.currency == currency,
+        ).returning(accounts.c.customer_id)
+    )
+    if seeded.first() is None:
+        raise ValueError(f"the account of {customer_id} is not in {currency}")
+    await conn.execute(
+        sa.insert(payment_ledger).values(
+            customer_id=customer_id, order_id=None, kind="seed", amount=cents
+        )
+    )

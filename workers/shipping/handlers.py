@@ -1,0 +1,67 @@
+"""The shipping's handlers: decode (done by the runtime), decide (domain), write + emit."""
+
+from __future__ import annotations
+
+import uuid
+
+from contracts import (
+    CancelShipment,
+    CreateShipment,
+    PaymentCompleted,
+    ShipmentCancelled,
+    ShipmentCreated,
+    ShipmentFailed,
+)
+from db.unit_of_work import UnitOfWork
+from workers.service import Service
+from workers.settings import get_settings
+from workers.shipping import domain, store
+
+service = Service("shipping")
+
+
+@service.handler("shipping.create_shipment", "payment.completed")
+async def create_shipment(uow: UnitOfWork, message: CreateShipment | PaymentCompleted) -> None:
+    """Create the order's shipment once; a blocked destination is a refusal event, not an
+    error. In choreography the shipment follows ``payment.completed``; an orchestrated
+    ``payment.completed`` is the orchestrator's to act on."""
+    if isinstance(message, PaymentCompleted) and message.saga != "choreography":
+        return
+    order_id = message.order_id
+    await store.lock_order(uow.conn, order_id)
+    existing = await store.load_shipment(uow.conn, order_id)
+    decision = domain.decide_creation(existing, message.country, get_settings().blocked_countries)
+    if isinstance(decision, domain.Refuse):
+        if decision.new:
+            await store.refuse(uow.conn, order_id, message.country, decision.reason)
+        uow.emit(ShipmentFailed(order_id=order_id, reason=decision.reason, saga=message.saga))
+        return
+    if isinstance(decision, domain.Create):
+        shipment_id = str(uuid.uuid4())
+        tracking_number = domain.tracking_number(shipment_id)
+        await store.create(uow.conn, order_id, shipment_id, tracking_number, decision.country)
+    else:
+        # Created before: answer the same, so a repeated request gets its reply again.
+        shipment_id, tracking_number = decision.shipment_id, decision.tracking_number
+    uow.emit(
+        ShipmentCreated(
+            order_id=order_id,
+            shipment_id=shipment_id,
+            tracking_number=tracking_number,
+            saga=message.saga,
+        )
+    )
+
+
+@service.handler("shipping.cancel_shipment")
+async def cancel_shipment(uow: UnitOfWork, command: CancelShipment) -> None:
+    """Cancel the order's shipment once; before any shipment, leave a tombstone instead.
+    Choreography never cancels a shipment: it is the saga's last step."""
+    await store.lock_order(uow.conn, command.order_id)
+    existing = await store.load_shipment(uow.conn, command.order_id)
+    decision = domain.decide_cancellation(existing)
+    if isinstance(decision, domain.Cancel):
+        await store.cancel(uow.conn, command.order_id, command.reason)
+    elif isinstance(decision, domain.LeaveTombstone):
+        await store.leave_tombstone(uow.conn, command.order_id, command.reason)
+    uow.emit(ShipmentCancelled(order_id=command.order_id, saga=command.saga))
