@@ -101,7 +101,7 @@ class Worker:
         settings = self.settings
         activate(settings)  # for handlers, which read get_settings()
         engine = create_engine(
-            settings.database_url(self.service.name), pool_size=settings.prefetch
+            settings.database_url(self.service.name), pool_size=settings.db_pool_size
         )
         publisher = await ConfirmedPublisher.connect(settings.amqp_url)
         try:

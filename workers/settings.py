@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # Deliveries of one message (crashes before ack included) before the broker dead-letters it.
     delivery_limit: int = 10
     prefetch: int = 20
+    # A worker's database connections: this many pooled, as many again in bursts. Handlers
+    # beyond that wait for one (back-pressure), so a fleet stays under max_connections.
+    db_pool_size: int = 4
 
     relay_batch_size: int = 500
     relay_poll_interval: float = 5.0

@@ -191,6 +191,11 @@ async def test_a_worker_killed_mid_run_and_restarted_leaves_every_order_ended(
         )
     )
     await asyncio.sleep(0.5)  # let the run get going
+    ended = (
+        "SELECT count(DISTINCT stream_id) FROM events"
+        " WHERE stream_id = ANY(:ids) AND type IN ('order.confirmed', 'order.rejected')"
+    )
+    assert await scalar(sagas.fleet.engine("order"), ended, ids=orders) < len(orders)
     await sagas.kill(victim)
     await asyncio.sleep(1.0)
     await sagas.start(victim)
