@@ -17,7 +17,7 @@ from aiormq.exceptions import AMQPConnectionError, AMQPError
 from sqlalchemy import exc as sa_exc
 
 from cli import db as db_commands
-from cli import dlq, orders, run, up
+from cli import dlq, load, orders, run, up
 from cli.output import CliError
 from contracts import ContractError
 from db.provision import ProvisioningError
@@ -37,6 +37,7 @@ app.command()(up.up)
 app.add_typer(orders.order_app, name="order")
 app.add_typer(orders.saga_app, name="saga")
 app.command()(orders.verify)
+app.command()(load.load)
 
 
 def _one_line(error: BaseException) -> tuple[str, int]:
