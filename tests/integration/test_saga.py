@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from decimal import Decimal
 
 import pytest
@@ -15,6 +16,7 @@ from db.unit_of_work import unit_of_work
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, FleetProcess, scalar, wait_for
 from workers.inventory import store as inventory_store
+from workers.orchestrator import domain
 from workers.payment import store as payment_store
 from workers.verify import verify
 
@@ -202,3 +204,78 @@ async def test_a_worker_killed_mid_run_and_restarted_leaves_every_order_ended(
     for order_id in orders:
         await sagas.ended(order_id, timeout=120)
     await sagas.quiet_and_verified(timeout=120)
+
+
+async def test_a_deadline_still_fires_after_the_orchestrator_restarts(sagas: SagaFleet) -> None:
+    await sagas.kill("shipping")
+    try:
+        order_id = await sagas.place("rich", ("WIDGET", 1, "7.00"))
+        step = "SELECT step FROM sagas WHERE order_id = :id"
+        engine = sagas.fleet.engine("orchestrator")
+        await wait_for(lambda: _equals(scalar(engine, step, id=order_id), "create_shipment"))
+        await sagas.kill("orchestrator")
+        # The deadline passes while no orchestrator runs; it is a row, not a timer.
+        await asyncio.sleep(sagas.fleet.settings.step_timeout_seconds + 1)
+        assert (await order_status(sagas.fleet.settings, order_id) or {})["status"] == "PENDING"
+        await sagas.start("orchestrator")
+        status = await sagas.ended(order_id, timeout=30)
+        assert status["status"] == "REJECTED" and status["reason"] == "create_shipment timed out"
+    finally:
+        if "shipping" not in sagas.workers:
+            await sagas.start("shipping")
+        if "orchestrator" not in sagas.workers:
+            await sagas.start("orchestrator")
+    await sagas.quiet_and_verified()
+
+
+async def _equals(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
+
+
+async def test_the_cli_places_orders_and_shows_where_they_and_their_sagas_stand(
+    sagas: SagaFleet,
+) -> None:
+    fleet = sagas.fleet
+    shown: dict[str, dict[str, object]] = {}
+    for style in STYLES:
+        code, output = await fleet.cli(
+            "order",
+            "place",
+            "--customer",
+            "rich",
+            "--item",
+            "WIDGET:2:3.10",
+            "--item",
+            "WIDGET:1:1.00",
+            "--saga",
+            style,
+            "--wait",
+            "60",
+            "--json",
+        )
+        assert code == 0, output
+        placed = json.loads(output[output.index("{") :])
+        assert placed["order"]["status"] == "CONFIRMED" and placed["order"]["total"] == "7.20 EUR"
+        code, output = await fleet.cli("order", "status", placed["order_id"], "--json")
+        assert code == 0 and json.loads(output)["status"] == "CONFIRMED", output
+        code, output = await fleet.cli("saga", "show", placed["order_id"], "--json")
+        assert code == 0, output
+        shown[style] = json.loads(output)
+    orchestrated = shown["orchestration"]
+    assert orchestrated["style"] == "orchestration" and orchestrated["status"] == "confirmed"
+    assert orchestrated["completed"] == list(domain.ACTIONS)
+    assert len(orchestrated["log"]) == 5  # type: ignore[arg-type]
+    choreographed = shown["choreography"]
+    assert choreographed["style"] == "choreography"
+    seen = [event["type"] for event in choreographed["events"]]  # type: ignore[attr-defined]
+    assert seen == [
+        "order.placed",
+        "stock.reserved",
+        "payment.completed",
+        "shipment.created",
+        "order.confirmed",
+    ]
+    code, output = await fleet.cli("order", "status", str(uuid.uuid4()))
+    assert code == 1 and output.startswith("fleet: no order") and len(output.splitlines()) == 1
+    code, output = await fleet.cli("order", "place", "--customer", "rich", "--item", "WIDGET:x:1")
+    assert code == 2 and "SKU:QTY:PRICE" in output and len(output.splitlines()) == 1
