@@ -203,7 +203,27 @@ async def events_seen(settings: Settings, order_id: str) -> list[dict[str, Any]]
                 seen.extend(dict(row._mapping) for row in rows)
         finally:
             await engine.dispose()
-    return sorted(seen, key=lambda row: row["occurred_at"])
+    # Envelope times have whole seconds (as AMQP timestamps do): within one second, show
+    # the events in the order the saga produces them.
+    return sorted(seen, key=lambda row: (row["occurred_at"], _SAGA_ORDER.get(row["type"], 99)))
+
+
+_SAGA_ORDER = {
+    type_: position
+    for position, types in enumerate(
+        [
+            ("order.placed",),
+            ("stock.reserved", "stock.reservation_failed"),
+            ("payment.completed", "payment.failed"),
+            ("shipment.created", "shipment.failed"),
+            ("shipment.cancelled",),
+            ("payment.refunded",),
+            ("stock.released",),
+            ("order.confirmed", "order.rejected"),
+        ]
+    )
+    for type_ in types
+}
 
 
 @saga_app.command("show")
