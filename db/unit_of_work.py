@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import Envelope, Message, encode_message
@@ -76,6 +77,12 @@ class UnitOfWork:
             )
         )
         return envelope
+
+    async def lock(self, key: str) -> None:
+        """Serialise every decision about ``key`` (an order id) until this transaction ends:
+        a second handler deciding about the same order waits here, then sees the first's
+        outcome (a reservation racing its release, a charge racing its refund)."""
+        await self.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(key))))
 
     async def flush(self) -> None:
         await outbox.append(self.conn, self.emitted)

@@ -26,7 +26,7 @@ async def reserve_stock(uow: UnitOfWork, command: ReserveStock | OrderPlacedV2) 
     for the orchestrator's command."""
     if isinstance(command, OrderPlacedV2) and command.saga != "choreography":
         return
-    await store.lock_order(uow.conn, command.order_id)
+    await uow.lock(command.order_id)
     existing = await store.load_reservation(uow.conn, command.order_id)
     lines = domain.merge_lines(domain.Line(item.sku, item.quantity) for item in command.items)
     available = (
@@ -71,7 +71,7 @@ async def release_stock(
     if isinstance(command, PaymentFailed | ShipmentFailed):
         if command.saga != "choreography":
             return
-    await store.lock_order(uow.conn, command.order_id)
+    await uow.lock(command.order_id)
     existing = await store.load_reservation(uow.conn, command.order_id)
     decision = domain.decide_release(existing)
     if isinstance(decision, domain.Release):

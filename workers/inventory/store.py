@@ -68,11 +68,6 @@ sa.Index("ix_stock_ledger_sku", stock_ledger.c.sku)
 # --- Reads and writes, in the caller's transaction. -----------------------------------
 
 
-async def lock_order(conn: AsyncConnection, order_id: str) -> None:
-    """Serialise every decision about one order (a reservation racing its release)."""
-    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(order_id))))
-
-
 async def load_reservation(conn: AsyncConnection, order_id: str) -> Reservation | None:
     row = (
         await conn.execute(sa.select(reservations).where(reservations.c.order_id == order_id))

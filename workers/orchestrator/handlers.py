@@ -9,7 +9,6 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import OrderPlacedV2
@@ -32,11 +31,6 @@ def _timeout(settings: Settings) -> timedelta:
     return timedelta(seconds=settings.step_timeout_seconds)
 
 
-async def _lock(uow: UnitOfWork, order_id: str) -> None:
-    """One decision about a saga at a time (replies, deadlines, a repeated start)."""
-    await uow.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(order_id))))
-
-
 async def _apply(uow: UnitOfWork, transition: Transition) -> None:
     if not transition.changed:
         log.info("saga %s: %s", transition.saga.order_id, transition.log)
@@ -53,7 +47,7 @@ async def _apply(uow: UnitOfWork, transition: Transition) -> None:
 async def start_saga(uow: UnitOfWork, event: OrderPlacedV2) -> None:
     if event.saga != "orchestration":
         return
-    await _lock(uow, event.order_id)
+    await uow.lock(event.order_id)
     if await store.load(uow.conn, event.order_id) is not None:
         return  # already started: order.placed delivered again under another id
     facts = OrderFacts(
@@ -70,7 +64,7 @@ async def start_saga(uow: UnitOfWork, event: OrderPlacedV2) -> None:
 async def advance_saga(uow: UnitOfWork, event: Any) -> None:
     if getattr(event, "saga", "orchestration") != "orchestration":
         return  # a choreographed order's event: not ours
-    await _lock(uow, event.order_id)
+    await uow.lock(event.order_id)
     saga = await store.load(uow.conn, event.order_id)
     if saga is None:
         log.info("%s for order %s, which has no saga: ignored", event.TYPE, event.order_id)
@@ -95,7 +89,7 @@ async def fire_due_deadlines(settings: Settings, engine: AsyncEngine, limit: int
         now = _now()
         due = await store.due(uow.conn, now, limit)
         for order_id in due:
-            await _lock(uow, order_id)
+            await uow.lock(order_id)
             saga = await store.load(uow.conn, order_id)
             if saga is not None:
                 transition = domain.on_deadline(saga, now, _timeout(settings))

@@ -43,7 +43,7 @@ async def charge_payment(uow: UnitOfWork, message: ChargePayment | StockReserved
     else:
         amount = message.amount
     order_id = message.order_id
-    await store.lock_order(uow.conn, order_id)
+    await uow.lock(order_id)
     existing = await store.load_payment(uow.conn, order_id)
     account = await store.lock_account(uow.conn, message.customer_id) if existing is None else None
     decision = domain.decide_charge(
@@ -103,7 +103,7 @@ async def refund_payment(uow: UnitOfWork, message: RefundPayment | ShipmentFaile
     else:
         reason = message.reason
     order_id = message.order_id
-    await store.lock_order(uow.conn, order_id)
+    await uow.lock(order_id)
     existing = await store.load_payment(uow.conn, order_id)
     decision = domain.decide_refund(existing)
     if isinstance(decision, domain.Refund):

@@ -81,11 +81,6 @@ sa.Index("ix_payment_ledger_order_id", payment_ledger.c.order_id)
 # --- Reads and writes, in the caller's transaction. -----------------------------------
 
 
-async def lock_order(conn: AsyncConnection, order_id: str) -> None:
-    """Serialise every decision about one order (a charge racing its refund)."""
-    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(order_id))))
-
-
 async def load_payment(conn: AsyncConnection, order_id: str) -> Payment | None:
     row = (await conn.execute(sa.select(payments).where(payments.c.order_id == order_id))).first()
     if row is None:

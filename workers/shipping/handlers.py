@@ -28,7 +28,7 @@ async def create_shipment(uow: UnitOfWork, message: CreateShipment | PaymentComp
     if isinstance(message, PaymentCompleted) and message.saga != "choreography":
         return
     order_id = message.order_id
-    await store.lock_order(uow.conn, order_id)
+    await uow.lock(order_id)
     existing = await store.load_shipment(uow.conn, order_id)
     decision = domain.decide_creation(existing, message.country, get_settings().blocked_countries)
     if isinstance(decision, domain.Refuse):
@@ -57,7 +57,7 @@ async def create_shipment(uow: UnitOfWork, message: CreateShipment | PaymentComp
 async def cancel_shipment(uow: UnitOfWork, command: CancelShipment) -> None:
     """Cancel the order's shipment once; before any shipment, leave a tombstone instead.
     Choreography never cancels a shipment: it is the saga's last step."""
-    await store.lock_order(uow.conn, command.order_id)
+    await uow.lock(command.order_id)
     existing = await store.load_shipment(uow.conn, command.order_id)
     decision = domain.decide_cancellation(existing)
     if isinstance(decision, domain.Cancel):

@@ -39,11 +39,6 @@ shipments = sa.Table(
 # --- Reads and writes, in the caller's transaction. -----------------------------------
 
 
-async def lock_order(conn: AsyncConnection, order_id: str) -> None:
-    """Serialise every decision about one order (a creation racing its cancellation)."""
-    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(order_id))))
-
-
 async def load_shipment(conn: AsyncConnection, order_id: str) -> Shipment | None:
     row = (await conn.execute(sa.select(shipments).where(shipments.c.order_id == order_id))).first()
     if row is None:
