@@ -36,11 +36,28 @@ class Cause:
 current_cause: ContextVar[Cause | None] = ContextVar("current_cause", default=None)
 
 
+@dataclass(frozen=True)
+class Received:
+    """The message being handled, as it arrived: for handlers that need more than its body
+    (a projection ordering events by the stream version in their headers)."""
+
+    envelope: Envelope
+    headers: dict[str, Any]
+
+
 class UnitOfWork:
-    def __init__(self, conn: AsyncConnection, *, producer: str, namespace: str) -> None:
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        *,
+        producer: str,
+        namespace: str,
+        received: Received | None = None,
+    ) -> None:
         self.conn = conn
         self.producer = producer
         self.namespace = namespace
+        self.received = received
         self.emitted: list[outbox.OutgoingMessage] = []
 
     def emit(
@@ -91,10 +108,10 @@ class UnitOfWork:
 
 @asynccontextmanager
 async def unit_of_work(
-    engine: AsyncEngine, *, producer: str, namespace: str
+    engine: AsyncEngine, *, producer: str, namespace: str, received: Received | None = None
 ) -> AsyncIterator[UnitOfWork]:
     """Begin a transaction; on a clean exit write the emitted messages and commit."""
     async with engine.begin() as conn:
-        uow = UnitOfWork(conn, producer=producer, namespace=namespace)
+        uow = UnitOfWork(conn, producer=producer, namespace=namespace, received=received)
         yield uow
         await uow.flush()

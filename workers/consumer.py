@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import ContractError, Envelope, registry
 from db import inbox
-from db.unit_of_work import unit_of_work
+from db.unit_of_work import Received, unit_of_work
 from workers.errors import is_transient
 from workers.publisher import ConfirmedPublisher, Outgoing
 from workers.service import Handler
@@ -73,7 +73,10 @@ class Consumer:
 
         try:
             async with unit_of_work(
-                self.engine, producer=self.service, namespace=self.settings.namespace
+                self.engine,
+                producer=self.service,
+                namespace=self.settings.namespace,
+                received=Received(envelope, dict(raw.headers or {})),
             ) as uow:
                 if not await inbox.record(
                     uow.conn, handler.consumer, envelope.message_id, envelope.type

@@ -24,6 +24,7 @@ class Script:
     permanent: set[str] = field(default_factory=set)
     calls: Counter[str] = field(default_factory=Counter)
     received: list[Message] = field(default_factory=list)
+    received_headers: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 script = Script()
@@ -51,3 +52,5 @@ async def probe_effects(uow: UnitOfWork, message: OrderConfirmed) -> None:
 @probe.handler("order.placed", name="probe_orders")
 async def probe_orders(uow: UnitOfWork, message: OrderPlacedV2) -> None:
     script.received.append(message)
+    assert uow.received is not None  # the runtime always says what is being handled
+    script.received_headers[message.order_id] = uow.received.headers

@@ -309,6 +309,8 @@ async def test_an_order_placed_v1_is_upcast_and_handled_as_v2(fleet: Fleet) -> N
     assert received.items[0].unit_price == Money.of("4.10", "EUR")
     assert received.items[0].quantity == 3
     assert received.saga == "orchestration"
+    # The handler can still see the message as it arrived: version 1, from the old producer.
+    assert probes.script.received_headers[order_id]["x-contract-version"] == 1
 
 
 async def _received(order_id: str) -> OrderPlacedV2 | None:

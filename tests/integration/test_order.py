@@ -179,6 +179,22 @@ async def test_a_confirmed_order_stays_confirmed_whatever_comes_late(orders: Ord
     assert loaded.order is not None and loaded.order.status is Status.CONFIRMED
 
 
+async def test_each_emitted_event_carries_its_stream_version_in_a_header(
+    orders: OrderFleet,
+) -> None:
+    order_id = await orders.place(place_command())
+    await orders.wait_handled(await orders.send(ConfirmOrder(order_id=order_id), "confirm_order"))
+    async with orders.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT type, headers->>'x-stream-version' FROM outbox"
+                " WHERE convert_from(body, 'UTF8')::jsonb->>'order_id' = :id ORDER BY id"
+            ),
+            {"id": order_id},
+        )
+        assert [tuple(row) for row in rows] == [("order.placed", "1"), ("order.confirmed", "2")]
+
+
 async def test_a_rejected_order_stays_rejected_whatever_comes_late(orders: OrderFleet) -> None:
     order_id = await orders.place(place_command())
     rejected = await orders.send(

@@ -36,6 +36,7 @@ log = logging.getLogger("fleet.order")
 service = Service("order")
 
 FailureEvent = StockReservationFailed | PaymentFailed | ShipmentFailed
+STREAM_VERSION_HEADER = "x-stream-version"
 
 
 @service.handler("order.place_order")
@@ -103,8 +104,12 @@ async def _apply(
         )
         return
     metadata: list[dict[str, Any]] = []
-    for event in decision.events:
-        envelope = uow.emit(event, correlation_id=correlation_id)
+    for position, event in enumerate(decision.events, start=loaded.version + 1):
+        # The stream version travels with the event, so a projection can apply an order's
+        # events in stream order whatever order they arrive in.
+        envelope = uow.emit(
+            event, correlation_id=correlation_id, headers={STREAM_VERSION_HEADER: position}
+        )
         metadata.append(
             {
                 "message_id": envelope.message_id,
