@@ -36,6 +36,7 @@ run.register(app)
 app.command()(up.up)
 app.add_typer(orders.order_app, name="order")
 app.add_typer(orders.saga_app, name="saga")
+app.add_typer(orders.orders_app, name="orders")
 app.command()(orders.verify)
 app.command()(load.load)
 

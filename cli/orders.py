@@ -1,4 +1,5 @@
-"""``fleet order``, ``fleet saga`` and ``fleet verify``: where orders and sagas stand."""
+"""``fleet order``, ``fleet saga`` and ``fleet verify``: where orders and sagas stand;
+``fleet orders``: the read model (order_view), which answers from the view's database alone."""
 
 from __future__ import annotations
 
@@ -14,15 +15,21 @@ from cli.output import JsonOption, fail, first_error, print_json, print_table
 from contracts import Envelope, Money, OrderLine, PlaceOrder, encode_message
 from contracts.routing import commands_exchange
 from db.engine import create_engine
+from workers import dead_letters, services, topology
 from workers.orchestrator import store as saga_store
 from workers.order import domain as order_domain
 from workers.order import store as order_store
+from workers.order_view import domain as view_domain
+from workers.order_view import store as view_store
 from workers.publisher import ConfirmedPublisher, Outgoing
 from workers.settings import SERVICES, Settings, get_settings
 from workers.verify import verify as run_verify
 
 order_app = typer.Typer(help="Place orders and see where they stand.", no_args_is_help=True)
 saga_app = typer.Typer(help="The sagas that drive orders.", no_args_is_help=True)
+orders_app = typer.Typer(
+    help="The read model: orders as the order_view projects them.", no_args_is_help=True
+)
 
 # Placing with the same idempotency key sends the same message id: the order service's inbox
 # drops the repeat before its domain even has to.
@@ -269,3 +276,133 @@ def verify(as_json: bool = JsonOption) -> None:
                 typer.echo(f"      {problem}")
     if not all(check.passed for check in checks):
         raise typer.Exit(1)
+
+
+# --- fleet orders: the read model. ------------------------------------------------------
+
+
+def summary_dict(summary: view_domain.Summary) -> dict[str, Any]:
+    total = (
+        f"{summary.total_amount} {summary.currency}"
+        if summary.total_amount is not None and summary.currency is not None
+        else None
+    )
+    return {
+        "order_id": summary.order_id,
+        "status": summary.status,
+        "customer_id": summary.customer_id,
+        "item_count": summary.item_count,
+        "total": total,
+        "saga": summary.saga,
+        "payment_id": summary.payment_id,
+        "tracking_number": summary.tracking_number,
+        "rejection_reason": summary.rejection_reason,
+        "created_at": summary.created_at,
+        "updated_at": summary.updated_at,
+        "version": summary.last_version,
+    }
+
+
+async def view_lag(settings: Settings, last_update: Any) -> dict[str, Any]:
+    """How far behind the write side the view is: what waits in its queues (and their retry
+    queues) and when it last applied an order event."""
+    queues = [
+        name
+        for spec in services.load("order_view").queue_specs(settings.namespace)
+        for name in (
+            spec.name,
+            *(topology.retry_queue(spec.name, delay) for delay in settings.retry_delays_ms),
+        )
+    ]
+    depths = await dead_letters.depths(settings, queues)
+    return {
+        "messages_waiting": sum(depth or 0 for depth in depths.values()),
+        "last_update": last_update,
+    }
+
+
+async def view_query(
+    settings: Settings,
+    *,
+    order_id: str | None = None,
+    status: str | None = None,
+    customer: str | None = None,
+    limit: int = 50,
+) -> tuple[list[view_domain.Summary], dict[str, Any]]:
+    engine = create_engine(settings.database_url("order_view"), pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            if order_id is not None:
+                found = await view_store.load(conn, order_id)
+                rows = [found] if found is not None and found.status is not None else []
+            else:
+                rows = await view_store.listing(
+                    conn, status=status, customer_id=customer, limit=limit
+                )
+            last_update = await view_store.last_update(conn)
+    finally:
+        await engine.dispose()
+    return rows, await view_lag(settings, last_update)
+
+
+def _lag_line(lag: dict[str, Any]) -> str:
+    applied = (
+        f"last update applied at {lag['last_update']}"
+        if lag["last_update"] is not None
+        else "no update applied yet"
+    )
+    return f"view: {lag['messages_waiting']} message(s) waiting to be projected; {applied}"
+
+
+@orders_app.command("list")
+def orders_list(
+    status: str | None = typer.Option(None, "--status", help="PENDING, CONFIRMED or REJECTED."),
+    customer: str | None = typer.Option(None, "--customer", help="Only this customer's."),
+    limit: int = typer.Option(50, "--limit", min=1, help="At most this many, newest first."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Orders as the read model has them, newest first, and how far behind it is."""
+    if status is not None:
+        status = status.upper()
+        if status not in view_domain.STATUSES:
+            fail(f"--status must be one of {', '.join(view_domain.STATUSES)}, not {status!r}", 2)
+    rows, lag = asyncio.run(
+        view_query(get_settings(), status=status, customer=customer, limit=limit)
+    )
+    if as_json:
+        print_json({"orders": [summary_dict(row) for row in rows], "lag": lag})
+        return
+    print_table(
+        "orders (read model)",
+        ["order", "status", "customer", "items", "total", "saga", "updated"],
+        [
+            (
+                d["order_id"],
+                d["status"],
+                d["customer_id"],
+                d["item_count"],
+                d["total"],
+                d["saga"],
+                d["updated_at"],
+            )
+            for d in map(summary_dict, rows)
+        ],
+    )
+    typer.echo(f"{len(rows)} order(s)")
+    typer.echo(_lag_line(lag))
+
+
+@orders_app.command("show")
+def orders_show(order_id: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
+    """One order as the read model has it, and how far behind the view is."""
+    rows, lag = asyncio.run(view_query(get_settings(), order_id=order_id))
+    if not rows:
+        fail(f"no order {order_id} in the view")
+    order = summary_dict(rows[0])
+    if as_json:
+        print_json({"order": order, "lag": lag})
+        return
+    for key, value in order.items():
+        if value is not None:
+            typer.echo(f"{key}: {value}")
+    typer.echo(_lag_line(lag))

@@ -13,6 +13,9 @@ from contracts.errors import InvalidEnvelope
 
 VERSION_HEADER = "x-contract-version"
 CAUSATION_HEADER = "x-causation-id"
+# Set by an event-sourced producer: the event's version in its stream, so that consumers
+# can apply one aggregate's events in stream order whatever order they arrive in.
+STREAM_VERSION_HEADER = "x-stream-version"
 CONTENT_TYPE = "application/json"
 UNKNOWN_PRODUCER = "unknown"
 

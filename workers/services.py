@@ -7,14 +7,14 @@ import importlib
 from workers.service import Service
 from workers.settings import SERVICES
 
-# service name -> module whose ``service`` attribute is its Service; the others of SERVICES
-# have databases already but no handlers yet.
+# service name -> module whose ``service`` attribute is its Service.
 _MODULES = {
     "inventory": "workers.inventory.handlers",
     "order": "workers.order.handlers",
     "payment": "workers.payment.handlers",
     "shipping": "workers.shipping.handlers",
     "orchestrator": "workers.orchestrator.handlers",
+    "order_view": "workers.order_view.handlers",
 }
 
 

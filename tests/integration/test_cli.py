@@ -162,7 +162,6 @@ async def test_publish_with_a_fixed_message_id_sends_duplicates_that_apply_once(
         (["publish", "no.such.type", "--data", "{}"], {}, 2, "unknown message type"),
         (["publish", "order.confirmed", "--data", "{}", "--count", "0"], {}, 2, "--count"),
         (["worker", "nosuch"], {}, 1, "unknown service 'nosuch'"),
-        (["worker", "order_view"], {}, 1, "has no worker yet"),
         (["relay", "nosuch"], {}, 2, "unknown service"),
         (["nosuch"], {}, 2, "No such command"),
         (

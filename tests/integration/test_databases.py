@@ -21,6 +21,7 @@ from db.provision import ProvisioningError, ProvisionResult, ServiceDatabase, dr
 from workers.inventory import store as inventory_store
 from workers.orchestrator import store as orchestrator_store
 from workers.order import store as order_store
+from workers.order_view import store as order_view_store
 from workers.payment import store as payment_store
 from workers.settings import SERVICES, Settings
 from workers.shipping import store as shipping_store
@@ -38,6 +39,7 @@ SERVICE_TABLES = {
     "payment": {"accounts", "payments", "payment_ledger"},
     "shipping": {"shipments"},
     "orchestrator": {"sagas", "saga_log"},
+    "order_view": {"order_summaries"},
 }
 # Each service's own tables, as its code declares them.
 SERVICE_METADATA = {
@@ -46,6 +48,7 @@ SERVICE_METADATA = {
     "payment": payment_store.metadata,
     "shipping": shipping_store.metadata,
     "orchestrator": orchestrator_store.metadata,
+    "order_view": order_view_store.metadata,
 }
 
 

@@ -100,7 +100,7 @@ async def sagas(server_urls: tuple[str, str]) -> AsyncIterator[SagaFleet]:
             await payment_store.seed_customer(uow.conn, "rich", Decimal("1000000.00"), "EUR")
             await payment_store.seed_customer(uow.conn, "poor", Decimal("1.00"), "EUR")
         saga_fleet = SagaFleet(fleet)
-        await asyncio.gather(*(saga_fleet.start(service) for service in RUNNING))
+        await asyncio.gather(*(saga_fleet.start(s) for s in (*RUNNING, "order_view")))
         yield saga_fleet
         for process in saga_fleet.workers.values():
             assert await process.terminate() == 0

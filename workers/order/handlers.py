@@ -25,6 +25,7 @@ from contracts import (
     ShipmentFailed,
     StockReservationFailed,
 )
+from contracts.envelope import STREAM_VERSION_HEADER
 from db.unit_of_work import UnitOfWork
 from workers.errors import PermanentError
 from workers.order import domain, store
@@ -36,7 +37,6 @@ log = logging.getLogger("fleet.order")
 service = Service("order")
 
 FailureEvent = StockReservationFailed | PaymentFailed | ShipmentFailed
-STREAM_VERSION_HEADER = "x-stream-version"
 
 
 @service.handler("order.place_order")
