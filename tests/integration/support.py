@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import Envelope, Message, Money, OrderLine, ReserveStock, encode_message
 from db.engine import create_engine
-from workers import topology
+from workers import dead_letters, topology
 from workers.publisher import ConfirmedPublisher, Outgoing
 from workers.runtime import Worker
 from workers.service import Service
@@ -185,6 +185,32 @@ class Fleet:
             return queue.declaration_result.message_count or 0
         finally:
             await connection.close()
+
+    async def queue_empty(self, name: str) -> bool:
+        return await self.queue_depth(name) == 0
+
+    async def dead_letter(self, queue: str, text: str) -> dead_letters.DeadLetter | None:
+        """The dead letter of ``queue`` whose body mentions ``text`` (an order id), if any."""
+        letters = await dead_letters.browse(self.settings, topology.dead_letter_queue(queue), 1000)
+        return next((letter for letter in letters if text in letter.body.decode()), None)
+
+    async def emitted(self, service: str, type_: str, order_id: str) -> list[dict[str, Any]]:
+        """The bodies of ``service``'s outbox messages of ``type_`` about ``order_id``."""
+        async with self.engine(service).connect() as conn:
+            rows = await conn.execute(
+                sa.text(
+                    "SELECT convert_from(body, 'UTF8') FROM outbox WHERE type = :type"
+                    " AND convert_from(body, 'UTF8')::jsonb->>'order_id' = :id ORDER BY id"
+                ),
+                {"type": type_, "id": order_id},
+            )
+            return [json.loads(body) for (body,) in rows]
+
+    async def row(self, service: str, sql: str, **params: Any) -> dict[str, Any] | None:
+        """The first row of a query on ``service``'s database, as a dict."""
+        async with self.engine(service).connect() as conn:
+            found = (await conn.execute(sa.text(sql), params)).first()
+            return None if found is None else dict(found._mapping)
 
     @contextlib.asynccontextmanager
     async def tap(self, exchange: str, routing_key: str) -> AsyncIterator[Seen]:

@@ -98,7 +98,7 @@ async def test_the_same_message_five_times_in_a_row_has_one_effect(stocked: Flee
 
 
 async def _queue_empty(fleet: Fleet, queue: str) -> bool:
-    return await fleet.queue_depth(queue) == 0
+    return await fleet.queue_empty(queue)
 
 
 async def test_the_same_message_five_times_at_once_has_one_effect(stocked: Fleet) -> None:
@@ -177,8 +177,7 @@ async def test_a_handler_that_fails_before_commit_leaves_no_state_and_no_outbox_
 
 
 async def _in_dlq(fleet: Fleet, queue: str, text: str) -> dead_letters.DeadLetter | None:
-    letters = await dlq_letters(fleet, queue)
-    return next((letter for letter in letters if text in letter.body.decode()), None)
+    return await fleet.dead_letter(queue, text)
 
 
 async def test_a_transient_failure_succeeds_on_a_delayed_retry(fleet: Fleet) -> None:

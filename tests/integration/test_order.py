@@ -28,7 +28,7 @@ from contracts import (
 )
 from db import event_store
 from tests.integration.support import Fleet, new_id, outgoing, scalar, wait_for
-from workers import dead_letters, services, topology
+from workers import dead_letters, services
 from workers.order import domain, store
 from workers.order.domain import Status
 
@@ -217,10 +217,7 @@ async def test_a_rejected_order_stays_rejected_whatever_comes_late(orders: Order
 
 
 async def dead_letter(fleet: Fleet, handler: str, text: str) -> dead_letters.DeadLetter | None:
-    letters = await dead_letters.browse(
-        fleet.settings, topology.dead_letter_queue(queue(fleet, handler)), 1000
-    )
-    return next((letter for letter in letters if text in letter.body.decode()), None)
+    return await fleet.dead_letter(queue(fleet, handler), text)
 
 
 async def test_confirming_an_order_that_was_never_placed_is_dead_lettered(

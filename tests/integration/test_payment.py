@@ -3,7 +3,6 @@ idempotency by message id and by order id, and its choreography reactions."""
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -23,7 +22,7 @@ from contracts import (
 from contracts.routing import events_exchange
 from db.unit_of_work import unit_of_work
 from tests.integration.support import Fleet, new_id, outgoing, scalar, wait_for
-from workers import dead_letters, services, topology
+from workers import services
 from workers.payment import store
 
 pytestmark = pytest.mark.integration
@@ -93,20 +92,11 @@ def stock_reserved(order_id: str, saga: SagaStyle, total: str = "12.50") -> Stoc
 
 
 async def _queue_empty(fleet: Fleet, queue: str) -> bool:
-    return await fleet.queue_depth(queue) == 0
+    return await fleet.queue_empty(queue)
 
 
 async def emitted(fleet: Fleet, type_: str, order_id: str) -> list[dict[str, Any]]:
-    """The bodies of the messages of ``type_`` about ``order_id`` in the payment's outbox."""
-    async with fleet.engine("payment").connect() as conn:
-        rows = await conn.execute(
-            sa.text(
-                "SELECT convert_from(body, 'UTF8') FROM outbox WHERE type = :type"
-                " AND convert_from(body, 'UTF8')::jsonb->>'order_id' = :id ORDER BY id"
-            ),
-            {"type": type_, "id": order_id},
-        )
-        return [json.loads(body) for (body,) in rows]
+    return await fleet.emitted("payment", type_, order_id)
 
 
 async def _emitted_at_least(fleet: Fleet, type_: str, order_id: str, n: int) -> bool:
@@ -133,18 +123,11 @@ async def balance(fleet: Fleet, customer: str) -> Decimal:
 
 
 async def payment_row(fleet: Fleet, order_id: str) -> dict[str, Any] | None:
-    async with fleet.engine("payment").connect() as conn:
-        row = (
-            await conn.execute(
-                sa.text("SELECT * FROM payments WHERE order_id = :id"), {"id": order_id}
-            )
-        ).first()
-        return None if row is None else dict(row._mapping)
+    return await fleet.row("payment", "SELECT * FROM payments WHERE order_id = :id", id=order_id)
 
 
 async def in_dlq(fleet: Fleet, queue: str, order_id: str) -> bool:
-    letters = await dead_letters.browse(fleet.settings, topology.dead_letter_queue(queue), 1000)
-    return any(order_id in letter.body.decode() for letter in letters)
+    return await fleet.dead_letter(queue, order_id) is not None
 
 
 async def test_a_charge_takes_the_amount_once_and_completes_the_payment(seeded: Fleet) -> None:

@@ -3,13 +3,11 @@ tombstones, idempotency by message id and by order id, and its choreography reac
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from contracts import (
     CancelShipment,
@@ -23,7 +21,7 @@ from contracts import (
 from contracts.routing import events_exchange
 from db.unit_of_work import unit_of_work
 from tests.integration.support import Fleet, new_id, outgoing, scalar, wait_for
-from workers import dead_letters, services, topology
+from workers import services
 from workers.payment import store as payment_store
 
 pytestmark = pytest.mark.integration
@@ -76,22 +74,13 @@ def payment_completed(order_id: str, saga: SagaStyle, country: str = "DE") -> Pa
 
 
 async def _queue_empty(fleet: Fleet, queue: str) -> bool:
-    return await fleet.queue_depth(queue) == 0
+    return await fleet.queue_empty(queue)
 
 
 async def emitted(
     fleet: Fleet, type_: str, order_id: str, service: str = "shipping"
 ) -> list[dict[str, Any]]:
-    """The bodies of the messages of ``type_`` about ``order_id`` in ``service``'s outbox."""
-    async with fleet.engine(service).connect() as conn:
-        rows = await conn.execute(
-            sa.text(
-                "SELECT convert_from(body, 'UTF8') FROM outbox WHERE type = :type"
-                " AND convert_from(body, 'UTF8')::jsonb->>'order_id' = :id ORDER BY id"
-            ),
-            {"type": type_, "id": order_id},
-        )
-        return [json.loads(body) for (body,) in rows]
+    return await fleet.emitted(service, type_, order_id)
 
 
 async def _emitted_at_least(
@@ -101,18 +90,11 @@ async def _emitted_at_least(
 
 
 async def shipment(fleet: Fleet, order_id: str) -> dict[str, Any] | None:
-    async with fleet.engine("shipping").connect() as conn:
-        row = (
-            await conn.execute(
-                sa.text("SELECT * FROM shipments WHERE order_id = :id"), {"id": order_id}
-            )
-        ).first()
-        return None if row is None else dict(row._mapping)
+    return await fleet.row("shipping", "SELECT * FROM shipments WHERE order_id = :id", id=order_id)
 
 
 async def in_dlq(fleet: Fleet, queue: str, order_id: str) -> bool:
-    letters = await dead_letters.browse(fleet.settings, topology.dead_letter_queue(queue), 1000)
-    return any(order_id in letter.body.decode() for letter in letters)
+    return await fleet.dead_letter(queue, order_id) is not None
 
 
 async def test_a_shipment_is_created_with_a_tracking_number(drained: Fleet) -> None:
