@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -185,6 +186,13 @@ class Fleet:
             return queue.declaration_result.message_count or 0
         finally:
             await connection.close()
+
+    async def drain(self, service: Service) -> None:
+        """Let ``service`` consume (and, where not its business, ignore) what earlier test
+        modules left in its queues, so that a module's counts start from nothing."""
+        async with self.worker(service, with_relay=False):
+            for spec in service.queue_specs(self.ns):
+                await wait_for(partial(self.queue_empty, spec.name), timeout=60)
 
     async def queue_empty(self, name: str) -> bool:
         return await self.queue_depth(name) == 0

@@ -39,10 +39,8 @@ async def seeded(fleet: Fleet) -> Fleet:
         await store.seed_customer(uow.conn, POOR, Decimal("5.00"), "EUR")
         await store.seed_customer(uow.conn, DOLLARS, Decimal("100.00"), "USD")
     # Earlier modules' inventory workers published orchestrated stock.reserved events, which
-    # the payment's queue kept; let them be consumed (and ignored) before the tests count.
-    async with fleet.worker(services.load("payment"), with_relay=False):
-        for queue in (charge_queue(fleet), refund_queue(fleet)):
-            await wait_for(partial(_queue_empty, fleet, queue), timeout=60)
+    # the payment's queue kept.
+    await fleet.drain(services.load("payment"))
     return fleet
 
 

@@ -34,9 +34,7 @@ CUSTOMER = "shipping-customer"
 async def drained(fleet: Fleet) -> Fleet:
     """Earlier modules may have left payment.completed events in the shipping's queue; let
     them be consumed before the tests count."""
-    async with fleet.worker(services.load("shipping"), with_relay=False):
-        await wait_for(lambda: _queue_empty(fleet, create_queue(fleet)), timeout=60)
-        await wait_for(lambda: _queue_empty(fleet, cancel_queue(fleet)), timeout=60)
+    await fleet.drain(services.load("shipping"))
     return fleet
 
 
