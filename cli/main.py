@@ -17,7 +17,7 @@ from aiormq.exceptions import AMQPConnectionError, AMQPError
 from sqlalchemy import exc as sa_exc
 
 from cli import db as db_commands
-from cli import dlq, load, orders, run, up
+from cli import dlq, docs, load, orders, run, up, view
 from cli.output import CliError
 from contracts import ContractError
 from db.provision import ProvisioningError
@@ -32,6 +32,8 @@ app = typer.Typer(
 )
 app.add_typer(db_commands.app, name="db")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(view.app, name="view")
+app.add_typer(docs.app, name="docs")
 run.register(app)
 app.command()(up.up)
 app.add_typer(orders.order_app, name="order")

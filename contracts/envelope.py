@@ -16,6 +16,10 @@ CAUSATION_HEADER = "x-causation-id"
 # Set by an event-sourced producer: the event's version in its stream, so that consumers
 # can apply one aggregate's events in stream order whatever order they arrive in.
 STREAM_VERSION_HEADER = "x-stream-version"
+# Set on replayed events: which replay they belong to, and how many events it expects to send
+# in all (for a progress bar).
+REPLAY_ID_HEADER = "x-replay-id"
+REPLAY_EXPECTED_HEADER = "x-replay-expected"
 CONTENT_TYPE = "application/json"
 UNKNOWN_PRODUCER = "unknown"
 
@@ -75,8 +79,10 @@ class Envelope:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         message_id: str | None = None,
+        occurred_at: datetime | None = None,
     ) -> Envelope:
-        """A fresh envelope; a message that starts a conversation correlates to itself."""
+        """A fresh envelope; a message that starts a conversation correlates to itself.
+        ``occurred_at`` is for messages sent again as they first were (replays)."""
         message_id = message_id or str(uuid.uuid4())
         return cls(
             message_id=message_id,
@@ -84,7 +90,7 @@ class Envelope:
             version=version,
             correlation_id=correlation_id or message_id,
             causation_id=causation_id,
-            occurred_at=_now(),
+            occurred_at=_now() if occurred_at is None else occurred_at.replace(microsecond=0),
             producer=producer,
         )
 

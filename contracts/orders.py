@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from contracts.base import (
     WIRE_CONFIG,
@@ -17,10 +17,12 @@ from contracts.base import (
     NonEmptyStr,
     OrderId,
     OrderLines,
+    PaymentId,
     Quantity,
     Reason,
     SagaStyle,
     Sku,
+    UuidText,
 )
 from contracts.registry import registry
 
@@ -46,11 +48,33 @@ class PlaceOrder(Command):
 
 
 @registry.register
-class ConfirmOrder(Command):
+class ConfirmOrderV1(Command):
+    """Superseded by v2, which names the payment and shipment the order is confirmed with."""
+
     TYPE = "order.confirm_order"
     VERSION = 1
 
     order_id: OrderId
+
+
+@registry.register
+class ConfirmOrderV2(Command):
+    TYPE = "order.confirm_order"
+    VERSION = 2
+
+    order_id: OrderId
+    # What the saga did for the order; the order's stream keeps them, so a read model rebuilt
+    # from that stream alone shows them. None only when upcast from v1.
+    payment_id: PaymentId | None = None
+    tracking_number: NonEmptyStr | None = None
+
+
+ConfirmOrder = ConfirmOrderV2
+
+
+@registry.upcaster("order.confirm_order", from_version=1)
+def confirm_order_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "payment_id": None, "tracking_number": None}
 
 
 @registry.register
@@ -124,11 +148,31 @@ def order_placed_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @registry.register
-class OrderConfirmed(Event):
+class OrderConfirmedV1(Event):
+    """Superseded by v2; stored v1 events and old producers read as v2 with no references."""
+
     TYPE = "order.confirmed"
     VERSION = 1
 
     order_id: OrderId
+
+
+@registry.register
+class OrderConfirmedV2(Event):
+    TYPE = "order.confirmed"
+    VERSION = 2
+
+    order_id: OrderId
+    payment_id: PaymentId | None = None
+    tracking_number: NonEmptyStr | None = None
+
+
+OrderConfirmed = OrderConfirmedV2
+
+
+@registry.upcaster("order.confirmed", from_version=1)
+def order_confirmed_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "payment_id": None, "tracking_number": None}
 
 
 @registry.register
@@ -138,3 +182,41 @@ class OrderRejected(Event):
 
     order_id: OrderId
     reason: Reason
+
+
+# --- Replaying the order's event store (for read models to rebuild from). --------------
+
+# Where a replay goes: the routing key on the replays exchange, one per read model.
+ReplayTarget = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")]
+
+
+@registry.register
+class ReplayOrderEvents(Command):
+    """Send every stored order event, in store order, to ``target`` on the replays exchange.
+
+    The order service sends one page per command and then this command again for the next
+    page (``after_position``), so a long replay is many short transactions that survive a
+    restart; ``up_to_position`` and ``expected`` are fixed by the first page.
+    """
+
+    TYPE = "order.replay_events"
+    VERSION = 1
+
+    replay_id: UuidText
+    target: ReplayTarget
+    after_position: Annotated[int, Field(ge=0)] = 0
+    up_to_position: Annotated[int, Field(ge=0)] | None = None  # None: the store's end, now
+    expected: Annotated[int, Field(ge=0)] | None = None  # events up to up_to_position
+    sent: Annotated[int, Field(ge=0)] = 0  # events sent by the pages before
+
+
+@registry.register
+class OrderEventsReplayed(Event):
+    """The last message of a replay, after all its events: how many were sent."""
+
+    TYPE = "order.events_replayed"
+    VERSION = 1
+
+    replay_id: UuidText
+    target: ReplayTarget
+    events: Annotated[int, Field(ge=0)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from contracts.base import (
     Command,
     CountryCode,
@@ -9,6 +11,7 @@ from contracts.base import (
     NonEmptyStr,
     OrderId,
     OrderLines,
+    PaymentId,
     Reason,
     SagaStyle,
     ShipmentId,
@@ -39,7 +42,9 @@ class CancelShipment(Command):
 
 
 @registry.register
-class ShipmentCreated(Event):
+class ShipmentCreatedV1(Event):
+    """Superseded by v2, which names the payment the shipment followed."""
+
     TYPE = "shipment.created"
     VERSION = 1
 
@@ -47,6 +52,29 @@ class ShipmentCreated(Event):
     shipment_id: ShipmentId
     tracking_number: NonEmptyStr
     saga: SagaStyle
+
+
+@registry.register
+class ShipmentCreatedV2(Event):
+    TYPE = "shipment.created"
+    VERSION = 2
+
+    order_id: OrderId
+    shipment_id: ShipmentId
+    tracking_number: NonEmptyStr
+    saga: SagaStyle
+    # In choreography the shipment follows payment.completed and passes its payment id on,
+    # so the order confirmed on this event records both references. None when orchestrated
+    # (the orchestrator knows the payment) and when upcast from v1.
+    payment_id: PaymentId | None = None
+
+
+ShipmentCreated = ShipmentCreatedV2
+
+
+@registry.upcaster("shipment.created", from_version=1)
+def shipment_created_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "payment_id": None}
 
 
 @registry.register

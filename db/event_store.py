@@ -226,22 +226,40 @@ async def stream_exists(conn: AsyncConnection, stream_id: str) -> bool:
 
 
 async def all_events(
-    conn: AsyncConnection, after_position: int = 0, limit: int = 1000
+    conn: AsyncConnection,
+    after_position: int = 0,
+    limit: int = 1000,
+    up_to_position: int | None = None,
 ) -> list[StoredEvent]:
-    """Events of every stream after ``after_position``, in global position order.
+    """Events of every stream after ``after_position`` (and up to ``up_to_position``), in
+    global position order, upcast to the newest contract versions.
 
     The position is taken at insert, not at commit: a transaction holding a lower position
     may still commit after a higher one is visible. A full replay at a quiet point is exact;
     a reader that tails the store by "position > last seen" must allow for such late gaps
     (as the outbox relay does by never reading "id > last seen").
     """
-    rows = await conn.execute(
-        sa.select(*_EVENT_COLUMNS)
-        .where(events_table.c.global_position > after_position)
-        .order_by(events_table.c.global_position)
-        .limit(limit)
-    )
+    query = sa.select(*_EVENT_COLUMNS).where(events_table.c.global_position > after_position)
+    if up_to_position is not None:
+        query = query.where(events_table.c.global_position <= up_to_position)
+    rows = await conn.execute(query.order_by(events_table.c.global_position).limit(limit))
     return [_stored(row) for row in rows]
+
+
+async def last_position(conn: AsyncConnection) -> int:
+    """The highest global position so far; 0 for an empty store."""
+    position = await conn.scalar(
+        sa.select(sa.func.coalesce(sa.func.max(events_table.c.global_position), 0))
+    )
+    return int(position or 0)
+
+
+async def count_events(conn: AsyncConnection, up_to_position: int) -> int:
+    """How many events the store holds up to ``up_to_position``."""
+    count = await conn.scalar(
+        sa.select(sa.func.count()).where(events_table.c.global_position <= up_to_position)
+    )
+    return int(count or 0)
 
 
 # --- Snapshots. ------------------------------------------------------------------------

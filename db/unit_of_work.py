@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,11 +68,15 @@ class UnitOfWork:
         correlation_id: str | None = None,
         message_id: str | None = None,
         headers: dict[str, Any] | None = None,
+        occurred_at: datetime | None = None,
+        route: tuple[str, str] | None = None,
     ) -> Envelope:
         """Queue ``message`` for the outbox; it is written when the unit of work commits.
 
         Outside a handler (the CLI), ``correlation_id`` may start a correlation; inside one,
-        the handled message's correlation wins unless one is given explicitly.
+        the handled message's correlation wins unless one is given explicitly. ``route``
+        (exchange, routing key) overrides where the message goes, for replays; by default
+        it goes to the events or commands exchange under its type.
         """
         cause = current_cause.get()
         envelope = Envelope.new(
@@ -81,12 +86,14 @@ class UnitOfWork:
             correlation_id=correlation_id or (cause.correlation_id if cause else None),
             causation_id=cause.message_id if cause else None,
             message_id=message_id,
+            occurred_at=occurred_at,
         )
+        exchange, routing_key = route or (exchange_for(self.namespace, message.KIND), message.TYPE)
         self.emitted.append(
             outbox.OutgoingMessage(
                 envelope=envelope,
-                exchange=exchange_for(self.namespace, message.KIND),
-                routing_key=message.TYPE,
+                exchange=exchange,
+                routing_key=routing_key,
                 body=encode_message(message),
                 # The envelope's AMQP headers are stored ready to send: the relay copies
                 # rows to the broker without rebuilding anything.

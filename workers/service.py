@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from contracts import registry
-from contracts.routing import exchange_for
+from contracts.routing import exchange_for, replays_exchange
 from db.unit_of_work import UnitOfWork
 from workers.topology import QueueSpec
 
@@ -40,6 +40,9 @@ class Handler:
     name: str
     types: tuple[str, ...]
     apply: HandlerFunction
+    # True: the queue takes what event stores replay to this service (the replays exchange,
+    # routing key = the service's name), not the live events of ``types``.
+    from_replays: bool = False
 
     @property
     def consumer(self) -> str:
@@ -50,6 +53,8 @@ class Handler:
         return f"{namespace}.{self.service}.{self.name}"
 
     def queue_spec(self, namespace: str) -> QueueSpec:
+        if self.from_replays:
+            return QueueSpec(self.queue(namespace), ((replays_exchange(namespace), self.service),))
         return QueueSpec(
             self.queue(namespace),
             tuple((exchange_for(namespace, registry.kind(t)), t) for t in self.types),
@@ -61,9 +66,16 @@ class Service:
     name: str
     handlers: list[Handler] = field(default_factory=list)
     background: list[BackgroundTask] = field(default_factory=list)
+    # The types this service's handlers (and background tasks) emit, for the AsyncAPI
+    # document; tests/unit/test_asyncapi.py checks them against what the code constructs.
+    emits: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for type_ in self.emits:
+            registry.latest_version(type_)  # fail at import on a type with no contract
 
     def handler(
-        self, *types: str, name: str | None = None
+        self, *types: str, name: str | None = None, from_replays: bool = False
     ) -> Callable[[HandlerFunction], HandlerFunction]:
         for type_ in types:
             registry.latest_version(type_)  # fail at import on a type with no contract
@@ -72,7 +84,9 @@ class Service:
             handler_name = name or function.__name__
             if any(h.name == handler_name for h in self.handlers):
                 raise ValueError(f"{self.name} already has a handler named {handler_name}")
-            self.handlers.append(Handler(self.name, handler_name, types, function))
+            self.handlers.append(
+                Handler(self.name, handler_name, types, function, from_replays=from_replays)
+            )
             return function
 
         return register

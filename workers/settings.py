@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     blocked_countries: list[str] = Field(default_factory=lambda: ["XX"])
     # order: a snapshot of an order stream every this many events (0: never).
     snapshot_every: int = 20
+    # order: events sent per page of a replay (one transaction each; the outbox holds them).
+    replay_page_size: int = Field(default=1_000, ge=1)
 
     # orchestrator: how long a saga step may wait for its reply before it is compensated
     # (or, for confirm and the compensations, sent again); how often deadlines are checked.

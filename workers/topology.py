@@ -1,6 +1,7 @@
 """The broker topology: exchanges, one queue per handler, its retry queues and its DLQ.
 
     <ns>.events / <ns>.commands   topic exchanges the relay publishes to
+    <ns>.replays                  direct exchange for event-store replays, keyed by read model
     <ns>.<service>.<handler>      a handler's quorum queue, bound to the types it handles
     <queue>.retry.<delay>ms       delayed retry: a TTL queue that dead-letters back to <queue>
     <queue>.dlq                   messages that cannot succeed, with the reason in headers
@@ -25,7 +26,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
-from contracts.routing import commands_exchange, events_exchange
+from contracts.routing import commands_exchange, events_exchange, replays_exchange
 from workers.settings import Settings
 
 
@@ -116,6 +117,12 @@ async def declare(
             durable=True,
             arguments={"alternate-exchange": unrouted_exchange(ns)},
         )
+    await channel.declare_exchange(
+        replays_exchange(ns),
+        aio_pika.ExchangeType.DIRECT,
+        durable=True,
+        arguments={"alternate-exchange": unrouted_exchange(ns)},
+    )
     dlx = await channel.declare_exchange(
         dead_letter_exchange(ns), aio_pika.ExchangeType.DIRECT, durable=True
     )

@@ -62,8 +62,8 @@ async def test_appended_events_load_back_in_order_with_their_metadata(fleet: Fle
     assert [e.version for e in loaded] == [1, 2, 3]
     assert [e.message for e in loaded] == [first, second, third]
     assert [(e.type, e.contract_version) for e in loaded] == [
-        ("order.confirmed", 1),
-        ("order.confirmed", 1),
+        ("order.confirmed", 2),
+        ("order.confirmed", 2),
         ("order.rejected", 1),
     ]
     assert loaded[0].metadata == meta == loaded[1].metadata

@@ -16,6 +16,7 @@ from contracts import (
     ConfirmOrder,
     Message,
     Money,
+    OrderConfirmed,
     OrderLine,
     OrderRejected,
     PaymentFailed,
@@ -107,7 +108,7 @@ class OrderFleet:
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 sa.text(
-                    "SELECT message_id, type, version, correlation_id, causation_id,"
+                    "SELECT message_id, type, version, correlation_id, causation_id, occurred_at,"
                     " convert_from(body, 'UTF8') AS body FROM outbox"
                     " WHERE convert_from(body, 'UTF8')::jsonb->>'order_id' = :id ORDER BY id"
                 ),
@@ -141,6 +142,8 @@ async def test_placing_an_order_stores_and_emits_order_placed_v2(orders: OrderFl
         "message_id": row["message_id"],
         "correlation_id": order_id,  # order.placed starts the order's correlation
         "causation_id": message_id,
+        # The message's own time, which a replay sends again.
+        "occurred_at": row["occurred_at"].isoformat(),
     }
     assert (row["correlation_id"], row["causation_id"]) == (order_id, message_id)
     assert json.loads(row["body"]) == stored.message.model_dump(mode="json")
@@ -173,7 +176,7 @@ async def test_a_confirmed_order_stays_confirmed_whatever_comes_late(orders: Ord
         await orders.send(ConfirmOrder(order_id=order_id), "confirm_order"),
     ]
     await orders.wait_handled(*late)
-    assert await orders.stream(order_id) == [(1, "order.placed", 2), (2, "order.confirmed", 1)]
+    assert await orders.stream(order_id) == [(1, "order.placed", 2), (2, "order.confirmed", 2)]
     assert await orders.outbox_types(order_id) == ["order.placed", "order.confirmed"]
     loaded = await orders.load(order_id)
     assert loaded.order is not None and loaded.order.status is Status.CONFIRMED
@@ -252,7 +255,7 @@ async def test_an_order_placed_v1_in_the_stream_is_upcast_and_can_be_confirmed(
         )
     message_id = await orders.send(ConfirmOrder(order_id=order_id), "confirm_order")
     await orders.wait_handled(message_id)
-    assert await orders.stream(order_id) == [(1, "order.placed", 1), (2, "order.confirmed", 1)]
+    assert await orders.stream(order_id) == [(1, "order.placed", 1), (2, "order.confirmed", 2)]
     loaded = await orders.load(order_id)
     assert loaded.order is not None
     assert loaded.order.status is Status.CONFIRMED
@@ -407,13 +410,33 @@ async def test_the_same_key_placed_twice_at_once_places_one_order(
 
 async def test_in_choreography_shipment_created_confirms_the_order(orders: OrderFleet) -> None:
     order_id = await orders.place(place_command(saga="choreography"))
+    payment_id = new_id()
     created = ShipmentCreated(
-        order_id=order_id, shipment_id=new_id(), tracking_number="TN-1", saga="choreography"
+        order_id=order_id,
+        shipment_id=new_id(),
+        tracking_number="TN-1",
+        saga="choreography",
+        payment_id=payment_id,
     )
     message_id = await orders.send(created, "confirm_order")
     await orders.wait_handled(message_id)
     assert [t for _, t, _ in await orders.stream(order_id)] == ["order.placed", "order.confirmed"]
     assert await orders.outbox_types(order_id) == ["order.placed", "order.confirmed"]
+    # The stream keeps the references the shipment reported, for read models rebuilt from it.
+    confirmed = json.loads((await orders.outbox(order_id))[1]["body"])
+    assert confirmed == {"order_id": order_id, "payment_id": payment_id, "tracking_number": "TN-1"}
+
+
+async def test_confirm_order_v2_records_the_saga_s_references(orders: OrderFleet) -> None:
+    order_id = await orders.place(place_command(saga="orchestration"))
+    payment_id = new_id()
+    command = ConfirmOrder(order_id=order_id, payment_id=payment_id, tracking_number="TN-9")
+    await orders.wait_handled(await orders.send(command, "confirm_order"))
+    async with orders.engine.connect() as conn:
+        stored = await event_store.load(conn, order_id)
+    assert stored[-1].message == OrderConfirmed(
+        order_id=order_id, payment_id=payment_id, tracking_number="TN-9"
+    )
 
 
 async def test_in_orchestration_shipment_created_is_left_to_the_orchestrator(

@@ -236,17 +236,18 @@ async def test_in_choreography_payment_completed_leads_to_a_shipment(drained: Fl
         fleet.worker(services.load("shipping"), with_relay=False),
         fleet.publisher() as publisher,
     ):
+        payments = {}
         for order_id, country in ((shipped, "DE"), (refused, BLOCKED)):
+            payments[order_id] = payment_completed(order_id, "choreography", country)
             await publisher.publish(
-                outgoing(
-                    payment_completed(order_id, "choreography", country),
-                    exchange=events_exchange(fleet.ns),
-                )
+                outgoing(payments[order_id], exchange=events_exchange(fleet.ns))
             )
         await wait_for(lambda: _emitted_at_least(fleet, "shipment.created", shipped, 1))
         await wait_for(lambda: _emitted_at_least(fleet, "shipment.failed", refused, 1))
     (created,) = await emitted(fleet, "shipment.created", shipped)
     assert created["saga"] == "choreography"
+    # Passed on, so the order confirmed on this event records its payment too.
+    assert created["payment_id"] == payments[shipped].payment_id
     (failed,) = await emitted(fleet, "shipment.failed", refused)
     assert failed["saga"] == "choreography"
 

@@ -52,6 +52,11 @@ FAILED = {"order_id": ORDER_ID, "reason": "out of stock", **SAGA}
 SAMPLES: dict[tuple[str, int], dict[str, Any]] = {
     ("order.place_order", 1): {**ORDER, "idempotency_key": "k-1", **SAGA},
     ("order.confirm_order", 1): {"order_id": ORDER_ID},
+    ("order.confirm_order", 2): {
+        "order_id": ORDER_ID,
+        "payment_id": PAYMENT_ID,
+        "tracking_number": "TRK-1",
+    },
     ("order.reject_order", 1): {"order_id": ORDER_ID, "reason": "payment failed"},
     ("inventory.reserve_stock", 1): {**ORDER, "total": TOTAL, **SAGA},
     ("inventory.release_stock", 1): {
@@ -83,6 +88,24 @@ SAMPLES: dict[tuple[str, int], dict[str, Any]] = {
     },
     ("order.placed", 2): {**ORDER, "total": TOTAL, **SAGA},
     ("order.confirmed", 1): {"order_id": ORDER_ID},
+    ("order.confirmed", 2): {
+        "order_id": ORDER_ID,
+        "payment_id": PAYMENT_ID,
+        "tracking_number": "TRK-1",
+    },
+    ("order.replay_events", 1): {
+        "replay_id": SHIPMENT_ID,
+        "target": "order_view",
+        "after_position": 500,
+        "up_to_position": 1200,
+        "expected": 1100,
+        "sent": 500,
+    },
+    ("order.events_replayed", 1): {
+        "replay_id": SHIPMENT_ID,
+        "target": "order_view",
+        "events": 1100,
+    },
     ("order.rejected", 1): {"order_id": ORDER_ID, "reason": "out of stock"},
     ("stock.reserved", 1): {**ORDER, "total": TOTAL, **SAGA},
     ("stock.reservation_failed", 1): {**FAILED, "customer_id": "c-1"},
@@ -107,6 +130,13 @@ SAMPLES: dict[tuple[str, int], dict[str, Any]] = {
         "shipment_id": SHIPMENT_ID,
         "tracking_number": "TRK-1",
         **SAGA,
+    },
+    ("shipment.created", 2): {
+        "order_id": ORDER_ID,
+        "shipment_id": SHIPMENT_ID,
+        "tracking_number": "TRK-1",
+        **SAGA,
+        "payment_id": PAYMENT_ID,
     },
     ("shipment.failed", 1): {**FAILED, "reason": "blocked country XX"},
     ("shipment.cancelled", 1): {"order_id": ORDER_ID, **SAGA},
@@ -203,7 +233,9 @@ def test_messages_are_frozen_and_strict_in_python() -> None:
 def test_order_ids_are_uuid_text_with_one_spelling() -> None:
     payload = {**SAMPLES["order.confirm_order", 1], "order_id": ORDER_ID.upper()}
     assert decode_message("order.confirm_order", 1, body(payload)).model_dump() == {
-        "order_id": ORDER_ID
+        "order_id": ORDER_ID,
+        "payment_id": None,
+        "tracking_number": None,
     }
     with pytest.raises(InvalidBody, match="order_id"):
         decode_message("order.confirm_order", 1, body({"order_id": "order-1"}))
@@ -255,8 +287,9 @@ def test_decode_returns_the_newest_version(type_: str, version: int, model: Any)
 
 
 def test_encode_is_compact_json() -> None:
-    message = decode_message("order.confirmed", 1, body(SAMPLES["order.confirmed", 1]))
-    assert encode_message(message) == b'{"order_id":"' + ORDER_ID.encode() + b'"}'
+    message = decode_message("order.rejected", 1, body(SAMPLES["order.rejected", 1]))
+    expected = '{"order_id":"' + ORDER_ID + '","reason":"out of stock"}'
+    assert encode_message(message) == expected.encode()
 
 
 def test_encode_refuses_unregistered_models() -> None:
@@ -428,6 +461,20 @@ def test_an_upcaster_producing_an_invalid_payload_is_an_invalid_body() -> None:
 
 def test_the_fleet_registry_can_upcast_every_version() -> None:
     assert registry.missing_upcasters() == []
+
+
+@pytest.mark.parametrize(
+    ("type_", "added"),
+    [
+        ("order.confirm_order", {"payment_id": None, "tracking_number": None}),
+        ("order.confirmed", {"payment_id": None, "tracking_number": None}),
+        ("shipment.created", {"payment_id": None}),
+    ],
+)
+def test_v1_without_references_reads_as_v2_with_none(type_: str, added: dict[str, Any]) -> None:
+    decoded = registry.decode(type_, 1, body(SAMPLES[type_, 1]))
+    assert decoded.VERSION == 2
+    assert decoded.model_dump(mode="json") == {**SAMPLES[type_, 1], **added}
 
 
 # --- Envelope ----------------------------------------------------------------------------

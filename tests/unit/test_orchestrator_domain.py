@@ -23,9 +23,11 @@ from workers.orchestrator import domain
 from workers.orchestrator.domain import OrderFacts, Saga, Transition
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+ORDER_ID = "6f1c1a3e-9a1c-4a43-9a49-7b0c5a9e1f10"
+PAYMENT_ID = "0d4b7c2e-51f3-4c8e-9a1d-2b3c4d5e6f70"
 TIMEOUT = timedelta(seconds=30)
 FACTS = OrderFacts(
-    order_id="6f1c1a3e-9a1c-4a43-9a49-7b0c5a9e1f10",
+    order_id=ORDER_ID,
     customer_id="c-1",
     items=(OrderLine(sku="A", quantity=2, unit_price=Money.of("5.00", "EUR")),),
     total=Money.of("10.00", "EUR"),
@@ -54,10 +56,25 @@ def test_the_happy_path_runs_the_four_steps_in_order() -> None:
         "ReserveStock",
         "ChargePayment",
         "CreateShipment",
-        "ConfirmOrder",
+        ConfirmOrder.__name__,
     ]
     assert saga.status == "confirmed" and saga.deadline_at is None
     assert saga.completed == domain.ACTIONS
+
+
+def test_confirm_order_carries_the_payment_and_tracking_the_steps_reported() -> None:
+    saga = domain.start(FACTS, NOW, TIMEOUT).saga
+    saga = reply(saga, "stock.reserved").saga
+    paid = domain.on_reply(saga, "payment.completed", None, NOW, TIMEOUT, payment_id=PAYMENT_ID)
+    shipped = domain.on_reply(
+        paid.saga, "shipment.created", None, NOW, TIMEOUT, tracking_number="TRK-0000000001"
+    )
+    assert shipped.commands == (
+        ConfirmOrder(order_id=ORDER_ID, payment_id=PAYMENT_ID, tracking_number="TRK-0000000001"),
+    )
+    # Sent again on its deadline, the confirmation still carries them (they are saga state).
+    again = domain.on_deadline(shipped.saga, NOW + 2 * TIMEOUT, TIMEOUT)
+    assert again.commands == shipped.commands
 
 
 def test_a_refusal_compensates_completed_steps_in_reverse_then_rejects() -> None:
@@ -150,7 +167,7 @@ def test_whatever_arrives_the_saga_keeps_its_promises(arrivals: list[str]) -> No
         assert saga.completed == domain.ACTIONS and saga.reason is None
         assert not {"RejectOrder", "ReleaseStock", "RefundPayment", "CancelShipment"} & set(kinds)
     if saga.status == "rejected":
-        assert "ConfirmOrder" not in kinds and kinds[-1] == "RejectOrder"
+        assert ConfirmOrder.__name__ not in kinds and kinds[-1] == "RejectOrder"
         # Every action that completed is undone, and undos run last-done-first.
         undo = {
             "ReserveStock": "ReleaseStock",

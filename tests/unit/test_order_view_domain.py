@@ -15,10 +15,12 @@ PLACED_AT = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 DECIDED_AT = datetime(2024, 5, 1, 12, 0, 3, tzinfo=UTC)
 
 PLACED = Placed(1, "customer-1", 3, Decimal("29.70"), "EUR", "choreography", PLACED_AT)
-CONFIRMED = Decided(2, "CONFIRMED", None, DECIDED_AT)
-REJECTED = Decided(2, "REJECTED", "shipping to XX is blocked", DECIDED_AT)
 PAID = Paid("0b1f6a64-8a0e-4d4e-9d59-7b2d7f7d2a11")
 SHIPPED = Shipped("TRK-123")
+CONFIRMED = Decided(2, "CONFIRMED", None, DECIDED_AT, PAID.payment_id, "TRK-123")
+# order.confirmed v1 (or upcast from it) names no references.
+CONFIRMED_V1 = Decided(2, "CONFIRMED", None, DECIDED_AT)
+REJECTED = Decided(2, "REJECTED", "shipping to XX is blocked", DECIDED_AT)
 
 # What an order's events can be: a confirmed order was paid and shipped; a rejected one may
 # have been paid and even shipped before the rejection undid it.
@@ -56,6 +58,17 @@ def test_a_rejected_order_shows_no_payment_or_tracking_whatever_came_first() -> 
         assert summary.rejection_reason == "shipping to XX is blocked"
         assert (summary.payment_id, summary.tracking_number) == (None, None)
         assert (summary.created_at, summary.updated_at) == (PLACED_AT, DECIDED_AT)
+
+
+def test_the_order_stream_alone_gives_the_row_all_events_give() -> None:
+    # What a rebuild replays: only the order service's events.
+    assert final([PLACED, CONFIRMED]) == final(CONFIRMED_ORDER)
+    assert final([PLACED, REJECTED]) == final(REJECTED_ORDER)
+
+
+def test_a_v1_confirmation_keeps_the_references_the_services_reported() -> None:
+    assert final([PLACED, PAID, SHIPPED, CONFIRMED_V1]) == final(CONFIRMED_ORDER)
+    assert final([PLACED, CONFIRMED_V1]).payment_id is None
 
 
 def test_only_other_services_events_leave_the_status_unknown() -> None:
@@ -96,7 +109,16 @@ def test_any_arrival_order_with_repeats_gives_the_same_rejected_row(
 
 
 @given(
-    st.sampled_from([CONFIRMED_ORDER, REJECTED_ORDER, [PLACED, PAID, REJECTED], [PLACED]]),
+    st.sampled_from(
+        [
+            CONFIRMED_ORDER,
+            REJECTED_ORDER,
+            [PLACED, PAID, REJECTED],
+            [PLACED],
+            [PLACED, CONFIRMED],
+            [PLACED, PAID, SHIPPED, CONFIRMED_V1],
+        ]
+    ),
     st.data(),
 )
 def test_any_two_arrival_orders_of_any_order_s_events_give_the_same_row(

@@ -16,7 +16,9 @@ from db.unit_of_work import UnitOfWork
 from workers.inventory import domain, store
 from workers.service import Service
 
-service = Service("inventory")
+service = Service(
+    "inventory", emits=("stock.reserved", "stock.reservation_failed", "stock.released")
+)
 
 
 @service.handler("inventory.reserve_stock", "order.placed")

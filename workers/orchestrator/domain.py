@@ -96,6 +96,10 @@ class Saga:
     reason: str | None
     deadline_at: datetime | None
     version: int  # 0 until first stored
+    # What the steps produced, sent on with confirm_order so the order's own stream holds
+    # them (a read model rebuilt from that stream shows the order's references).
+    payment_id: str | None = None
+    tracking_number: str | None = None
 
     @property
     def order_id(self) -> str:
@@ -141,7 +145,11 @@ def command_for(step: Step, saga: Saga) -> Command:
                 order_id=facts.order_id, country=facts.country, items=items, saga="orchestration"
             )
         case "confirm_order":
-            return ConfirmOrder(order_id=facts.order_id)
+            return ConfirmOrder(
+                order_id=facts.order_id,
+                payment_id=saga.payment_id,
+                tracking_number=saga.tracking_number,
+            )
         case "release_stock":
             return ReleaseStock(order_id=facts.order_id, reason=reason, saga="orchestration")
         case "refund_payment":
@@ -196,9 +204,17 @@ def _unchanged(saga: Saga, log: str) -> Transition:
 
 
 def on_reply(
-    saga: Saga, reply_type: str, reason: str | None, now: datetime, timeout: timedelta
+    saga: Saga,
+    reply_type: str,
+    reason: str | None,
+    now: datetime,
+    timeout: timedelta,
+    *,
+    payment_id: str | None = None,
+    tracking_number: str | None = None,
 ) -> Transition:
-    """A service answered; ``reason`` is the refusal's reason for a refusal event."""
+    """A service answered; ``reason`` is the refusal's reason for a refusal event, and
+    ``payment_id`` / ``tracking_number`` what payment.completed / shipment.created report."""
     if saga.final:
         return _unchanged(saga, f"late {reply_type} after the saga ended {saga.status}: ignored")
     if reply_type in REFUSAL:
@@ -213,6 +229,10 @@ def on_reply(
         return _unchanged(saga, f"{reply_type} while waiting for {saga.step}: ignored")
     if saga.status == "running":
         done = replace(saga, completed=(*saga.completed, _action(step)))
+        if step == "charge_payment":
+            done = replace(done, payment_id=payment_id)
+        elif step == "create_shipment":
+            done = replace(done, tracking_number=tracking_number)
         if step == "confirm_order":
             return Transition(
                 replace(done, status="confirmed", deadline_at=None),

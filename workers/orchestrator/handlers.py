@@ -20,7 +20,19 @@ from workers.settings import Settings, get_settings
 
 log = logging.getLogger("fleet.orchestrator")
 
-service = Service("orchestrator")
+service = Service(
+    "orchestrator",
+    emits=(  # the commands of domain.command_for
+        "inventory.reserve_stock",
+        "payment.charge_payment",
+        "shipping.create_shipment",
+        "order.confirm_order",
+        "inventory.release_stock",
+        "payment.refund_payment",
+        "shipping.cancel_shipment",
+        "order.reject_order",
+    ),
+)
 
 
 def _now() -> datetime:
@@ -70,7 +82,16 @@ async def advance_saga(uow: UnitOfWork, event: Any) -> None:
         log.info("%s for order %s, which has no saga: ignored", event.TYPE, event.order_id)
         return
     reason = getattr(event, "reason", None) if event.TYPE in domain.REFUSAL else None
-    await _apply(uow, domain.on_reply(saga, event.TYPE, reason, _now(), _timeout(get_settings())))
+    transition = domain.on_reply(
+        saga,
+        event.TYPE,
+        reason,
+        _now(),
+        _timeout(get_settings()),
+        payment_id=getattr(event, "payment_id", None),
+        tracking_number=getattr(event, "tracking_number", None),
+    )
+    await _apply(uow, transition)
 
 
 async def watch_deadlines(settings: Settings, engine: AsyncEngine, stop: asyncio.Event) -> None:

@@ -38,6 +38,9 @@ sagas = sa.Table(
     sa.CheckConstraint(
         "status IN ('running', 'compensating', 'confirmed', 'rejected')", name="ck_sagas_status"
     ),
+    # Since migration 0003: the references confirm_order carries to the order.
+    sa.Column("payment_id", sa.Text, nullable=True),
+    sa.Column("tracking_number", sa.Text, nullable=True),
 )
 # The deadline watcher reads only sagas still waiting, soonest first.
 sa.Index(
@@ -91,6 +94,8 @@ def _columns(saga: Saga) -> dict[str, Any]:
         "reason": saga.reason,
         "facts": _facts_to_json(saga.facts),
         "deadline_at": saga.deadline_at,
+        "payment_id": saga.payment_id,
+        "tracking_number": saga.tracking_number,
     }
 
 
@@ -104,6 +109,8 @@ def _saga(row: Any) -> Saga:
         reason=row.reason,
         deadline_at=row.deadline_at,
         version=row.version,
+        payment_id=row.payment_id,
+        tracking_number=row.tracking_number,
     )
 
 

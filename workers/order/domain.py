@@ -171,7 +171,15 @@ def _same_order(order: Order, command: PlaceOrder) -> bool:
     )
 
 
-def confirm(existing: Order | None, order_id: str) -> Decision:
+def confirm(
+    existing: Order | None,
+    order_id: str,
+    *,
+    payment_id: str | None = None,
+    tracking_number: str | None = None,
+) -> Decision:
+    """Confirm a pending order; the event names the payment and shipment it was confirmed
+    with, so the order's stream alone tells a read model the order's references."""
     if existing is None:
         return Decision(Outcome.UNKNOWN_ORDER, note=f"order {order_id} was never placed")
     if existing.status is Status.CONFIRMED:
@@ -182,7 +190,10 @@ def confirm(existing: Order | None, order_id: str) -> Decision:
             note=f"order {order_id} is REJECTED ({existing.rejection_reason}): "
             "a late confirmation cannot reopen it",
         )
-    return Decision(Outcome.CONFIRMED, (OrderConfirmed(order_id=order_id),))
+    confirmed = OrderConfirmed(
+        order_id=order_id, payment_id=payment_id, tracking_number=tracking_number
+    )
+    return Decision(Outcome.CONFIRMED, (confirmed,))
 
 
 def reject(existing: Order | None, order_id: str, reason: str) -> Decision:

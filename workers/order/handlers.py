@@ -13,19 +13,26 @@ it, and those events are acknowledged and ignored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import uuid
+from datetime import datetime
 from typing import Any
 
 from contracts import (
     ConfirmOrder,
+    OrderEventsReplayed,
     PaymentFailed,
     PlaceOrder,
     RejectOrder,
+    ReplayOrderEvents,
     ShipmentCreated,
     ShipmentFailed,
     StockReservationFailed,
 )
-from contracts.envelope import STREAM_VERSION_HEADER
+from contracts.envelope import REPLAY_EXPECTED_HEADER, REPLAY_ID_HEADER, STREAM_VERSION_HEADER
+from contracts.routing import replays_exchange
+from db import event_store
 from db.unit_of_work import UnitOfWork
 from workers.errors import PermanentError
 from workers.order import domain, store
@@ -34,7 +41,16 @@ from workers.settings import get_settings
 
 log = logging.getLogger("fleet.order")
 
-service = Service("order")
+service = Service(
+    "order",
+    emits=(
+        "order.placed",
+        "order.confirmed",
+        "order.rejected",
+        "order.replay_events",  # the next page of a replay, to itself
+        # not order.events_replayed: it goes to <ns>.replays only, which emits cannot say
+    ),
+)
 
 FailureEvent = StockReservationFailed | PaymentFailed | ShipmentFailed
 
@@ -48,6 +64,80 @@ async def place_order(uow: UnitOfWork, command: PlaceOrder) -> None:
     await _apply(uow, loaded, domain.place(loaded.order, command), correlation_id=order_id)
 
 
+@service.handler("order.replay_events")
+async def replay_events(uow: UnitOfWork, command: ReplayOrderEvents) -> None:
+    """Send one page of the event store, in store order, to the read model named by
+    ``command.target``, then ask for the next page, or say the replay is over.
+
+    Each page is one transaction whose outbox rows the relay publishes, so a replay of any
+    length survives restarts and is sent exactly as stored (upcast to the newest contract
+    versions, with the event's first message time and stream version). The replay covers
+    the store as it is when the first page is read (``up_to_position``).
+    """
+    up_to = command.up_to_position
+    if up_to is None:
+        up_to = await event_store.last_position(uow.conn)
+    expected = command.expected
+    if expected is None:
+        expected = await event_store.count_events(uow.conn, up_to)
+    page_size = get_settings().replay_page_size
+    page = await event_store.all_events(
+        uow.conn, after_position=command.after_position, limit=page_size, up_to_position=up_to
+    )
+    route = (replays_exchange(uow.namespace), command.target)
+    for stored in page:
+        uow.emit(
+            stored.message,
+            message_id=_replay_message_id(command.replay_id, stored),
+            correlation_id=stored.metadata.get("correlation_id") or stored.stream_id,
+            occurred_at=_first_occurred_at(stored),
+            headers={
+                STREAM_VERSION_HEADER: stored.version,
+                REPLAY_ID_HEADER: command.replay_id,
+                REPLAY_EXPECTED_HEADER: expected,
+            },
+            route=route,
+        )
+    sent = command.sent + len(page)
+    if len(page) == page_size and page[-1].global_position < up_to:
+        next_page = command.model_copy(
+            update={
+                "after_position": page[-1].global_position,
+                "up_to_position": up_to,
+                "expected": expected,
+                "sent": sent,
+            }
+        )
+        uow.emit(next_page)
+    else:
+        done = OrderEventsReplayed(replay_id=command.replay_id, target=command.target, events=sent)
+        uow.emit(done, route=route)
+    log.info(
+        "replay %s to %s: sent %d of %d event(s)%s",
+        command.replay_id,
+        command.target,
+        sent,
+        expected,
+        "" if len(page) == page_size else "; done",
+    )
+
+
+def _replay_message_id(replay_id: str, stored: event_store.StoredEvent) -> str:
+    """One id per event per replay: a page sent twice is deduplicated by the reader, and a
+    second replay is not mistaken for the first."""
+    return str(uuid.uuid5(uuid.UUID(replay_id), f"{stored.stream_id}:{stored.version}"))
+
+
+def _first_occurred_at(stored: event_store.StoredEvent) -> datetime:
+    """When the event was first emitted (kept in its metadata); for events stored before
+    that was kept, when it was recorded."""
+    text = stored.metadata.get("occurred_at")
+    if isinstance(text, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(text)
+    return stored.recorded_at
+
+
 @service.handler("order.confirm_order", "shipment.created")
 async def confirm_order(uow: UnitOfWork, message: ConfirmOrder | ShipmentCreated) -> None:
     if isinstance(message, ShipmentCreated) and message.saga != "choreography":
@@ -55,7 +145,13 @@ async def confirm_order(uow: UnitOfWork, message: ConfirmOrder | ShipmentCreated
     loaded = await store.load_order(uow.conn, message.order_id)
     if isinstance(message, ShipmentCreated) and not _choreographed(loaded, message):
         return
-    await _apply(uow, loaded, domain.confirm(loaded.order, message.order_id))
+    decision = domain.confirm(
+        loaded.order,
+        message.order_id,
+        payment_id=message.payment_id,
+        tracking_number=message.tracking_number,
+    )
+    await _apply(uow, loaded, decision)
 
 
 @service.handler(
@@ -115,6 +211,8 @@ async def _apply(
                 "message_id": envelope.message_id,
                 "correlation_id": envelope.correlation_id,
                 "causation_id": envelope.causation_id,
+                # A replay sends the event with the time it first had (read models show it).
+                "occurred_at": envelope.occurred_at.isoformat(),
             }
         )
     version = await store.append(

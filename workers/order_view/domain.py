@@ -8,9 +8,15 @@ event, and each rule commutes with every other:
   whenever it arrives; it sets status PENDING only if no later stream version was applied;
 - ``order.confirmed`` / ``order.rejected`` set status, reason and updated_at only if their
   stream version is newer than the last one applied; a rejection clears payment_id and
-  tracking_number (a refused or undone order shows no references);
+  tracking_number (a refused or undone order shows no references), a confirmation (v2)
+  sets the ones it names;
 - ``payment.completed`` / ``shipment.created`` set payment_id / tracking_number unless the
-  order is already REJECTED.
+  order is already REJECTED (the same values a confirmation names: one payment and one
+  shipment per order).
+
+So the order's own stream (placed, then confirmed or rejected) gives the same row as all the
+services' events together: that is what lets ``fleet view rebuild`` replay the order
+service's event store alone.
 
 A repeat changes nothing: the same fields again, or a stream version already applied.
 """
@@ -68,6 +74,9 @@ class Decided:
     status: Literal["CONFIRMED", "REJECTED"]
     reason: str | None
     occurred_at: datetime
+    # Named by order.confirmed v2 (None from v1 and for a rejection).
+    payment_id: str | None = None
+    tracking_number: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,12 @@ def apply(summary: Summary, event: ViewEvent) -> Summary:
             last_version=event.version,
         )
         if event.status == "REJECTED":
-            decided = replace(decided, payment_id=None, tracking_number=None)
-        return decided
+            return replace(decided, payment_id=None, tracking_number=None)
+        return replace(
+            decided,
+            payment_id=event.payment_id or decided.payment_id,
+            tracking_number=event.tracking_number or decided.tracking_number,
+        )
     if summary.status == "REJECTED":
         return summary
     if isinstance(event, Paid):

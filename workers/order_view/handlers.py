@@ -1,4 +1,5 @@
-"""The order_view's one handler: project an order's events into its summary row.
+"""The order_view's handlers: project an order's events into its summary row, live
+(``project``) and from a replay of the order service's event store (``rebuild``).
 
 The row is read under the order's lock, changed by the pure ``domain.apply`` and written
 back, in one transaction with the inbox entry; the view emits nothing.
@@ -15,18 +16,19 @@ from datetime import datetime
 
 from contracts import (
     OrderConfirmed,
+    OrderEventsReplayed,
     OrderPlacedV2,
     OrderRejected,
     PaymentCompleted,
     ShipmentCreated,
 )
-from contracts.envelope import STREAM_VERSION_HEADER
+from contracts.envelope import REPLAY_EXPECTED_HEADER, REPLAY_ID_HEADER, STREAM_VERSION_HEADER
 from db.unit_of_work import UnitOfWork
 from workers.errors import PermanentError
 from workers.order_view import domain, store
 from workers.service import Service
 
-service = Service("order_view")
+service = Service("order_view", emits=())  # a projection: it emits nothing
 
 
 ProjectedEvent = OrderPlacedV2 | OrderConfirmed | OrderRejected | PaymentCompleted | ShipmentCreated
@@ -43,6 +45,43 @@ async def project(uow: UnitOfWork, event: ProjectedEvent) -> None:
     after = domain.apply(before, view_event)
     if after != before or existing is None:
         await store.save(uow.conn, after)
+
+
+ReplayedMessage = OrderPlacedV2 | OrderConfirmed | OrderRejected | OrderEventsReplayed
+
+
+@service.handler(
+    "order.placed",
+    "order.confirmed",
+    "order.rejected",
+    "order.events_replayed",
+    name="rebuild",
+    from_replays=True,
+)
+async def rebuild(uow: UnitOfWork, message: ReplayedMessage) -> None:
+    """Apply what the order service replays from its event store (``fleet view rebuild``)
+    exactly as the live events, and count it for the rebuild's progress.
+
+    Live events keep being applied meanwhile: the projection commutes, so the two streams
+    interleave safely, and the replayed order events alone give every order its full row.
+    """
+    if isinstance(message, OrderEventsReplayed):
+        await store.replay_ended(uow.conn, message.replay_id, message.events)
+        return
+    replay_id, expected = _replay_headers(uow)
+    await project(uow, message)
+    await store.count_applied(uow.conn, replay_id, expected)
+
+
+def _replay_headers(uow: UnitOfWork) -> tuple[str, int | None]:
+    headers = uow.received.headers if uow.received is not None else {}
+    replay_id = headers.get(REPLAY_ID_HEADER)
+    if isinstance(replay_id, bytes):
+        replay_id = replay_id.decode("utf-8", errors="replace")
+    if not isinstance(replay_id, str) or not replay_id:
+        raise PermanentError(f"a replayed event must carry the {REPLAY_ID_HEADER} header")
+    expected = headers.get(REPLAY_EXPECTED_HEADER)
+    return replay_id, expected if isinstance(expected, int) and expected >= 0 else None
 
 
 def to_view_event(uow: UnitOfWork, event: ProjectedEvent) -> domain.ViewEvent:
@@ -64,7 +103,9 @@ def to_view_event(uow: UnitOfWork, event: ProjectedEvent) -> domain.ViewEvent:
             occurred_at=occurred_at,
         )
     if isinstance(event, OrderConfirmed):
-        return domain.Decided(version, "CONFIRMED", None, occurred_at)
+        return domain.Decided(
+            version, "CONFIRMED", None, occurred_at, event.payment_id, event.tracking_number
+        )
     return domain.Decided(version, "REJECTED", event.reason, occurred_at)
 
 

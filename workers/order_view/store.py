@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,6 +40,23 @@ order_summaries = sa.Table(
 # The CLI lists by customer and by status, newest first.
 sa.Index("ix_order_summaries_customer_id", order_summaries.c.customer_id)
 sa.Index("ix_order_summaries_status", order_summaries.c.status)
+
+
+# One row per rebuild (``fleet view rebuild``): how many replayed events the view applied,
+# how many the replay announced (``expected_events``, for progress) and finally sent (from
+# its closing order.events_replayed); finished once both are in and applied reaches sent.
+rebuilds = sa.Table(
+    "rebuilds",
+    metadata,
+    sa.Column("rebuild_id", sa.Text, primary_key=True),
+    sa.Column(
+        "requested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("expected_events", sa.Integer, nullable=True),
+    sa.Column("applied_events", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sent_events", sa.Integer, nullable=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+)
 
 
 def _summary(row: sa.Row[Any]) -> Summary:
@@ -85,3 +103,83 @@ async def listing(
 async def last_update(conn: AsyncConnection) -> Any:
     """When the view last applied an order event (None when it has applied none)."""
     return (await conn.execute(sa.select(sa.func.max(order_summaries.c.updated_at)))).scalar()
+
+
+# --- Rebuilds. -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    rebuild_id: str
+    requested_at: datetime
+    expected_events: int | None
+    applied_events: int
+    sent_events: int | None
+    finished_at: datetime | None
+
+
+async def start_rebuild(conn: AsyncConnection, rebuild_id: str) -> None:
+    """Empty the view and open a rebuild row (the caller then asks for the replay)."""
+    await conn.execute(sa.text("TRUNCATE order_summaries"))
+    await conn.execute(sa.insert(rebuilds).values(rebuild_id=rebuild_id))
+
+
+async def count_applied(conn: AsyncConnection, rebuild_id: str, expected: int | None) -> None:
+    """One more replayed event applied (in the transaction that applied it)."""
+    statement = insert(rebuilds).values(
+        rebuild_id=rebuild_id, applied_events=1, expected_events=expected
+    )
+    await _upsert_rebuild(
+        conn,
+        statement,
+        {
+            "applied_events": rebuilds.c.applied_events + 1,
+            "expected_events": sa.func.coalesce(
+                statement.excluded.expected_events, rebuilds.c.expected_events
+            ),
+        },
+    )
+
+
+async def replay_ended(conn: AsyncConnection, rebuild_id: str, sent: int) -> None:
+    """The replay says it sent ``sent`` events in all."""
+    statement = insert(rebuilds).values(rebuild_id=rebuild_id, sent_events=sent)
+    await _upsert_rebuild(conn, statement, {"sent_events": statement.excluded.sent_events})
+
+
+async def _upsert_rebuild(conn: AsyncConnection, statement: Any, changes: dict[str, Any]) -> None:
+    # Upsert: a replay nobody started with `fleet view rebuild` (sent with `fleet publish`)
+    # still counts, its row made on first sight. Finished once all that was sent is applied.
+    applied, sent, finished_at, rebuild_id = (
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[rebuilds.c.rebuild_id], set_=changes
+            ).returning(
+                rebuilds.c.applied_events,
+                rebuilds.c.sent_events,
+                rebuilds.c.finished_at,
+                rebuilds.c.rebuild_id,
+            )
+        )
+    ).one()
+    if finished_at is None and sent is not None and applied >= sent:
+        await conn.execute(
+            sa.update(rebuilds)
+            .where(rebuilds.c.rebuild_id == rebuild_id)
+            .values(finished_at=sa.func.now())
+        )
+
+
+async def rebuild_status(conn: AsyncConnection, rebuild_id: str) -> Rebuild | None:
+    row = (
+        await conn.execute(sa.select(rebuilds).where(rebuilds.c.rebuild_id == rebuild_id))
+    ).first()
+    return None if row is None else Rebuild(**row._asdict())
+
+
+async def summary_count(conn: AsyncConnection) -> int:
+    """Orders the view knows (status not NULL)."""
+    count = await conn.scalar(
+        sa.select(sa.func.count()).where(order_summaries.c.status.is_not(None))
+    )
+    return int(count or 0)

@@ -20,7 +20,7 @@ from workers.errors import PermanentError
 from workers.payment import domain, store
 from workers.service import Service
 
-service = Service("payment")
+service = Service("payment", emits=("payment.completed", "payment.failed", "payment.refunded"))
 
 
 def _money(amount: Decimal, currency: str) -> Money:

@@ -17,7 +17,7 @@ from workers.service import Service
 from workers.settings import get_settings
 from workers.shipping import domain, store
 
-service = Service("shipping")
+service = Service("shipping", emits=("shipment.created", "shipment.failed", "shipment.cancelled"))
 
 
 @service.handler("shipping.create_shipment", "payment.completed")
@@ -49,6 +49,8 @@ async def create_shipment(uow: UnitOfWork, message: CreateShipment | PaymentComp
             shipment_id=shipment_id,
             tracking_number=tracking_number,
             saga=message.saga,
+            # Passed on in choreography, where the order confirms on this event.
+            payment_id=message.payment_id if isinstance(message, PaymentCompleted) else None,
         )
     )
 

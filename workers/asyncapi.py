@@ -1,0 +1,199 @@
+"""The fleet's AsyncAPI 3.0 document: every handler's queue and every message a service emits.
+
+    document = asyncapi.generate(settings, services.load_all())   # a JSON-ready dict
+
+FastStream writes the document from a broker's subscribers and publishers, but the runtime's
+subscribers take raw bytes (the consumer decodes against the contracts itself), so their
+schema says nothing. This module builds a broker of its own that is never connected:
+
+- per handler, a subscriber on its queue ``<ns>.<service>.<handler>`` whose stand-in function
+  takes the newest contract model of each type it handles (a union for several);
+- per type a service emits, a publisher on the exchange its kind goes to, routing key = type,
+  with the newest contract model as its schema.
+
+Everything comes from ``Service``, ``Handler.queue_spec`` and the contract registry, so a new
+handler, binding, type or version appears without a change here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from importlib import metadata
+from typing import Annotated, Any, Union
+
+from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
+from faststream.specification import AsyncAPI
+from pydantic import Field
+
+from contracts import registry
+from contracts.envelope import CAUSATION_HEADER, STREAM_VERSION_HEADER, VERSION_HEADER
+from contracts.registry import MessageClass
+from contracts.routing import exchange_for
+from workers.service import Handler, Service
+from workers.settings import Settings
+
+TITLE = "fleet"
+
+_ENVELOPE = f"""Every message's body is the JSON of its contract model (the newest version \
+is shown; consumers upcast older ones). The envelope travels in AMQP properties: \
+message_id (UUID, the idempotency key), type (the message type, e.g. order.placed), \
+correlation_id (the order/saga id), timestamp, app_id (the producing service), content_type \
+application/json; and in headers: {VERSION_HEADER} (the contract version of the body), \
+{CAUSATION_HEADER} (the message id of the message that caused it), and on the order \
+service's events {STREAM_VERSION_HEADER} (the event's version in its order stream). Events \
+go to the topic exchange <ns>.events with routing key = type, commands to <ns>.commands; \
+each handler reads its own quorum queue <ns>.<service>.<handler>."""
+
+# The envelope headers, as a schema on every message (AMQP properties have no place there).
+_HEADERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        VERSION_HEADER: {"type": "integer", "minimum": 1, "description": "contract version"},
+        CAUSATION_HEADER: {
+            "type": "string",
+            "format": "uuid",
+            "description": "message id of the message that caused this one",
+        },
+        STREAM_VERSION_HEADER: {
+            "type": "integer",
+            "minimum": 1,
+            "description": "the event's version in its order stream (order events only)",
+        },
+    },
+    "required": [VERSION_HEADER],
+}
+
+
+def newest_model(type_: str) -> MessageClass:
+    return registry.model_for(type_, registry.latest_version(type_))
+
+
+def build_broker(settings: Settings, services: Sequence[Service]) -> RabbitBroker:
+    """A broker for the document only: never connected, so nothing is declared."""
+    broker = RabbitBroker(settings.amqp_url, description="The fleet's RabbitMQ")
+    for service in services:
+        for handler in service.handlers:
+            _subscribe(broker, settings.namespace, service, handler)
+        for type_ in service.emits:
+            _publish(broker, settings.namespace, service, type_)
+    return broker
+
+
+def _subscribe(broker: RabbitBroker, namespace: str, service: Service, handler: Handler) -> None:
+    spec = handler.queue_spec(namespace)
+    # A FastStream queue has one routing key (its address); a queue bound by several keys is
+    # addressed by its name, and generate() lists every key in the operation's cc. The
+    # exchanges go in the description: AsyncAPI 3.0 as FastStream writes it has no place for
+    # a queue's exchange (its channel binding is the queue alone).
+    single = len(spec.bindings) == 1
+    queue = RabbitQueue(
+        spec.name,
+        queue_type=QueueType.QUORUM,
+        declare=False,  # workers.topology declares the real queue with all its arguments
+        routing_key=spec.bindings[0][1] if single else "",
+    )
+    models = [newest_model(type_) for type_ in handler.types]
+    bindings = "; ".join(f"{exchange} <- {key}" for exchange, key in spec.bindings)
+    description = (
+        f"Service {service.name}, handler {handler.name}: consumes "
+        f"{', '.join(handler.types)} from queue {spec.name} (bindings: {bindings}). "
+        f"Payload: {', '.join(f'{m.TYPE} v{m.VERSION} ({m.__name__})' for m in models)}."
+    )
+    broker.subscriber(queue, title=spec.name, description=description)(
+        _stand_in(handler.name, models, title=f"{spec.name}:Payload")
+    )
+
+
+def _stand_in(name: str, models: list[MessageClass], *, title: str) -> Any:
+    """A function FastStream reads the payload schema from; it is never called."""
+
+    async def consume(message: Any) -> None:
+        raise NotImplementedError("documentation only")
+
+    annotation: Any = (
+        models[0]
+        if len(models) == 1
+        # A union is named by its field title; without one every handler's would be "message".
+        else Annotated[Union[tuple(models)], Field(title=title)]  # noqa: UP007
+    )
+    consume.__name__ = consume.__qualname__ = name
+    # An explicit signature, read instead of annotations (which this module keeps as strings).
+    consume.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                "message", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation
+            )
+        ],
+        return_annotation=None,
+    )
+    return consume
+
+
+def _publish(broker: RabbitBroker, namespace: str, service: Service, type_: str) -> None:
+    model = newest_model(type_)
+    exchange = exchange_for(namespace, model.KIND)
+    broker.publisher(
+        routing_key=type_,
+        # exchange_for names one of the two topic exchanges workers.topology declares.
+        exchange=RabbitExchange(exchange, type=ExchangeType.TOPIC, declare=False),
+        title=f"{service.name}:{type_}",
+        description=(
+            f"Service {service.name} emits the {model.KIND} {type_} (v{model.VERSION}, "
+            f"{model.__name__}) to {exchange} with routing key {type_}, through its outbox."
+        ),
+        schema=model,
+        persist=True,
+        mandatory=True,
+    )
+
+
+def _project_version() -> str:
+    try:
+        return metadata.version("fleet")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0"
+
+
+def generate(settings: Settings, services: Sequence[Service]) -> dict[str, Any]:
+    """The AsyncAPI 3.0 document as a JSON-ready dict."""
+    broker = build_broker(settings, services)
+    specification = AsyncAPI(
+        broker,
+        title=TITLE,
+        version=_project_version(),
+        description=_ENVELOPE,
+        schema_version="3.0.0",
+    ).to_specification()
+    document: dict[str, Any] = specification.to_jsonable()
+    for message in document.get("components", {}).get("messages", {}).values():
+        message.setdefault("headers", _HEADERS)
+    operations = document.get("operations", {})
+    for service in services:
+        for handler in service.handlers:
+            spec = handler.queue_spec(settings.namespace)
+            # FastStream lists one routing key per queue (the queue's name when it has
+            # several); the operation's cc names every key the queue is bound by.
+            amqp = operations.get(spec.name, {}).get("bindings", {}).get("amqp")
+            if amqp is not None:
+                amqp["cc"] = [key for _, key in spec.bindings]
+    # FastStream's order varies from run to run; sorted, a regenerated document diffs cleanly.
+    components = document.get("components", {})
+    for section, holder in (
+        ("channels", document),
+        ("operations", document),
+        ("messages", components),
+        ("schemas", components),
+    ):
+        if section in holder:
+            holder[section] = dict(sorted(holder[section].items()))
+    return document
+
+
+def counts(document: dict[str, Any]) -> dict[str, int]:
+    """How many channels, operations and messages ``document`` describes."""
+    return {
+        "channels": len(document.get("channels", {})),
+        "operations": len(document.get("operations", {})),
+        "messages": len(document.get("components", {}).get("messages", {})),
+    }
