@@ -1,0 +1,316 @@
+"""The read model's speed: live projection (events applied per second) and the time to
+rebuild the view from the order service's event store, beside a bare FastStream consumer's
+rate measured in the same run.
+
+What is measured, in a fresh namespace:
+
+* bare: N persistent messages preloaded into a quorum queue, consumed by a RabbitBroker with
+  the same prefetch whose handler only acks (``consumer_throughput.time_bare``).
+* projection: the live events of P orders (order.placed and order.confirmed with their
+  stream versions, payment.completed, shipment.created: 4 per order, as the services send
+  them) preloaded into the view's queue; then the order_view worker (in this process, its
+  relay off: the view emits nothing) applies them. Events/s counts from the worker's start
+  to the last inbox row, each event being one transaction (inbox, lock, read, upsert).
+* rebuild: the events of R orders (placed, then confirmed or, for one in five, rejected)
+  written straight into the order service's event store; then ``fleet view rebuild`` (its
+  ``run_rebuild``, in this process) against ``fleet worker order`` and
+  ``fleet worker order_view`` as separate processes. Seconds run from the request to the
+  view's last applied event: the order service reads pages of the store and writes them to
+  its outbox, its relay publishes them, the view applies them, all at once.
+
+Nothing here asserts on time.
+
+    uv run python bench/view_throughput.py [--rebuild-orders 10000] [--live-orders 2500] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
+from _support import BenchNamespace, bench_namespace, fresh_namespace, show
+from consumer_throughput import preload, time_bare
+
+from cli.view import run_rebuild
+from contracts import (
+    Envelope,
+    Message,
+    Money,
+    OrderConfirmed,
+    OrderLine,
+    OrderPlaced,
+    OrderRejected,
+    PaymentCompleted,
+    ShipmentCreated,
+    encode_message,
+    registry,
+)
+from contracts.envelope import STREAM_VERSION_HEADER
+from db.engine import asyncpg_url, create_engine
+from db.event_store import events_table
+from workers import services
+from workers.publisher import Outgoing
+from workers.runtime import Worker
+from workers.settings import Settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POLL = 0.05
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def order(n: int) -> tuple[OrderPlaced, Message, str, str]:
+    """Order n: its order.placed, its decision (every fifth rejected), payment and tracking."""
+    order_id = str(uuid.uuid4())
+    items = [
+        OrderLine(sku=f"SKU-{n % 50:04d}", quantity=1 + n % 3, unit_price=Money.of("9.90", "EUR"))
+    ]
+    placed = OrderPlaced(
+        order_id=order_id,
+        customer_id=f"CUST-{n % 100:04d}",
+        items=items,
+        total=items[0].subtotal(),
+        country="DE",
+        saga="orchestration" if n % 2 else "choreography",
+    )
+    payment_id, tracking = str(uuid.uuid4()), f"TRK-{n:010d}"
+    decided: Message = (
+        OrderRejected(order_id=order_id, reason="out of stock")
+        if n % 5 == 0
+        else OrderConfirmed(order_id=order_id, payment_id=payment_id, tracking_number=tracking)
+    )
+    return placed, decided, payment_id, tracking
+
+
+# --- Projection. -----------------------------------------------------------------------
+
+
+def live_events(ns: str, count: int) -> list[Outgoing]:
+    """The events ``count`` confirmed orders send the view, straight to its queue."""
+    queue = f"{ns}.order_view.project"
+    messages: list[Outgoing] = []
+    for n in range(count):
+        placed, _, payment_id, tracking = order(n + 1)  # n + 1: never a rejected one
+        confirmed = OrderConfirmed(
+            order_id=placed.order_id, payment_id=payment_id, tracking_number=tracking
+        )
+        paid = PaymentCompleted(
+            order_id=placed.order_id,
+            payment_id=payment_id,
+            amount=placed.total,
+            saga=placed.saga,
+            country=placed.country,
+            items=placed.items,
+        )
+        shipped = ShipmentCreated(
+            order_id=placed.order_id,
+            shipment_id=str(uuid.uuid4()),
+            tracking_number=tracking,
+            saga=placed.saga,
+        )
+        for message, version in ((placed, 1), (paid, None), (shipped, None), (confirmed, 2)):
+            envelope = Envelope.new(message.TYPE, message.VERSION, "bench", placed.order_id)
+            messages.append(
+                Outgoing.from_envelope(
+                    envelope,
+                    exchange="",
+                    routing_key=queue,
+                    body=encode_message(message),
+                    headers={} if version is None else {STREAM_VERSION_HEADER: version},
+                )
+            )
+    return messages
+
+
+async def time_projection(bench: BenchNamespace, orders: int) -> dict[str, Any]:
+    settings = bench.settings
+    events = live_events(bench.ns, orders)
+    await preload(settings, events)
+    conn = await asyncpg.connect(asyncpg_url(settings.database_url("order_view")))
+    try:
+        worker = Worker(settings, services.load("order_view"), with_relay=False)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        started, cpu = time.perf_counter(), time.process_time()
+        task = asyncio.create_task(worker.run(stop, ready))
+        try:
+            await ready.wait()
+            while await conn.fetchval(
+                "SELECT count(*) FROM inbox WHERE consumer = 'order_view.project'"
+            ) < len(events):
+                if task.done():
+                    task.result()
+                    raise RuntimeError("the view worker stopped before applying everything")
+                if time.perf_counter() - started > 900:
+                    raise TimeoutError("the view did not apply every event within 900 s")
+                await asyncio.sleep(POLL)
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        finally:
+            stop.set()
+            await task
+        rows = await conn.fetchval("SELECT count(*) FROM order_summaries WHERE status IS NOT NULL")
+    finally:
+        await conn.close()
+    assert rows == orders, f"{rows} rows for {orders} orders"
+    return {"events": len(events), "seconds": seconds, "cpu": cpu}
+
+
+# --- Rebuild. --------------------------------------------------------------------------
+
+
+async def seed_event_store(settings: Settings, orders: int) -> int:
+    """Write ``orders`` orders' streams into the order service's store; return the events."""
+    engine = create_engine(settings.database_url("order"), pool_size=1)
+    rows: list[dict[str, Any]] = []
+    for n in range(orders):
+        placed, decided, _, _ = order(n)
+        at = START + timedelta(seconds=n)
+        for version, message in enumerate((placed, decided), start=1):
+            occurred = (at + timedelta(seconds=version)).isoformat()
+            rows.append(
+                {
+                    "stream_id": placed.order_id,
+                    "version": version,
+                    "type": message.TYPE,
+                    "contract_version": message.VERSION,
+                    "data": json.loads(registry.encode(message)),
+                    "metadata": {
+                        "message_id": str(uuid.uuid4()),
+                        "correlation_id": placed.order_id,
+                        "occurred_at": occurred,
+                    },
+                }
+            )
+    try:
+        async with engine.begin() as conn:
+            for start in range(0, len(rows), 2_000):
+                await conn.execute(sa.insert(events_table), rows[start : start + 2_000])
+    finally:
+        await engine.dispose()
+    return len(rows)
+
+
+def fleet_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    for key, value in settings.model_dump().items():
+        env[f"FLEET_{key.upper()}"] = (
+            json.dumps(value) if isinstance(value, list | dict) else str(value)
+        )
+    return env
+
+
+async def start_worker(settings: Settings, service: str) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli",
+        "worker",
+        service,
+        cwd=ROOT,
+        env=fleet_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    while True:
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
+        if not line:
+            raise RuntimeError(f"fleet worker {service} exited before it was ready")
+        if "worker consuming" in line:
+            break
+
+    async def drain() -> None:  # keep reading, so the pipe never fills and blocks the worker
+        assert process.stdout is not None
+        while await process.stdout.readline():
+            pass
+
+    asyncio.get_running_loop().create_task(drain())
+    return process
+
+
+async def time_rebuild(bench: BenchNamespace, orders: int) -> dict[str, Any]:
+    settings = bench.settings
+    events = await seed_event_store(settings, orders)
+    workers = [await start_worker(settings, service) for service in ("order", "order_view")]
+    try:
+        result = await run_rebuild(settings, timeout=1800, progress=None)
+    finally:
+        for process in workers:
+            process.terminate()
+            await process.wait()
+    assert result["events"] == events and result["orders"] == orders, result
+    return result
+
+
+async def main(rebuild_orders: int, live_orders: int, as_json: bool) -> None:
+    settings = Settings(namespace=fresh_namespace())
+    rows: list[dict[str, Any]] = []
+    async with bench_namespace(settings) as bench:
+        bare_queue = f"{settings.namespace}.bench.bare"
+        await bench.declare_quorum_queue(bare_queue)
+        bare_count = max(5_000, live_orders * 4)
+        bare = await time_bare(bench, bare_queue, bare_count, settings.prefetch)
+        bare_rate = bare_count / bare["seconds"]
+        rows.append(
+            {
+                "method": f"bare FastStream consumer, prefetch {settings.prefetch}",
+                "orders": "",
+                "events": bare_count,
+                "seconds": round(bare["seconds"], 2),
+                "events/s": round(bare_rate),
+                "vs bare": "",
+            }
+        )
+        live = await time_projection(bench, live_orders)
+        live_rate = live["events"] / live["seconds"]
+        rows.append(
+            {
+                "method": "order_view projection, live events (1 worker)",
+                "orders": live_orders,
+                "events": live["events"],
+                "seconds": round(live["seconds"], 2),
+                "events/s": round(live_rate),
+                "vs bare": f"{live_rate / bare_rate:.0%}",
+            }
+        )
+        rebuilt = await time_rebuild(bench, rebuild_orders)
+        rebuild_rate = rebuilt["events"] / rebuilt["seconds"]
+        rows.append(
+            {
+                "method": "fleet view rebuild (order replays, view applies)",
+                "orders": rebuilt["orders"],
+                "events": rebuilt["events"],
+                "seconds": round(rebuilt["seconds"], 2),
+                "events/s": round(rebuild_rate),
+                "vs bare": f"{rebuild_rate / bare_rate:.0%}",
+            }
+        )
+    show(
+        "order_view: live projection and rebuild, vs a bare consumer",
+        ["method", "orders", "events", "seconds", "events/s", "vs bare"],
+        rows,
+        as_json,
+    )
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rebuild-orders", type=int, default=10_000)
+    parser.add_argument("--live-orders", type=int, default=2_500)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    try:
+        asyncio.run(main(args.rebuild_orders, args.live_orders, args.json))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli()
