@@ -1,4 +1,5 @@
-"""What both benchmarks share: a throw-away namespace, sample messages and the output.
+"""What the benchmarks share: a throw-away namespace, fleet processes, sample messages and
+the output.
 
 async with bench_namespace(Settings(namespace=fresh_namespace())) as ns:
     ...  # databases provisioned and migrated, topology declared
@@ -7,9 +8,11 @@ async with bench_namespace(Settings(namespace=fresh_namespace())) as ns:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import signal
 import statistics
@@ -32,6 +35,49 @@ from workers.runtime import declare_topology
 from workers.settings import Settings
 
 log = logging.getLogger("fleet.bench")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fleet_env(settings: Settings) -> dict[str, str]:
+    """The environment a ``fleet`` process needs to join the bench's namespace."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    for key, value in settings.model_dump().items():
+        env[f"FLEET_{key.upper()}"] = (
+            json.dumps(value) if isinstance(value, list | dict) else str(value)
+        )
+    return env
+
+
+async def start_fleet_process(
+    settings: Settings, args: Sequence[str], ready: Sequence[str]
+) -> asyncio.subprocess.Process:
+    """``fleet *args`` in the namespace, once its output has shown every line of ``ready``."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli",
+        *args,
+        cwd=ROOT,
+        env=fleet_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    waiting = set(ready)
+    while waiting:
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=120)).decode()
+        if not line:
+            raise RuntimeError(f"fleet {' '.join(args)} exited before it was ready")
+        waiting = {text for text in waiting if text not in line}
+
+    async def drain() -> None:  # keep reading, so the pipe never fills and blocks the fleet
+        assert process.stdout is not None
+        while await process.stdout.readline():
+            pass
+
+    asyncio.get_running_loop().create_task(drain())
+    return process
 
 
 def fresh_namespace() -> str:

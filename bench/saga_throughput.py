@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 from typing import Any
 
-from _support import bench_namespace, fresh_namespace, show
+from _support import bench_namespace, fresh_namespace, show, start_fleet_process
 from consumer_throughput import time_bare
 
 from cli.load import run_load
@@ -36,46 +34,11 @@ from workers.settings import Settings
 
 SERVICES = ("inventory", "payment", "shipping", "order", "orchestrator")
 MESSAGES_PER_SAGA = {"orchestration": 10, "choreography": 6}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def fleet_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    for key, value in settings.model_dump().items():
-        env[f"FLEET_{key.upper()}"] = (
-            json.dumps(value) if isinstance(value, list | dict) else str(value)
-        )
-    return env
 
 
 async def start_fleet(settings: Settings) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli",
-        "up",
-        cwd=ROOT,
-        env=fleet_env(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    ready: set[str] = set()
-    while ready != set(SERVICES):
-        line = (await asyncio.wait_for(process.stdout.readline(), timeout=120)).decode()
-        if not line:
-            raise RuntimeError("fleet up exited before its workers were ready")
-        for service in SERVICES:
-            if f"{service} worker consuming" in line:
-                ready.add(service)
-
-    async def drain() -> None:  # keep reading, so the pipe never fills and blocks the fleet
-        assert process.stdout is not None
-        while await process.stdout.readline():
-            pass
-
-    asyncio.get_running_loop().create_task(drain())
-    return process
+    ready = [f"{service} worker consuming" for service in SERVICES]
+    return await start_fleet_process(settings, ["up"], ready)
 
 
 async def main(orders: int, concurrency: int, as_json: bool) -> None:

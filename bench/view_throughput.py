@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
@@ -37,7 +36,13 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
-from _support import BenchNamespace, bench_namespace, fresh_namespace, show
+from _support import (
+    BenchNamespace,
+    bench_namespace,
+    fresh_namespace,
+    show,
+    start_fleet_process,
+)
 from consumer_throughput import preload, time_bare
 
 from cli.view import run_rebuild
@@ -62,7 +67,6 @@ from workers.publisher import Outgoing
 from workers.runtime import Worker
 from workers.settings import Settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLL = 0.05
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -197,48 +201,13 @@ async def seed_event_store(settings: Settings, orders: int) -> int:
     return len(rows)
 
 
-def fleet_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    for key, value in settings.model_dump().items():
-        env[f"FLEET_{key.upper()}"] = (
-            json.dumps(value) if isinstance(value, list | dict) else str(value)
-        )
-    return env
-
-
-async def start_worker(settings: Settings, service: str) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli",
-        "worker",
-        service,
-        cwd=ROOT,
-        env=fleet_env(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    while True:
-        line = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
-        if not line:
-            raise RuntimeError(f"fleet worker {service} exited before it was ready")
-        if "worker consuming" in line:
-            break
-
-    async def drain() -> None:  # keep reading, so the pipe never fills and blocks the worker
-        assert process.stdout is not None
-        while await process.stdout.readline():
-            pass
-
-    asyncio.get_running_loop().create_task(drain())
-    return process
-
-
 async def time_rebuild(bench: BenchNamespace, orders: int) -> dict[str, Any]:
     settings = bench.settings
     events = await seed_event_store(settings, orders)
-    workers = [await start_worker(settings, service) for service in ("order", "order_view")]
+    workers = [
+        await start_fleet_process(settings, ["worker", service], ["worker consuming"])
+        for service in ("order", "order_view")
+    ]
     try:
         result = await run_rebuild(settings, timeout=1800, progress=None)
     finally:
