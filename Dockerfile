@@ -6,6 +6,7 @@ COPY contracts contracts
 COPY db db
 COPY workers workers
 COPY cli cli
+COPY api api
 RUN uv sync --frozen --no-dev
 ENTRYPOINT ["uv", "run", "--no-sync", "fleet"]
 CMD ["--help"]

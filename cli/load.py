@@ -24,15 +24,14 @@ import asyncpg
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.orders import PLACE_MESSAGE_NAMESPACE
 from cli.output import JsonOption, fail, print_json, print_table
-from contracts import Envelope, Money, OrderLine, PlaceOrder, encode_message
-from contracts.routing import commands_exchange
+from contracts import Money, OrderLine, PlaceOrder
 from db.engine import asyncpg_url, create_engine
 from workers.inventory import store as inventory_store
 from workers.order import domain as order_domain
+from workers.order.placing import place_order_message
 from workers.payment import store as payment_store
-from workers.publisher import ConfirmedPublisher, Outgoing
+from workers.publisher import ConfirmedPublisher
 from workers.settings import Settings, get_settings
 
 LOAD_SKU, SCARCE_SKU = "LOAD-SKU", "LOAD-SCARCE"
@@ -105,7 +104,10 @@ async def publish(
     try:
         for start in range(0, len(commands), concurrency):
             window = commands[start : start + concurrency]
-            outgoing = [_outgoing(settings, command) for command in window]
+            outgoing = [
+                place_order_message(settings.namespace, command, producer="fleet-load")
+                for command in window
+            ]
             await publisher.publish_many(outgoing)
             now = time.time()
             for command in window:
@@ -126,23 +128,6 @@ async def publish(
     finally:
         await publisher.close()
     return placed
-
-
-def _outgoing(settings: Settings, command: PlaceOrder) -> Outgoing:
-    order_id = order_domain.order_id_for(command)
-    envelope = Envelope.new(
-        command.TYPE,
-        command.VERSION,
-        "fleet-load",
-        correlation_id=order_id,
-        message_id=str(uuid.uuid5(PLACE_MESSAGE_NAMESPACE, command.idempotency_key)),
-    )
-    return Outgoing.from_envelope(
-        envelope,
-        exchange=commands_exchange(settings.namespace),
-        routing_key=command.TYPE,
-        body=encode_message(command),
-    )
 
 
 async def watch(

@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 
 from cli import db as db_commands
 from cli import dlq, docs, load, orders, run, up, view
+from cli.api import api
 from cli.output import CliError
 from contracts import ContractError
 from db.provision import ProvisioningError
@@ -41,6 +42,7 @@ app.add_typer(orders.saga_app, name="saga")
 app.add_typer(orders.orders_app, name="orders")
 app.command()(orders.verify)
 app.command()(load.load)
+app.command()(api)
 
 
 def _one_line(error: BaseException) -> tuple[str, int]:

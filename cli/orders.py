@@ -12,16 +12,14 @@ from typing import Any
 import typer
 
 from cli.output import JsonOption, fail, first_error, print_json, print_table
-from contracts import Envelope, Money, OrderLine, PlaceOrder, encode_message
-from contracts.routing import commands_exchange
+from contracts import Money, OrderLine, PlaceOrder
 from db.engine import create_engine
-from workers import dead_letters, services, topology
 from workers.orchestrator import store as saga_store
-from workers.order import domain as order_domain
 from workers.order import store as order_store
+from workers.order.placing import DEFAULT_COUNTRY, send_place_order
 from workers.order_view import domain as view_domain
-from workers.order_view import store as view_store
-from workers.publisher import ConfirmedPublisher, Outgoing
+from workers.order_view.queries import summary_dict, view_query
+from workers.publisher import ConfirmedPublisher
 from workers.settings import SERVICES, Settings, get_settings
 from workers.verify import verify as run_verify
 
@@ -30,10 +28,6 @@ saga_app = typer.Typer(help="The sagas that drive orders.", no_args_is_help=True
 orders_app = typer.Typer(
     help="The read model: orders as the order_view projects them.", no_args_is_help=True
 )
-
-# Placing with the same idempotency key sends the same message id: the order service's inbox
-# drops the repeat before its domain even has to.
-PLACE_MESSAGE_NAMESPACE = uuid.UUID("0c6f3c39-54a4-4bb1-a3bf-5d3a4a3e9b11")
 
 
 def parse_item(text: str, currency: str) -> OrderLine:
@@ -52,28 +46,12 @@ def parse_item(text: str, currency: str) -> OrderLine:
 
 
 async def place_order(settings: Settings, command: PlaceOrder) -> str:
-    """Send PlaceOrder (confirmed) and return the order's id."""
-    order_id = order_domain.order_id_for(command)
-    envelope = Envelope.new(
-        command.TYPE,
-        command.VERSION,
-        "fleet-cli",
-        correlation_id=order_id,  # a saga's correlation id is its order id
-        message_id=str(uuid.uuid5(PLACE_MESSAGE_NAMESPACE, command.idempotency_key)),
-    )
+    """Send PlaceOrder (confirmed) over a connection of its own; return the order's id."""
     publisher = await ConfirmedPublisher.connect(settings.amqp_url)
     try:
-        await publisher.publish(
-            Outgoing.from_envelope(
-                envelope,
-                exchange=commands_exchange(settings.namespace),
-                routing_key=command.TYPE,
-                body=encode_message(command),
-            )
-        )
+        return await send_place_order(publisher, settings.namespace, command, producer="fleet-cli")
     finally:
         await publisher.close()
-    return order_id
 
 
 async def order_status(settings: Settings, order_id: str) -> dict[str, Any] | None:
@@ -115,7 +93,7 @@ async def wait_until_final(
 def place(
     customer: str = typer.Option(..., "--customer", help="The customer's id (see fleet seed)."),
     item: list[str] = typer.Option(..., "--item", help="SKU:QTY:PRICE, repeatable."),
-    country: str = typer.Option("DE", "--country", help="Destination, 2 letters."),
+    country: str = typer.Option(DEFAULT_COUNTRY, "--country", help="Destination, 2 letters."),
     saga: str = typer.Option("orchestration", "--saga", help="orchestration or choreography."),
     idempotency_key: str | None = typer.Option(
         None, "--idempotency-key", help="Same key, same order."
@@ -281,70 +259,6 @@ def verify(as_json: bool = JsonOption) -> None:
 # --- fleet orders: the read model. ------------------------------------------------------
 
 
-def summary_dict(summary: view_domain.Summary) -> dict[str, Any]:
-    total = (
-        f"{summary.total_amount} {summary.currency}"
-        if summary.total_amount is not None and summary.currency is not None
-        else None
-    )
-    return {
-        "order_id": summary.order_id,
-        "status": summary.status,
-        "customer_id": summary.customer_id,
-        "item_count": summary.item_count,
-        "total": total,
-        "saga": summary.saga,
-        "payment_id": summary.payment_id,
-        "tracking_number": summary.tracking_number,
-        "rejection_reason": summary.rejection_reason,
-        "created_at": summary.created_at,
-        "updated_at": summary.updated_at,
-        "version": summary.last_version,
-    }
-
-
-async def view_lag(settings: Settings, last_update: Any) -> dict[str, Any]:
-    """How far behind the write side the view is: what waits in its queues (and their retry
-    queues) and when it last applied an order event."""
-    queues = [
-        name
-        for spec in services.load("order_view").queue_specs(settings.namespace)
-        for name in (
-            spec.name,
-            *(topology.retry_queue(spec.name, delay) for delay in settings.retry_delays_ms),
-        )
-    ]
-    depths = await dead_letters.depths(settings, queues)
-    return {
-        "messages_waiting": sum(depth or 0 for depth in depths.values()),
-        "last_update": last_update,
-    }
-
-
-async def view_query(
-    settings: Settings,
-    *,
-    order_id: str | None = None,
-    status: str | None = None,
-    customer: str | None = None,
-    limit: int = 50,
-) -> tuple[list[view_domain.Summary], dict[str, Any]]:
-    engine = create_engine(settings.database_url("order_view"), pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            if order_id is not None:
-                found = await view_store.load(conn, order_id)
-                rows = [found] if found is not None and found.status is not None else []
-            else:
-                rows = await view_store.listing(
-                    conn, status=status, customer_id=customer, limit=limit
-                )
-            last_update = await view_store.last_update(conn)
-    finally:
-        await engine.dispose()
-    return rows, await view_lag(settings, last_update)
-
-
 def _lag_line(lag: dict[str, Any]) -> str:
     applied = (
         f"last update applied at {lag['last_update']}"
@@ -403,6 +317,7 @@ def orders_show(order_id: str = typer.Argument(...), as_json: bool = JsonOption)
         print_json({"order": order, "lag": lag})
         return
     for key, value in order.items():
-        if value is not None:
+        # total says amount and currency in one line, for people.
+        if value is not None and key not in ("total_amount", "currency"):
             typer.echo(f"{key}: {value}")
     typer.echo(_lag_line(lag))

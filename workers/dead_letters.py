@@ -87,18 +87,25 @@ async def _open_dlq(
 
 async def depths(settings: Settings, names: list[str]) -> dict[str, int | None]:
     """Messages in each queue; None where the queue has not been declared yet."""
-    result: dict[str, int | None] = {}
     async with _connection(settings) as connection:
-        for name in names:
-            channel = await connection.channel(publisher_confirms=False)
-            try:
-                queue = await channel.declare_queue(name, passive=True)
-                result[name] = queue.declaration_result.message_count
-            except ChannelNotFoundEntity:
-                result[name] = None  # a failed passive declare closes the channel
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
+        return await depths_on(connection, names)
+
+
+async def depths_on(
+    connection: aio_pika.abc.AbstractConnection, names: list[str]
+) -> dict[str, int | None]:
+    """``depths`` over a connection the caller keeps (a long-lived server's)."""
+    result: dict[str, int | None] = {}
+    for name in names:
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            queue = await channel.declare_queue(name, passive=True)
+            result[name] = queue.declaration_result.message_count
+        except ChannelNotFoundEntity:
+            result[name] = None  # a failed passive declare closes the channel
+        finally:
+            if not channel.is_closed:
+                await channel.close()
     return result
 
 

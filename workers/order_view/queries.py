@@ -1,0 +1,112 @@
+"""The read model's query side, shared by ``fleet orders`` and the HTTP API: summaries as
+plain dicts, read from the view's own database, and how far behind the write side the view
+is (what waits in its queues)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aio_pika.abc import AbstractConnection
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db.engine import create_engine
+from workers import dead_letters, services, topology
+from workers.order_view import store
+from workers.order_view.domain import Summary
+from workers.settings import Settings
+
+
+def summary_dict(summary: Summary) -> dict[str, Any]:
+    """One order as readers see it. Amounts are decimal strings, never floats; ``total``
+    is the amount and currency in one string, for people."""
+    known_total = summary.total_amount is not None and summary.currency is not None
+    return {
+        "order_id": summary.order_id,
+        "status": summary.status,
+        "customer_id": summary.customer_id,
+        "item_count": summary.item_count,
+        "total": f"{summary.total_amount} {summary.currency}" if known_total else None,
+        "total_amount": format(summary.total_amount, "f") if known_total else None,
+        "currency": summary.currency,
+        "saga": summary.saga,
+        "payment_id": summary.payment_id,
+        "tracking_number": summary.tracking_number,
+        "rejection_reason": summary.rejection_reason,
+        "created_at": summary.created_at,
+        "updated_at": summary.updated_at,
+        "version": summary.last_version,
+    }
+
+
+def lag_queues(settings: Settings) -> list[str]:
+    """The view's queues and their retry queues: what waits there is not projected yet."""
+    return [
+        name
+        for spec in services.load("order_view").queue_specs(settings.namespace)
+        for name in (
+            spec.name,
+            *(topology.retry_queue(spec.name, delay) for delay in settings.retry_delays_ms),
+        )
+    ]
+
+
+async def view_lag(
+    settings: Settings, last_update: Any, *, connection: AbstractConnection | None = None
+) -> dict[str, Any]:
+    """How far behind the write side the view is: what waits in its queues (and their retry
+    queues) and when it last applied an order event. Over ``connection`` when given (a
+    server's long-lived one), else over a connection of its own."""
+    queues = lag_queues(settings)
+    if connection is None:
+        depths = await dead_letters.depths(settings, queues)
+    else:
+        depths = await dead_letters.depths_on(connection, queues)
+    return {
+        "messages_waiting": sum(depth or 0 for depth in depths.values()),
+        "last_update": last_update,
+    }
+
+
+async def known_order(conn: AsyncConnection, order_id: str) -> Summary | None:
+    """The order's row, unless the view has none or only references without an order event
+    yet (status NULL): readers never see such a row."""
+    found = await store.load(conn, order_id)
+    return found if found is not None and found.status is not None else None
+
+
+async def read_view(
+    conn: AsyncConnection,
+    *,
+    order_id: str | None = None,
+    status: str | None = None,
+    customer: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Summary], Any]:
+    """One order (``order_id``) or a listing, newest first; and when the view last applied
+    an update."""
+    if order_id is not None:
+        found = await known_order(conn, order_id)
+        rows = [found] if found is not None else []
+    else:
+        rows = await store.listing(conn, status=status, customer_id=customer, limit=limit)
+    return rows, await store.last_update(conn)
+
+
+async def view_query(
+    settings: Settings,
+    *,
+    order_id: str | None = None,
+    status: str | None = None,
+    customer: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Summary], dict[str, Any]]:
+    """``read_view`` and ``view_lag`` over connections of their own (a one-shot command's)."""
+    engine = create_engine(settings.database_url("order_view"), pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            rows, last_update = await read_view(
+                conn, order_id=order_id, status=status, customer=customer, limit=limit
+            )
+    finally:
+        await engine.dispose()
+    return rows, await view_lag(settings, last_update)
