@@ -212,7 +212,7 @@ async def test_a_permanent_failure_lands_in_the_dlq_with_its_reason(fleet: Fleet
     assert letter.headers["x-attempts"] == 1
     assert letter.headers["x-original-queue"] == queue
     assert letter.headers["x-failed-at"]
-    assert letter.headers["x-contract-version"] == 1  # the original headers are kept
+    assert letter.headers["x-contract-version"] == OrderConfirmed.VERSION  # headers are kept
 
 
 async def test_retries_that_never_succeed_end_in_the_dlq(fleet: Fleet) -> None:
