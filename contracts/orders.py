@@ -40,10 +40,15 @@ class PlaceOrder(Command):
     order_id: OrderId | None = None  # chosen by the order service when absent
 
     @model_validator(mode="after")
-    def _one_currency(self) -> PlaceOrder:
+    def _priced_sensibly(self) -> PlaceOrder:
         # An order has one total, so all its prices share one currency.
         if len({line.unit_price.currency for line in self.items}) > 1:
             raise ValueError("all items must be priced in the same currency")
+        # A negative price would make the charge a credit. (Only the command that places an
+        # order is checked: events and the amounts services send are derived from it.)
+        for index, line in enumerate(self.items):
+            if line.unit_price.amount < 0:
+                raise ValueError(f"items.{index}.unit_price must not be negative")
         return self
 
 

@@ -250,6 +250,16 @@ def test_place_order_needs_items_in_one_currency() -> None:
         decode_message("order.place_order", 1, body({**payload, "items": []}))
 
 
+def test_place_order_refuses_negative_prices_and_takes_free_items() -> None:
+    refund = {**ITEMS[0], "sku": "SKU-2", "unit_price": {"amount": "-5.00", "currency": "EUR"}}
+    payload = {**SAMPLES["order.place_order", 1], "items": [*ITEMS, refund]}
+    with pytest.raises(InvalidBody, match=r"items\.1\.unit_price must not be negative"):
+        decode_message("order.place_order", 1, body(payload))
+    free = {**refund, "unit_price": {"amount": "0.00", "currency": "EUR"}}
+    placed = decode_message("order.place_order", 1, body({**payload, "items": [*ITEMS, free]}))
+    assert isinstance(placed, PlaceOrder) and len(placed.items) == 2
+
+
 def test_place_order_defaults() -> None:
     payload = {k: v for k, v in SAMPLES["order.place_order", 1].items() if k != "saga"}
     message = decode_message("order.place_order", 1, body(payload))
