@@ -11,21 +11,17 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 
 from contracts.routing import commands_exchange
-from db.unit_of_work import unit_of_work
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, FleetProcess, wait_for
 from tests.integration.test_saga import SagaFleet
 from workers import services
-from workers.inventory import store as inventory_store
 from workers.order.domain import ORDER_NAMESPACE
-from workers.payment import store as payment_store
 
 pytestmark = pytest.mark.integration
 
@@ -88,18 +84,9 @@ async def start_api(fleet: Fleet, **env: Any) -> tuple[FleetProcess, str]:
 async def api(server_urls: tuple[str, str]) -> AsyncIterator[ApiFleet]:
     settings = namespace_settings(server_urls, step_timeout_seconds=5.0, max_attempts=6)
     async with namespaced_fleet(settings) as fleet:
-        async with unit_of_work(
-            fleet.engine("inventory"), producer="tests", namespace=fleet.ns
-        ) as uow:
-            await inventory_store.seed(uow.conn, "WIDGET", 100_000)
-            await inventory_store.seed(uow.conn, "RARE", 1)
-        async with unit_of_work(
-            fleet.engine("payment"), producer="tests", namespace=fleet.ns
-        ) as uow:
-            for customer in ("rich", "repeat", "lister"):
-                await payment_store.seed_customer(uow.conn, customer, Decimal("1000000.00"), "EUR")
-            await payment_store.seed_customer(uow.conn, "poor", Decimal("1.00"), "EUR")
         sagas = SagaFleet(fleet)
+        rich = dict.fromkeys(("rich", "repeat", "lister"), "1000000.00")
+        await sagas.seed({"WIDGET": 100_000, "RARE": 1}, {**rich, "poor": "1.00"})
         await asyncio.gather(*(sagas.start(service) for service in services.runnable()))
         process, base_url = await start_api(fleet)
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:

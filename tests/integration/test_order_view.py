@@ -28,14 +28,11 @@ from contracts import (
     ShipmentCreated,
     encode_message,
 )
-from db.unit_of_work import unit_of_work
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, new_id, scalar, wait_for
 from tests.integration.test_saga import SagaFleet
 from workers import services
-from workers.inventory import store as inventory_store
 from workers.order_view import store
-from workers.payment import store as payment_store
 from workers.publisher import Outgoing
 
 pytestmark = pytest.mark.integration
@@ -358,15 +355,8 @@ async def test_orders_bad_input_gets_one_line_and_a_non_zero_exit(
 async def saga_fleet(server_urls: tuple[str, str]) -> AsyncIterator[SagaFleet]:
     settings = namespace_settings(server_urls, step_timeout_seconds=5.0, max_attempts=6)
     async with namespaced_fleet(settings) as fleet:
-        async with unit_of_work(
-            fleet.engine("inventory"), producer="tests", namespace=fleet.ns
-        ) as uow:
-            await inventory_store.seed(uow.conn, "WIDGET", 100_000)
-        async with unit_of_work(
-            fleet.engine("payment"), producer="tests", namespace=fleet.ns
-        ) as uow:
-            await payment_store.seed_customer(uow.conn, "rich", Decimal("1000000.00"), "EUR")
         sagas = SagaFleet(fleet)
+        await sagas.seed({"WIDGET": 100_000}, {"rich": "1000000.00"})
         await asyncio.gather(*(sagas.start(service) for service in services.runnable()))
         yield sagas
         for process in sagas.workers.values():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from decimal import Decimal
 
 import pytest
@@ -30,6 +30,20 @@ class SagaFleet:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self.workers: dict[str, FleetProcess] = {}
+
+    async def seed(self, stock: Mapping[str, int], balances: Mapping[str, str]) -> None:
+        """Units per SKU in inventory, and EUR accounts per customer in payment."""
+        fleet = self.fleet
+        async with unit_of_work(
+            fleet.engine("inventory"), producer="tests", namespace=fleet.ns
+        ) as uow:
+            for sku, units in stock.items():
+                await inventory_store.seed(uow.conn, sku, units)
+        async with unit_of_work(
+            fleet.engine("payment"), producer="tests", namespace=fleet.ns
+        ) as uow:
+            for customer, balance in balances.items():
+                await payment_store.seed_customer(uow.conn, customer, Decimal(balance), "EUR")
 
     async def start(self, service: str) -> None:
         process = await self.fleet.spawn("worker", service)
@@ -89,17 +103,10 @@ async def sagas(server_urls: tuple[str, str]) -> AsyncIterator[SagaFleet]:
         max_attempts=6,
     )
     async with namespaced_fleet(settings) as fleet:
-        async with unit_of_work(
-            fleet.engine("inventory"), producer="tests", namespace=fleet.ns
-        ) as uow:
-            await inventory_store.seed(uow.conn, "WIDGET", 100_000)
-            await inventory_store.seed(uow.conn, "RARE", 1)
-        async with unit_of_work(
-            fleet.engine("payment"), producer="tests", namespace=fleet.ns
-        ) as uow:
-            await payment_store.seed_customer(uow.conn, "rich", Decimal("1000000.00"), "EUR")
-            await payment_store.seed_customer(uow.conn, "poor", Decimal("1.00"), "EUR")
         saga_fleet = SagaFleet(fleet)
+        await saga_fleet.seed(
+            {"WIDGET": 100_000, "RARE": 1}, {"rich": "1000000.00", "poor": "1.00"}
+        )
         await asyncio.gather(*(saga_fleet.start(s) for s in (*RUNNING, "order_view")))
         yield saga_fleet
         for process in saga_fleet.workers.values():
