@@ -24,12 +24,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from _support import bench_namespace, fresh_namespace, show, start_fleet_process
 from consumer_throughput import time_bare
 
 from cli.load import run_load
+from db.engine import asyncpg_url
+from workers import services
+from workers.settings import SERVICES as ALL_SERVICES
 from workers.settings import Settings
 
 SERVICES = ("inventory", "payment", "shipping", "order", "orchestrator")
@@ -39,6 +44,66 @@ MESSAGES_PER_SAGA = {"orchestration": 10, "choreography": 6}
 async def start_fleet(settings: Settings) -> asyncio.subprocess.Process:
     ready = [f"{service} worker consuming" for service in SERVICES]
     return await start_fleet_process(settings, ["up"], ready)
+
+
+@dataclass
+class Traffic:
+    """Per service: the last outbox id and the inbox rows, at one moment."""
+
+    outbox_ids: dict[str, int]
+    inbox_rows: dict[str, int]
+
+
+async def traffic(settings: Settings) -> Traffic:
+    outbox_ids, inbox_rows = {}, {}
+    for service in ALL_SERVICES:
+        conn = await asyncpg.connect(asyncpg_url(settings.database_url(service)))
+        try:
+            outbox_ids[service] = await conn.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
+            inbox_rows[service] = await conn.fetchval("SELECT count(*) FROM inbox")
+        finally:
+            await conn.close()
+    return Traffic(outbox_ids, inbox_rows)
+
+
+async def deliveries_since(settings: Settings, before: Traffic, placed: int) -> tuple[int, int]:
+    """(deliveries, transactions) since ``before``: every message a service emitted since,
+    times the handler queues bound for it, plus the ``placed`` PlaceOrders; and the inbox
+    rows written since (a delivery that opens a transaction writes one)."""
+    bound: dict[tuple[str, str], int] = {}
+    for runnable in services.load_all():
+        for spec in runnable.queue_specs(settings.namespace):
+            for binding in spec.bindings:
+                bound[binding] = bound.get(binding, 0) + 1
+    deliveries = placed
+    after = await traffic(settings)
+    for service in ALL_SERVICES:
+        conn = await asyncpg.connect(asyncpg_url(settings.database_url(service)))
+        try:
+            rows = await conn.fetch(
+                "SELECT exchange, routing_key, count(*) AS n FROM outbox WHERE id > $1"
+                " GROUP BY exchange, routing_key",
+                before.outbox_ids[service],
+            )
+        finally:
+            await conn.close()
+        deliveries += sum(bound.get((r["exchange"], r["routing_key"]), 0) * r["n"] for r in rows)
+    transactions = sum(after.inbox_rows.values()) - sum(before.inbox_rows.values())
+    return deliveries, transactions
+
+
+async def quiet(settings: Settings, bench: Any) -> None:
+    """Until every handler queue is empty and the inbox stops growing (the view and the
+    orchestrator may still be at work when the last order has ended)."""
+    names = [spec.name for s in services.load_all() for spec in s.queue_specs(settings.namespace)]
+    last = -1
+    while True:
+        depths = [await bench.depth(name) for name in names]
+        rows = sum((await traffic(settings)).inbox_rows.values())
+        if not any(depths) and rows == last:
+            return
+        last = rows
+        await asyncio.sleep(1.0)
 
 
 async def main(orders: int, concurrency: int, as_json: bool) -> None:
@@ -61,7 +126,10 @@ async def main(orders: int, concurrency: int, as_json: bool) -> None:
         fleet = await start_fleet(settings)
         try:
             for style in ("orchestration", "choreography"):
+                before = await traffic(settings)
                 result = await run_load(settings, orders, concurrency, style, 0.0, 600, quiet=True)
+                await quiet(settings, bench)
+                deliveries, transactions = await deliveries_since(settings, before, orders)
                 latency = result["latency_ms"].get(style, {})
                 rate = result["sagas_per_second"] or 0
                 rows.append(
@@ -74,6 +142,8 @@ async def main(orders: int, concurrency: int, as_json: bool) -> None:
                         "p50 ms": latency.get("p50"),
                         "p99 ms": latency.get("p99"),
                         "vs bare": f"{rate * MESSAGES_PER_SAGA[style] / bare_rate:.0%}",
+                        "deliveries/saga": round(deliveries / orders, 2),
+                        "transactions/saga": round(transactions / orders, 2),
                     }
                 )
         finally:
@@ -81,7 +151,18 @@ async def main(orders: int, concurrency: int, as_json: bool) -> None:
             await fleet.wait()
     show(
         f"sagas end to end, {orders} orders per style (concurrency {concurrency}), vs bare",
-        ["method", "count", "seconds", "rate/s", "messages/s", "p50 ms", "p99 ms", "vs bare"],
+        [
+            "method",
+            "count",
+            "seconds",
+            "rate/s",
+            "messages/s",
+            "p50 ms",
+            "p99 ms",
+            "vs bare",
+            "deliveries/saga",
+            "transactions/saga",
+        ],
         rows,
         as_json,
     )
