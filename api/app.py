@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from api import routes
 from api.resources import BrokerUnavailable, Resources, ViewUnavailable
-from workers.settings import Settings
+from workers.runtime.settings import Settings
 
 logger = logging.getLogger("fleet.api")
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contracts import Money, SagaStyle
 from contracts.base import CountryCode, CustomerId, Quantity, Sku
-from workers.order.placing import DEFAULT_COUNTRY
-from workers.order_view.domain import Status
+from workers.order.public import DEFAULT_COUNTRY
+from workers.order_view.public import Status
 
 
 class OrderLineRequest(BaseModel):

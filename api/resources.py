@@ -13,17 +13,15 @@ from typing import Any
 
 import aio_pika
 import asyncpg
-import sqlalchemy as sa
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import AMQPError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.engine import create_engine
-from workers.order_view import queries
-from workers.order_view import store as view_store
-from workers.publisher import ConfirmedPublisher
-from workers.settings import Settings
+from workers.order_view import public as view
+from workers.runtime.publisher import ConfirmedPublisher
+from workers.runtime.settings import Settings
 
 logger = logging.getLogger("fleet.api")
 
@@ -139,15 +137,15 @@ class Resources:
         """A round trip to the view's database that also finds its table (so a database
         that 'fleet db init' has not set up is reported too)."""
         async with self.view_connection(HEALTH_TIMEOUT) as conn:
-            await conn.execute(sa.select(view_store.order_summaries.c.order_id).limit(1))
+            await view.ping(conn)
 
     async def view_lag(self, last_update: Any) -> dict[str, Any]:
-        """queries.view_lag over the API's connection; when RabbitMQ cannot be asked, what
+        """view.view_lag over the API's connection; when RabbitMQ cannot be asked, what
         waits is unknown (None) but the view is still read: reads do not need the broker."""
         try:
             connection = await self.broker.connection(HEALTH_TIMEOUT)
             async with asyncio.timeout(HEALTH_TIMEOUT):
-                return await queries.view_lag(self.settings, last_update, connection=connection)
+                return await view.view_lag(self.settings, last_update, connection=connection)
         except LAG_ERRORS as error:
             logger.warning("view lag unknown: %s", one_line(error))
             return {"messages_waiting": None, "last_update": last_update}

@@ -33,10 +33,9 @@ from api.resources import (
     one_line,
 )
 from contracts import PlaceOrder
-from workers.order.domain import order_id_for, order_total
-from workers.order.placing import send_place_order
-from workers.order_view import queries
-from workers.order_view.domain import Status, Summary
+from workers.order.public import order_id_for, order_total, send_place_order
+from workers.order_view import public as view
+from workers.order_view.public import Status, Summary
 
 logger = logging.getLogger("fleet.api")
 
@@ -128,7 +127,7 @@ async def place_order(
     order_id = order_id_for(command)
     try:
         async with held.view_connection() as conn:
-            known = await queries.known_order(conn, order_id)
+            known = await view.known_order(conn, order_id)
     except ViewUnavailable as error:
         # Placing does not need the read model: the order service still places one order
         # per key. Only the conflict check is lost until the view is back.
@@ -175,11 +174,11 @@ async def get_order(
     """The order as the read model has it, and how far behind the view is. A just-placed
     order is 404 until the view has projected it."""
     async with held.view_connection() as conn:
-        rows, last_update = await queries.read_view(conn, order_id=str(order_id))
+        rows, last_update = await view.read_view(conn, order_id=str(order_id))
     if not rows:
         raise HTTPException(404, f"no order {order_id} in the view")
     return OrderAnswer(
-        order=OrderSummary(**queries.summary_dict(rows[0])),
+        order=OrderSummary(**view.summary_dict(rows[0])),
         lag=ViewLag(**await held.view_lag(last_update)),
     )
 
@@ -199,11 +198,11 @@ async def list_orders(
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 50,
 ) -> OrderListAnswer:
     async with held.view_connection() as conn:
-        rows, last_update = await queries.read_view(
+        rows, last_update = await view.read_view(
             conn, status=status, customer=customer, limit=limit
         )
     return OrderListAnswer(
-        orders=[OrderSummary(**queries.summary_dict(row)) for row in rows],
+        orders=[OrderSummary(**view.summary_dict(row)) for row in rows],
         lag=ViewLag(**await held.view_lag(last_update)),
     )
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from api.app import create_app
-from workers.settings import Settings
+from workers.runtime.settings import Settings
 
 
 class Server(uvicorn.Server):

@@ -3,7 +3,8 @@ the output.
 
 async with bench_namespace(Settings(namespace=fresh_namespace())) as ns:
     ...  # databases provisioned and migrated, topology declared
-# queues, exchanges, databases and roles removed, even after an error or Ctrl-C
+# queues, exchanges, databases and roles removed (workers.operations.namespace.tear_down),
+# even after an error or Ctrl-C
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import secrets
 import signal
@@ -26,15 +26,9 @@ import aio_pika
 from rich.console import Console
 from rich.table import Table
 
-from cli.db import service_databases
 from contracts import Money, OrderLine, ReserveStock, StockReserved, encode_message
-from contracts.routing import commands_exchange, events_exchange
-from db.provision import drop, provision
-from workers import services, topology
-from workers.runtime import declare_topology
-from workers.settings import Settings
-
-log = logging.getLogger("fleet.bench")
+from workers.operations import namespace
+from workers.runtime.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,64 +118,26 @@ class BenchNamespace:
             await channel.close()
 
 
-def _queue_names(settings: Settings) -> list[str]:
-    names = [topology.unrouted_queue(settings.namespace)]
-    for service in services.load_all():
-        for spec in service.queue_specs(settings.namespace):
-            names += [spec.name, topology.dead_letter_queue(spec.name)]
-            names += [topology.retry_queue(spec.name, d) for d in settings.retry_delays_ms]
-    return names
-
-
-def _exchange_names(namespace: str) -> list[str]:
-    return [
-        events_exchange(namespace),
-        commands_exchange(namespace),
-        topology.dead_letter_exchange(namespace),
-        topology.unrouted_exchange(namespace),
-    ]
-
-
 @contextlib.asynccontextmanager
 async def bench_namespace(settings: Settings) -> AsyncIterator[BenchNamespace]:
-    """Provision the namespace's databases and topology; remove all of it afterwards."""
-    databases = service_databases(settings)
+    """Set the namespace up (databases, topology); tear all of it down afterwards, as
+    `fleet teardown` does, with the queues the benchmark declared itself."""
     connection = await aio_pika.connect(settings.amqp_url)
     bench = BenchNamespace(settings, connection)
     try:
         print(f"namespace {settings.namespace}: provisioning", file=sys.stderr)
-        await provision(settings.pg_admin_url, databases)
-        await declare_topology(settings, services.load_all())
+        await namespace.set_up(settings)
         yield bench
     finally:
         print(f"namespace {settings.namespace}: cleaning up", file=sys.stderr)
         # A second Ctrl-C would abort asyncio.run mid-cleanup and leave databases behind.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            await _remove_topology(bench)
             with contextlib.suppress(Exception):
                 await connection.close()
-            await drop(settings.pg_admin_url, databases)
+            await namespace.tear_down(settings, extra_queues=bench.extra_queues)
         finally:
             signal.signal(signal.SIGINT, previous)
-
-
-async def _remove_topology(bench: BenchNamespace) -> None:
-    # One channel per deletion: a refused operation closes its channel, not the others.
-    async def each(operation: str, name: str) -> None:
-        try:
-            channel = await bench.connection.channel()
-            try:
-                await getattr(channel, operation)(name)
-            finally:
-                await channel.close()
-        except Exception as error:  # keep going: remove as much as possible
-            log.warning("%s %s: %s", operation, name, error)
-
-    for queue in [*_queue_names(bench.settings), *bench.extra_queues]:
-        await each("queue_delete", queue)
-    for exchange in _exchange_names(bench.ns):
-        await each("exchange_delete", exchange)
 
 
 # --- Sample messages ----------------------------------------------------------------
@@ -235,7 +191,7 @@ def show(title: str, columns: Sequence[str], rows: Sequence[dict[str, Any]], as_
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
-    console = Console(width=max(100, Console().width))
+    console = Console(width=max(140, Console().width))
     console.print(table)
     for row in rows:
         if row.get("error"):

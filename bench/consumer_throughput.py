@@ -45,14 +45,14 @@ from faststream import AckPolicy
 from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 
-from contracts import Envelope, ReserveStock, encode_message
+from contracts import Envelope, OutgoingMessage, ReserveStock, encode_message
 from contracts.routing import commands_exchange
 from db.engine import asyncpg_url, create_engine
-from workers import services
 from workers.inventory import store
-from workers.publisher import ConfirmedPublisher, Outgoing
-from workers.runtime import Worker
-from workers.settings import Settings
+from workers.runtime import catalog
+from workers.runtime.publisher import ConfirmedPublisher
+from workers.runtime.settings import Settings
+from workers.runtime.worker import Worker
 
 SERVICE = "inventory"
 HANDLER = "reserve_stock"
@@ -63,7 +63,7 @@ SKU_COUNT = 1_000
 POLL = 0.02
 
 
-def commands(ns: str, count: int) -> list[Outgoing]:
+def commands(ns: str, count: int) -> list[OutgoingMessage]:
     """``count`` reserve_stock commands for new orders, two SKUs each, as the CLI sends them."""
     messages = []
     for i in range(count):
@@ -71,7 +71,7 @@ def commands(ns: str, count: int) -> list[Outgoing]:
         skus = [sku(2 * i % SKU_COUNT), sku((2 * i + 1) % SKU_COUNT)]
         envelope = Envelope.new(ReserveStock.TYPE, ReserveStock.VERSION, "bench", order_id)
         messages.append(
-            Outgoing.from_envelope(
+            OutgoingMessage.of(
                 envelope,
                 exchange=commands_exchange(ns),
                 routing_key=ReserveStock.TYPE,
@@ -85,7 +85,7 @@ def sku(i: int) -> str:
     return f"BENCH-{i:04d}"
 
 
-async def preload(settings: Settings, messages: Sequence[Outgoing]) -> None:
+async def preload(settings: Settings, messages: Sequence[OutgoingMessage]) -> None:
     publisher = await ConfirmedPublisher.connect(settings.amqp_url)
     try:
         for start in range(0, len(messages), 500):
@@ -175,7 +175,7 @@ async def time_fleet(bench: BenchNamespace, count: int, prefetch: int) -> dict[s
     try:
         before = await outcome_counts(conn)
         target = before[0] + count
-        worker = Worker(settings, services.load(SERVICE), with_relay=False)
+        worker = Worker(settings, catalog.load(SERVICE), with_relay=False)
         stop, ready = asyncio.Event(), asyncio.Event()
         started, cpu = time.perf_counter(), time.process_time()
         task = asyncio.create_task(worker.run(stop, ready))

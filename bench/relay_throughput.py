@@ -49,13 +49,13 @@ from _support import (
     stock_reserved_body,
 )
 
-from contracts import Envelope, StockReserved
+from contracts import Envelope, OutgoingMessage, StockReserved
 from contracts.routing import events_exchange
 from db import outbox
 from db.engine import asyncpg_url
-from workers.publisher import ConfirmedPublisher
-from workers.relay import Relay
-from workers.settings import Settings
+from workers.runtime.publisher import ConfirmedPublisher
+from workers.runtime.relay import Relay
+from workers.runtime.settings import Settings
 
 SERVICE = "inventory"
 ROUTING_KEY = StockReserved.TYPE
@@ -101,17 +101,16 @@ def envelopes(count: int) -> list[Envelope]:
 
 def raw_message(envelope: Envelope, body: bytes) -> aio_pika.Message:
     """What the relay sends for an outbox row, built directly with aio-pika."""
-    amqp = envelope.to_amqp()
     return aio_pika.Message(
         body,
-        headers=amqp["headers"],
-        content_type=amqp["content_type"],
+        headers={"x-contract-version": envelope.version, "x-causation-id": envelope.causation_id},
+        content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=amqp["message_id"],
-        type=amqp["type"],
-        correlation_id=amqp["correlation_id"],
-        timestamp=amqp["timestamp"],
-        app_id=amqp["app_id"],
+        message_id=envelope.message_id,
+        type=envelope.type,
+        correlation_id=envelope.correlation_id,
+        timestamp=envelope.occurred_at,
+        app_id=envelope.producer,
     )
 
 
@@ -149,7 +148,8 @@ async def fill_outbox(conn: asyncpg.Connection, ns: str, body: bytes, count: int
             e.causation_id,
             e.producer,
             e.occurred_at,
-            json.dumps(e.to_amqp()["headers"]),  # as the unit of work writes them
+            # The headers as the unit of work writes them.
+            json.dumps(dict(OutgoingMessage.of(e, body, exchange="", routing_key="").headers)),
             body,
         )
         for e in envelopes(count)

@@ -3,7 +3,7 @@ bare FastStream consumer's rate measured in the same run.
 
 What is measured:
 
-* fleet: ``fleet up`` runs the five services as separate processes in a fresh namespace;
+* fleet: ``fleet up`` runs the six services as separate processes in a fresh namespace;
   ``fleet load`` (its ``run_load``, in this process) places N orders of one style, pipelined
   with confirms, and waits until every order has ended. Sagas/s is N over the time from the
   first placement to the last final event; latency is from an order's confirmed PlaceOrder
@@ -11,9 +11,14 @@ What is measured:
   command and a reply for each of four steps), choreography 6; "messages/s" multiplies.
 * bare: N persistent messages preloaded into a quorum queue, consumed by a RabbitBroker
   with the same prefetch whose handler only acks (see ``consumer_throughput.py``).
+* deliveries/saga: every message the services emitted during the run (their outboxes),
+  times the handler queues bound for it, plus the PlaceOrder itself, over the sagas; the
+  read model's queues included. transactions/saga: the inbox rows written meanwhile: a
+  delivery that opens a transaction writes one, a delivery the handler's filter leaves to
+  another saga style (acked before any transaction) writes none.
 
 How to read it: the bare rate is the ceiling of one FastStream process here; a saga's
-messages pass through five such processes, each doing a transaction per message, all on
+messages pass through six such processes, each doing a transaction per message, all on
 the machine's cores with RabbitMQ and PostgreSQL. Nothing here asserts on time.
 
     uv run python bench/saga_throughput.py [--orders 1000] [--concurrency 100] [--json]
@@ -31,18 +36,16 @@ import asyncpg
 from _support import bench_namespace, fresh_namespace, show, start_fleet_process
 from consumer_throughput import time_bare
 
-from cli.load import run_load
 from db.engine import asyncpg_url
-from workers import services
-from workers.settings import SERVICES as ALL_SERVICES
-from workers.settings import Settings
+from workers.operations.load import run_load
+from workers.runtime import catalog
+from workers.runtime.settings import Settings
 
-SERVICES = ("inventory", "payment", "shipping", "order", "orchestrator")
 MESSAGES_PER_SAGA = {"orchestration": 10, "choreography": 6}
 
 
 async def start_fleet(settings: Settings) -> asyncio.subprocess.Process:
-    ready = [f"{service} worker consuming" for service in SERVICES]
+    ready = [f"{service} worker consuming" for service in catalog.SERVICES]
     return await start_fleet_process(settings, ["up"], ready)
 
 
@@ -56,7 +59,7 @@ class Traffic:
 
 async def traffic(settings: Settings) -> Traffic:
     outbox_ids, inbox_rows = {}, {}
-    for service in ALL_SERVICES:
+    for service in catalog.SERVICES:
         conn = await asyncpg.connect(asyncpg_url(settings.database_url(service)))
         try:
             outbox_ids[service] = await conn.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
@@ -71,13 +74,13 @@ async def deliveries_since(settings: Settings, before: Traffic, placed: int) -> 
     times the handler queues bound for it, plus the ``placed`` PlaceOrders; and the inbox
     rows written since (a delivery that opens a transaction writes one)."""
     bound: dict[tuple[str, str], int] = {}
-    for runnable in services.load_all():
+    for runnable in catalog.load_all():
         for spec in runnable.queue_specs(settings.namespace):
             for binding in spec.bindings:
                 bound[binding] = bound.get(binding, 0) + 1
     deliveries = placed
     after = await traffic(settings)
-    for service in ALL_SERVICES:
+    for service in catalog.SERVICES:
         conn = await asyncpg.connect(asyncpg_url(settings.database_url(service)))
         try:
             rows = await conn.fetch(
@@ -95,7 +98,7 @@ async def deliveries_since(settings: Settings, before: Traffic, placed: int) -> 
 async def quiet(settings: Settings, bench: Any) -> None:
     """Until every handler queue is empty and the inbox stops growing (the view and the
     orchestrator may still be at work when the last order has ended)."""
-    names = [spec.name for s in services.load_all() for spec in s.queue_specs(settings.namespace)]
+    names = [spec.name for s in catalog.load_all() for spec in s.queue_specs(settings.namespace)]
     last = -1
     while True:
         depths = [await bench.depth(name) for name in names]
@@ -127,7 +130,7 @@ async def main(orders: int, concurrency: int, as_json: bool) -> None:
         try:
             for style in ("orchestration", "choreography"):
                 before = await traffic(settings)
-                result = await run_load(settings, orders, concurrency, style, 0.0, 600, quiet=True)
+                result = await run_load(settings, orders, concurrency, style, 0.0, 600)
                 await quiet(settings, bench)
                 deliveries, transactions = await deliveries_since(settings, before, orders)
                 latency = result["latency_ms"].get(style, {})

@@ -45,7 +45,6 @@ from _support import (
 )
 from consumer_throughput import preload, time_bare
 
-from cli.view import run_rebuild
 from contracts import (
     Envelope,
     Message,
@@ -54,6 +53,7 @@ from contracts import (
     OrderLine,
     OrderPlaced,
     OrderRejected,
+    OutgoingMessage,
     PaymentCompleted,
     ShipmentCreated,
     encode_message,
@@ -62,10 +62,10 @@ from contracts import (
 from contracts.envelope import STREAM_VERSION_HEADER
 from db.engine import asyncpg_url, create_engine
 from db.event_store import events_table
-from workers import services
-from workers.publisher import Outgoing
-from workers.runtime import Worker
-from workers.settings import Settings
+from workers.operations.rebuild import run_rebuild
+from workers.runtime import catalog
+from workers.runtime.settings import Settings
+from workers.runtime.worker import Worker
 
 POLL = 0.05
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -97,10 +97,10 @@ def order(n: int) -> tuple[OrderPlaced, Message, str, str]:
 # --- Projection. -----------------------------------------------------------------------
 
 
-def live_events(ns: str, count: int) -> list[Outgoing]:
+def live_events(ns: str, count: int) -> list[OutgoingMessage]:
     """The events ``count`` confirmed orders send the view, straight to its queue."""
     queue = f"{ns}.order_view.project"
-    messages: list[Outgoing] = []
+    messages: list[OutgoingMessage] = []
     for n in range(count):
         placed, _, payment_id, tracking = order(n + 1)  # n + 1: never a rejected one
         confirmed = OrderConfirmed(
@@ -123,7 +123,7 @@ def live_events(ns: str, count: int) -> list[Outgoing]:
         for message, version in ((placed, 1), (paid, None), (shipped, None), (confirmed, 2)):
             envelope = Envelope.new(message.TYPE, message.VERSION, "bench", placed.order_id)
             messages.append(
-                Outgoing.from_envelope(
+                OutgoingMessage.of(
                     envelope,
                     exchange="",
                     routing_key=queue,
@@ -140,7 +140,7 @@ async def time_projection(bench: BenchNamespace, orders: int) -> dict[str, Any]:
     await preload(settings, events)
     conn = await asyncpg.connect(asyncpg_url(settings.database_url("order_view")))
     try:
-        worker = Worker(settings, services.load("order_view"), with_relay=False)
+        worker = Worker(settings, catalog.load("order_view"), with_relay=False)
         stop, ready = asyncio.Event(), asyncio.Event()
         started, cpu = time.perf_counter(), time.process_time()
         task = asyncio.create_task(worker.run(stop, ready))
@@ -209,7 +209,7 @@ async def time_rebuild(bench: BenchNamespace, orders: int) -> dict[str, Any]:
         for service in ("order", "order_view")
     ]
     try:
-        result = await run_rebuild(settings, timeout=1800, progress=None)
+        result = await run_rebuild(settings, timeout=1800)
     finally:
         for process in workers:
             process.terminate()

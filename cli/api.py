@@ -7,9 +7,7 @@ import socket
 
 import typer
 
-from cli.output import fail
-from cli.run import JsonLogFormatter
-from workers.settings import get_settings
+from cli.output import fail, log_as_json
 
 logger = logging.getLogger("fleet.api")
 
@@ -41,10 +39,12 @@ def api(
     ),
     as_json: bool = typer.Option(False, "--json", help="Log JSON lines."),
 ) -> None:
-    """Serve the HTTP API (OpenAPI at /docs) until Ctrl-C or SIGTERM, which let the
-    requests in flight finish."""
-    # Imported here: every other fleet command would pay for importing FastAPI otherwise.
+    """Serve the HTTP API (OpenAPI at /docs) until Ctrl-C or SIGTERM.
+
+    Requests in flight when it is told to stop are let finish.
+    """
     from api.server import serve
+    from workers.runtime.settings import get_settings
 
     settings = get_settings()
     sock = listen(host, port)
@@ -52,8 +52,7 @@ def api(
     for name in ("fleet", "uvicorn"):
         logging.getLogger(name).setLevel(logging.INFO)
     if as_json:
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonLogFormatter())
+        log_as_json()
     shown_host = f"[{host}]" if ":" in host else host
     # The socket listens already: a request sent from now on is served once startup is done.
     logger.info("listening on http://%s:%d (OpenAPI at /docs)", shown_host, sock.getsockname()[1])

@@ -1,4 +1,4 @@
-"""``fleet db``: each service's own database."""
+"""``fleet db init`` and ``fleet teardown``: a namespace's databases, and all of it removed."""
 
 from __future__ import annotations
 
@@ -6,30 +6,22 @@ import asyncio
 
 import typer
 
-from cli.output import JsonOption, print_json, print_table
-from db.provision import ServiceDatabase, provision
-from workers.settings import SERVICES, Settings, get_settings
+from cli.output import JsonOption, command_group, fail, print_json, print_table
 
-app = typer.Typer(help="Each service's own database.", no_args_is_help=True)
-
-
-def service_databases(settings: Settings) -> list[ServiceDatabase]:
-    return [
-        ServiceDatabase(
-            service=service,
-            name=settings.database_name(service),
-            password=settings.db_password,
-            url=settings.database_url(service),
-        )
-        for service in SERVICES
-    ]
+app = command_group("Each service's own database.")
 
 
 @app.command()
 def init(as_json: bool = JsonOption) -> None:
-    """Create each service's role and database and apply its migrations (idempotent)."""
+    """Create each service's role and database, and migrate it.
+
+    Idempotent: a second run changes nothing.
+    """
+    from workers.operations import namespace
+    from workers.runtime.settings import get_settings
+
     settings = get_settings()
-    results = asyncio.run(provision(settings.pg_admin_url, service_databases(settings)))
+    results = asyncio.run(namespace.init_databases(settings))
     if as_json:
         print_json([result.__dict__ for result in results])
         return
@@ -49,3 +41,36 @@ def init(as_json: bool = JsonOption) -> None:
             for r in results
         ],
     )
+
+
+def teardown(
+    namespace_name: str = typer.Option(
+        ..., "--namespace", help="The namespace to remove, e.g. staging (not read from FLEET_)."
+    ),
+    yes: bool = typer.Option(False, "--yes", help="Confirm: everything in it is gone for good."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Remove a namespace: queues, exchanges, databases, roles.
+
+    For good, messages and data with them; the retry queues removed are those that
+    FLEET_RETRY_DELAYS_MS names.
+    """
+    if not yes:
+        fail(
+            f"teardown deletes namespace {namespace_name}'s queues and databases for good:"
+            " add --yes to confirm",
+            2,
+        )
+    from workers.operations import namespace
+    from workers.runtime.settings import Settings
+
+    settings = Settings(namespace=namespace_name)  # the rest from the environment, as ever
+    removed = asyncio.run(namespace.tear_down(settings))
+    if as_json:
+        print_json(removed.__dict__)
+    else:
+        typer.echo(
+            f"removed namespace {removed.namespace}: {len(removed.queues)} queue(s),"
+            f" {len(removed.exchanges)} exchange(s), {len(removed.databases)} database(s)"
+            " with their roles"
+        )

@@ -6,11 +6,9 @@ import asyncio
 
 import typer
 
-from cli.output import JsonOption, fail, print_json, print_table
-from workers import dead_letters, services
-from workers.settings import get_settings
+from cli.output import JsonOption, command_group, fail, print_json, print_table
 
-app = typer.Typer(help="The dead-letter queues.", no_args_is_help=True)
+app = command_group("The dead-letter queues.")
 
 MessageIdOption = typer.Option(None, "--message-id", help="Only the message with this id.")
 AllOption = typer.Option(False, "--all", help="Every message in the queue.")
@@ -25,9 +23,10 @@ def _one_or_all(message_id: str | None, every: bool) -> str | None:
 @app.command("list")
 def list_(as_json: bool = JsonOption) -> None:
     """Every dead-letter queue with its depth."""
-    settings = get_settings()
-    names = dead_letters.dead_letter_queues(settings, services.load_all())
-    depths = asyncio.run(dead_letters.depths(settings, names))
+    from workers.operations import dead_letters
+    from workers.runtime.settings import get_settings
+
+    depths = asyncio.run(dead_letters.depth_of_every_dlq(get_settings()))
     if as_json:
         print_json([{"queue": name, "depth": depth} for name, depth in depths.items()])
         return
@@ -46,7 +45,10 @@ def show(
     limit: int = typer.Option(20, "--limit", min=1, help="At most this many, from the head."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Headers and body of dead letters, leaving the queue exactly as it was."""
+    """Headers and body of dead letters, the queue left as it was."""
+    from workers.operations import dead_letters
+    from workers.runtime.settings import get_settings
+
     letters = asyncio.run(dead_letters.browse(get_settings(), queue, limit))
     if as_json:
         print_json([letter.as_dict() for letter in letters])
@@ -69,8 +71,14 @@ def replay(
     every: bool = AllOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Send dead letters back to their original queue (removed only once that is confirmed)."""
+    """Send dead letters back to their original queue.
+
+    Each is removed from the DLQ only once its republish is confirmed.
+    """
     chosen = _one_or_all(message_id, every)
+    from workers.operations import dead_letters
+    from workers.runtime.settings import get_settings
+
     replayed = asyncio.run(dead_letters.replay(get_settings(), queue, chosen))
     if as_json:
         print_json({"queue": queue, "replayed": replayed})
@@ -90,6 +98,9 @@ def purge(
     chosen = _one_or_all(message_id, every)
     if not yes:
         fail("purging deletes messages for good: add --yes to confirm", 2)
+    from workers.operations import dead_letters
+    from workers.runtime.settings import get_settings
+
     purged = asyncio.run(dead_letters.purge(get_settings(), queue, chosen))
     if as_json:
         print_json({"queue": queue, "purged": purged})

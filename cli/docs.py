@@ -8,9 +8,9 @@ from pathlib import Path
 
 import typer
 
-from cli.output import JsonOption, fail, print_json
+from cli.output import JsonOption, command_group, fail, print_json
 
-app = typer.Typer(help="Documents generated from the code.", no_args_is_help=True)
+app = command_group("Documents generated from the code.")
 
 
 @app.command()
@@ -23,16 +23,17 @@ def asyncapi(
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """The AsyncAPI 3.0 document (JSON) of every service's queues and of the messages it emits.
+    """Write the AsyncAPI 3.0 document (JSON) of the fleet.
+
+    Every service's queues, and the messages each emits.
 
     Queue and exchange names are those of the configured namespace (FLEET_NAMESPACE).
     """
-    # Imported here: FastStream's specification machinery would slow down every `fleet` call.
-    from workers import asyncapi as spec
-    from workers import services
-    from workers.settings import get_settings
+    from workers.runtime import asyncapi as spec
+    from workers.runtime import catalog
+    from workers.runtime.settings import get_settings
 
-    document = spec.generate(get_settings(), services.load_all())
+    document = spec.generate(get_settings(), catalog.load_all())
     text = json.dumps(document, indent=2) + "\n"
     if output == "-":
         sys.stdout.write(text)

@@ -1,5 +1,9 @@
 """The ``fleet`` command: run workers, publish test messages, repair dead letters.
 
+Thin and lazy: each command parses its options, calls one library function and prints;
+the command modules import only typer at start-up and the library inside each command,
+so ``fleet --help`` costs little more than typer itself (``bench/cli_start.py``).
+
 Every command answers bad input or an unreachable server with one line on stderr and a
 non-zero exit (2 for bad usage, 1 for everything else), never a traceback.
 """
@@ -7,29 +11,21 @@ non-zero exit (2 for bad usage, 1 for everything else), never a traceback.
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 
-import asyncpg
-import pydantic
 import typer
-from aiormq.exceptions import AMQPConnectionError, AMQPError
-from sqlalchemy import exc as sa_exc
 
 from cli import db as db_commands
 from cli import dlq, docs, load, orders, run, up, view
 from cli.api import api
-from cli.output import CliError
-from contracts import ContractError
-from db.provision import ProvisioningError
-from workers.dead_letters import DeadLetterError
-from workers.services import UnknownService
+from cli.output import PLAIN_HELP, CliError
 
 app = typer.Typer(
     help="A worker fleet over RabbitMQ: order processing with outbox, inbox, sagas and DLQs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=PLAIN_HELP,
 )
 app.add_typer(db_commands.app, name="db")
 app.add_typer(dlq.app, name="dlq")
@@ -37,6 +33,7 @@ app.add_typer(view.app, name="view")
 app.add_typer(docs.app, name="docs")
 run.register(app)
 app.command()(up.up)
+app.command()(db_commands.teardown)
 app.add_typer(orders.order_app, name="order")
 app.add_typer(orders.saga_app, name="saga")
 app.add_typer(orders.orders_app, name="orders")
@@ -46,10 +43,25 @@ app.command()(api)
 
 
 def _one_line(error: BaseException) -> tuple[str, int]:
-    """The message and exit code for an error that reached the top."""
+    """The message and exit code for an error that reached the top. The library's error
+    types are imported here, on the way out: a command that failed has loaded them."""
     if isinstance(error, CliError):
         return str(error), error.exit_code
-    if isinstance(error, (ContractError, DeadLetterError, UnknownService, ProvisioningError)):
+    import socket
+
+    import asyncpg
+    import pydantic
+    from aiormq.exceptions import AMQPConnectionError, AMQPError
+    from sqlalchemy import exc as sa_exc
+
+    from contracts import ContractError
+    from db.provision import ProvisioningError
+    from workers.operations import InvalidRequest, OperatorError
+    from workers.runtime.catalog import UnknownService
+
+    if isinstance(error, InvalidRequest):
+        return str(error), 2
+    if isinstance(error, (ContractError, OperatorError, UnknownService, ProvisioningError)):
         return str(error), 1
     if isinstance(error, pydantic.ValidationError):
         first = error.errors()[0]

@@ -4,33 +4,32 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.output import JsonOption, fail, first_error, print_json, print_table
-from contracts import Money, OrderLine, PlaceOrder
-from db.engine import create_engine
-from workers.orchestrator import store as saga_store
-from workers.order import store as order_store
-from workers.order.placing import DEFAULT_COUNTRY, send_place_order
-from workers.order_view import domain as view_domain
-from workers.order_view.queries import summary_dict, view_query
-from workers.publisher import ConfirmedPublisher
-from workers.settings import SERVICES, Settings, get_settings
-from workers.verify import verify as run_verify
+from cli.output import JsonOption, command_group, fail, first_error, print_json, print_table
 
-order_app = typer.Typer(help="Place orders and see where they stand.", no_args_is_help=True)
-saga_app = typer.Typer(help="The sagas that drive orders.", no_args_is_help=True)
-orders_app = typer.Typer(
-    help="The read model: orders as the order_view projects them.", no_args_is_help=True
-)
+if TYPE_CHECKING:
+    from contracts import OrderLine
+
+# As workers.order.public.DEFAULT_COUNTRY and workers.order_view.public.STATUSES say; written
+# out here so that `fleet order --help` loads no library (tests/unit/test_cli.py checks).
+DEFAULT_COUNTRY = "DE"
+STATUSES = ("PENDING", "CONFIRMED", "REJECTED")
+
+order_app = command_group("Place orders and see where they stand.")
+saga_app = command_group("The sagas that drive orders.")
+orders_app = command_group("The read model: orders as the order_view projects them.")
 
 
 def parse_item(text: str, currency: str) -> OrderLine:
+    from pydantic import ValidationError
+
+    from contracts import Money, OrderLine
+
     sku, _, rest = text.partition(":")
     quantity, _, price = rest.partition(":")
     try:
@@ -39,54 +38,10 @@ def parse_item(text: str, currency: str) -> OrderLine:
         return OrderLine(
             sku=sku, quantity=int(quantity), unit_price=Money.of(str(Decimal(price)), currency)
         )
+    except ValidationError as error:  # before ValueError, which it is too
+        fail(f"--item {text!r}: {first_error(error)}", 2)
     except (ValueError, InvalidOperation):
         fail(f"--item {text!r} is not SKU:QTY:PRICE with QTY >= 1 and PRICE like 9.90", 2)
-    except Exception as error:  # pydantic's ValidationError
-        fail(f"--item {text!r}: {first_error(error)}", 2)
-
-
-async def place_order(settings: Settings, command: PlaceOrder) -> str:
-    """Send PlaceOrder (confirmed) over a connection of its own; return the order's id."""
-    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
-    try:
-        return await send_place_order(publisher, settings.namespace, command, producer="fleet-cli")
-    finally:
-        await publisher.close()
-
-
-async def order_status(settings: Settings, order_id: str) -> dict[str, Any] | None:
-    engine = create_engine(settings.database_url("order"), pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            loaded = await order_store.load_order(conn, order_id)
-    finally:
-        await engine.dispose()
-    order = loaded.order
-    if order is None:
-        return None
-    return {
-        "order_id": order.order_id,
-        "status": str(order.status),
-        "customer_id": order.customer_id,
-        "total": str(order.total),
-        "country": order.country,
-        "saga": order.saga,
-        "reason": order.rejection_reason,
-        "version": loaded.version,
-    }
-
-
-async def wait_until_final(
-    settings: Settings, order_id: str, seconds: float
-) -> dict[str, Any] | None:
-    deadline = time.monotonic() + seconds
-    status = None
-    while time.monotonic() < deadline:
-        status = await order_status(settings, order_id)
-        if status is not None and status["status"] in ("CONFIRMED", "REJECTED"):
-            return status
-        await asyncio.sleep(0.2)
-    return status
 
 
 @order_app.command("place")
@@ -104,7 +59,14 @@ def place(
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Place an order; prints its id (and, with --wait, how it ended: exit 1 if not in time)."""
+    """Place an order and print its id.
+
+    With --wait, also how it ended (exit 1 if it has not within the time).
+    """
+    from contracts import PlaceOrder
+    from workers.operations.orders import place_order, wait_until_final
+    from workers.runtime.settings import get_settings
+
     if saga not in ("orchestration", "choreography"):
         fail(f"--saga must be orchestration or choreography, not {saga!r}", 2)
     lines = [parse_item(text, currency) for text in item]
@@ -134,6 +96,9 @@ def place(
 @order_app.command("status")
 def status(order_id: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
     """Where an order stands (read from the order service's event store)."""
+    from workers.operations.orders import order_status
+    from workers.runtime.settings import get_settings
+
     found = asyncio.run(order_status(get_settings(), order_id))
     if found is None:
         fail(f"no order {order_id}")
@@ -145,75 +110,15 @@ def status(order_id: str = typer.Argument(...), as_json: bool = JsonOption) -> N
                 typer.echo(f"{key}: {value}")
 
 
-async def saga_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
-    engine = create_engine(settings.database_url("orchestrator"), pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            saga = await saga_store.load(conn, order_id)
-            steps = await saga_store.step_log(conn, order_id) if saga else []
-    finally:
-        await engine.dispose()
-    if saga is not None:
-        return {
-            "order_id": order_id,
-            "style": "orchestration",
-            "status": saga.status,
-            "step": saga.step,
-            "completed": list(saga.completed),
-            "pending": list(saga.pending),
-            "reason": saga.reason,
-            "deadline_at": saga.deadline_at,
-            "version": saga.version,
-            "log": steps,
-        }
-    seen = await events_seen(settings, order_id)
-    if not seen:
-        return None
-    return {"order_id": order_id, "style": "choreography", "events": seen}
-
-
-async def events_seen(settings: Settings, order_id: str) -> list[dict[str, Any]]:
-    """What every service emitted for the order (its correlation id), oldest first; kept
-    as long as the outbox keeps published rows."""
-    seen: list[dict[str, Any]] = []
-    for service in SERVICES:
-        engine = create_engine(settings.database_url(service), pool_size=1)
-        try:
-            async with engine.connect() as conn:
-                rows = await conn.exec_driver_sql(
-                    "SELECT occurred_at, producer, type, published_at IS NOT NULL AS published"
-                    " FROM outbox WHERE correlation_id = $1",
-                    (order_id,),
-                )
-                seen.extend(dict(row._mapping) for row in rows)
-        finally:
-            await engine.dispose()
-    # Envelope times have whole seconds (as AMQP timestamps do): within one second, show
-    # the events in the order the saga produces them.
-    return sorted(seen, key=lambda row: (row["occurred_at"], _SAGA_ORDER.get(row["type"], 99)))
-
-
-_SAGA_ORDER = {
-    type_: position
-    for position, types in enumerate(
-        [
-            ("order.placed",),
-            ("stock.reserved", "stock.reservation_failed"),
-            ("payment.completed", "payment.failed"),
-            ("shipment.created", "shipment.failed"),
-            ("shipment.cancelled",),
-            ("payment.refunded",),
-            ("stock.released",),
-            ("order.confirmed", "order.rejected"),
-        ]
-    )
-    for type_ in types
-}
-
-
 @saga_app.command("show")
 def show(order_id: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
-    """A saga's state and step log; for a choreographed order, the events seen."""
+    """A saga's state and step log.
+
+    For a choreographed order, the events every service emitted for it.
+    """
+    from workers.operations.orders import saga_details
+    from workers.runtime.settings import get_settings
+
     details = asyncio.run(saga_details(get_settings(), order_id))
     if details is None:
         fail(f"no saga and no events for order {order_id}")
@@ -242,7 +147,13 @@ def show(order_id: str = typer.Argument(...), as_json: bool = JsonOption) -> Non
 
 
 def verify(as_json: bool = JsonOption) -> None:
-    """Check the saga invariants across the services' databases (read-only); exit 1 on a failure."""
+    """Check the saga invariants across the services.
+
+    Read-only, each service's database as its own role; exit 1 if one fails.
+    """
+    from workers.operations.verify import verify as run_verify
+    from workers.runtime.settings import get_settings
+
     checks = asyncio.run(run_verify(get_settings()))
     if as_json:
         print_json([check.as_dict() for check in checks])
@@ -275,11 +186,17 @@ def orders_list(
     limit: int = typer.Option(50, "--limit", min=1, help="At most this many, newest first."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Orders as the read model has them, newest first, and how far behind it is."""
+    """Orders as the read model has them, newest first.
+
+    And how far behind the write side the view is.
+    """
     if status is not None:
         status = status.upper()
-        if status not in view_domain.STATUSES:
-            fail(f"--status must be one of {', '.join(view_domain.STATUSES)}, not {status!r}", 2)
+        if status not in STATUSES:
+            fail(f"--status must be one of {', '.join(STATUSES)}, not {status!r}", 2)
+    from workers.order_view.public import summary_dict, view_query
+    from workers.runtime.settings import get_settings
+
     rows, lag = asyncio.run(
         view_query(get_settings(), status=status, customer=customer, limit=limit)
     )
@@ -309,6 +226,9 @@ def orders_list(
 @orders_app.command("show")
 def orders_show(order_id: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
     """One order as the read model has it, and how far behind the view is."""
+    from workers.order_view.public import summary_dict, view_query
+    from workers.runtime.settings import get_settings
+
     rows, lag = asyncio.run(view_query(get_settings(), order_id=order_id))
     if not rows:
         fail(f"no order {order_id} in the view")

@@ -1,19 +1,34 @@
-"""How commands answer: a rich table or line for people, JSON for scripts, one-line errors."""
+"""How commands answer: a rich table or line for people, JSON for scripts, one-line errors,
+progress bars, and JSON log lines for the long-running commands.
+
+Imported by every command module at start-up, so it imports only typer: rich is loaded
+when something is printed with it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-console = Console()
+if TYPE_CHECKING:
+    from workers.operations import Progress
 
 JsonOption = typer.Option(False, "--json", help="Answer in JSON, for scripts.")
+
+# Help as plain text: rich's help formatting loads markdown and syntax highlighting for
+# every --help, several times what typer itself costs (bench/cli_start.py).
+PLAIN_HELP = None
+
+
+def command_group(help: str) -> typer.Typer:
+    """A group of subcommands (``fleet dlq ...``), as every group of the CLI is made."""
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=PLAIN_HELP)
 
 
 class CliError(Exception):
@@ -33,12 +48,15 @@ def print_json(data: Any) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=title)
     for column in columns:
         table.add_column(column)
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
-    console.print(table)
+    Console().print(table)
 
 
 def first_error(error: Exception) -> str:
@@ -48,3 +66,54 @@ def first_error(error: Exception) -> str:
         first = errors()[0]
         return f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}"
     return str(error)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[Progress]:
+    """A rich progress bar per stage a tool reports (``workers.operations.Progress``)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def report(stage: str, done: int, total: int | None) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total)
+        bars.update(tasks[stage], completed=done, total=total)
+
+    with bars:
+        yield report
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line, for log shippers (``--json`` on long-running commands)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record),
+            "logger": record.name,
+            "level": record.levelname,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def log_as_json() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(JsonLogFormatter())

@@ -1,45 +1,17 @@
-"""Commands that run things: workers, relays, the topology, test messages."""
+"""Commands that run things: workers, relays, the topology, test messages, seeding."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 from collections.abc import Callable, Coroutine
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import typer
-from aiormq.exceptions import PublishError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cli.output import JsonOption, fail, first_error, print_json
-from contracts import Envelope, registry
-from contracts.routing import commands_exchange, events_exchange, exchange_for
-from db.engine import create_engine
-from workers import services
-from workers.inventory import store as inventory_store
-from workers.payment import store as payment_store
-from workers.publisher import ConfirmedPublisher, Outgoing
-from workers.relay import Relay
-from workers.runtime import Worker, declare_topology
-from workers.settings import SERVICES, get_settings
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per log line, for log shippers (``--json`` on long-running commands)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": self.formatTime(record),
-            "logger": record.name,
-            "level": record.levelname,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line)
+from cli.output import JsonOption, fail, log_as_json, print_json
+from workers.runtime.catalog import SERVICES
 
 
 def _serve(work: Callable[[asyncio.Event], Coroutine[Any, Any, None]], as_json: bool) -> None:
@@ -47,8 +19,7 @@ def _serve(work: Callable[[asyncio.Event], Coroutine[Any, Any, None]], as_json: 
     logging.getLogger("fleet").setLevel(logging.INFO)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     if as_json:
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonLogFormatter())
+        log_as_json()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -65,37 +36,49 @@ def worker(
     no_relay: bool = typer.Option(False, "--no-relay", help="Consume only; run the relay apart."),
     as_json: bool = typer.Option(False, "--json", help="Log JSON lines."),
 ) -> None:
-    """Run one service's consumers and its outbox relay until Ctrl-C or SIGTERM."""
-    settings = get_settings()
-    runnable = services.load(service)
-    _serve(lambda stop: Worker(settings, runnable, with_relay=not no_relay).run(stop), as_json)
+    """Run one service's consumers and its outbox relay.
+
+    Until Ctrl-C or SIGTERM, which stop consuming and let what is in flight finish.
+    """
+    from workers.runtime import catalog
+    from workers.runtime.settings import get_settings
+    from workers.runtime.worker import Worker
+
+    runnable = catalog.load(service)
+    worker = Worker(get_settings(), runnable, with_relay=not no_relay)
+    _serve(worker.run, as_json)
 
 
 def relay(
     service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)}."),
     as_json: bool = typer.Option(False, "--json", help="Log JSON lines."),
 ) -> None:
-    """Run one service's outbox relay alone (a standby takes over if the active one dies)."""
+    """Run one service's outbox relay alone.
+
+    Several may run: one publishes, a standby takes over if it dies.
+    """
     if service not in SERVICES:
         fail(f"unknown service {service!r}; services are {', '.join(SERVICES)}", 2)
+    from workers.runtime.relay import run_relay
+    from workers.runtime.settings import get_settings
+
     settings = get_settings()
-
-    async def work(stop: asyncio.Event) -> None:
-        publisher = await ConfirmedPublisher.connect(settings.amqp_url)
-        try:
-            await Relay(settings, service, publisher).run(stop)
-        finally:
-            await publisher.close()
-
-    _serve(work, as_json)
+    _serve(lambda stop: run_relay(settings, service, stop), as_json)
 
 
 def topology(as_json: bool = JsonOption) -> None:
-    """Declare the exchanges and every runnable service's queues, retry queues and DLQs."""
+    """Declare the exchanges and every service's queues.
+
+    With their retry queues and DLQs; safe to repeat.
+    """
+    from workers.runtime import catalog
+    from workers.runtime.settings import get_settings
+    from workers.runtime.worker import declare_topology
+
     settings = get_settings()
-    loaded = services.load_all()
-    asyncio.run(declare_topology(settings, loaded))
-    queues = [spec.name for service in loaded for spec in service.queue_specs(settings.namespace)]
+    services = catalog.load_all()
+    asyncio.run(declare_topology(settings, services))
+    queues = [spec.name for service in services for spec in service.queue_specs(settings.namespace)]
     if as_json:
         print_json({"namespace": settings.namespace, "queues": queues})
     else:
@@ -112,9 +95,7 @@ def publish(
     ),
     correlation_id: str | None = typer.Option(None, "--correlation-id"),
     message_id: str | None = typer.Option(
-        None,
-        "--message-id",
-        help="Fixed id (repeated by --count: duplicates); '' sends none (--raw).",
+        None, "--message-id", help="Fixed id (repeated by --count: duplicates)."
     ),
     count: int = typer.Option(1, "--count", min=1, help="How many messages to send."),
     raw: bool = typer.Option(
@@ -125,69 +106,31 @@ def publish(
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Publish test messages straight to the broker (confirmed), valid or deliberately not."""
+    """Publish test messages, valid or deliberately not.
+
+    Straight to the broker, each confirmed; checked against the contract unless --raw.
+    """
+    from workers.operations import publish as test_messages
+    from workers.runtime.settings import get_settings
+
     settings = get_settings()
-    known = type_ in registry.types()
-    if not raw:
-        if not known:
-            fail(f"unknown message type {type_!r} (use --raw to send it anyway)", 2)
-        chosen = version or registry.latest_version(type_)
-        try:
-            parsed = json.loads(data)
-        except json.JSONDecodeError as error:
-            fail(f"--data is not JSON: {error}", 2)
-        model = registry.model_for(type_, chosen)
-        try:
-            body = registry.encode(model.model_validate(parsed))
-        except Exception as error:  # pydantic's ValidationError, summarised
-            fail(f"--data is not a valid {type_} v{chosen}: {first_error(error)}", 2)
-    else:
-        chosen = version or (registry.latest_version(type_) if known else 1)
-        body = data.encode()
-
-    if exchange is None:
-        target = (
-            exchange_for(settings.namespace, registry.kind(type_))
-            if known
-            else events_exchange(settings.namespace)
+    message = test_messages.prepare(
+        settings, type_, data, version=version, raw=raw, exchange=exchange
+    )
+    sent = asyncio.run(
+        test_messages.publish(
+            settings, message, count=count, correlation_id=correlation_id, message_id=message_id
         )
-    elif exchange in ("events", "commands"):
-        target = (
-            events_exchange(settings.namespace)
-            if exchange == "events"
-            else commands_exchange(settings.namespace)
-        )
-    else:
-        fail(f"--exchange must be events or commands, not {exchange!r}", 2)
-
-    async def send() -> list[str | None]:
-        publisher = await ConfirmedPublisher.connect(settings.amqp_url)
-        sent: list[str | None] = []
-        try:
-            for _ in range(count):
-                envelope = Envelope.new(
-                    type_,
-                    chosen,
-                    "fleet-cli",
-                    correlation_id=correlation_id,
-                    message_id=message_id,
-                )
-                outgoing = Outgoing.from_envelope(
-                    envelope, exchange=target, routing_key=type_, body=body
-                )
-                await publisher.publish(outgoing)
-                sent.append(outgoing.message_id)
-        except PublishError:
-            fail(
-                f"no queue is bound for {type_} on {target}: start a worker or run 'fleet topology'"
-            )
-        finally:
-            await publisher.close()
-        return sent
-
-    sent = asyncio.run(send())
+    )
     if as_json:
-        print_json({"type": type_, "version": chosen, "exchange": target, "message_ids": sent})
+        print_json(
+            {
+                "type": type_,
+                "version": message.version,
+                "exchange": message.exchange,
+                "message_ids": sent,
+            }
+        )
     else:
         for sent_id in sent:
             typer.echo(sent_id)
@@ -203,57 +146,36 @@ def seed(
     currency: str = typer.Option("EUR", "--currency", help="The accounts' currency."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Add stock and customer accounts to play with (adds to what is there; prints the ids)."""
-    try:
-        amount = Decimal(balance)
-        if amount < 0 or amount != amount.quantize(Decimal("0.01")):
-            raise InvalidOperation
-    except InvalidOperation:
-        fail(f"--balance must be an amount like 1000.00, not {balance!r}", 2)
-    settings = get_settings()
-    sku_names = [f"SKU-{n:04d}" for n in range(1, skus + 1)]
-    customer_ids = [f"CUST-{n:04d}" for n in range(1, customers + 1)]
+    """Add stock and customer accounts to play with.
 
-    async def add(
-        service: str, write: Callable[[AsyncConnection], Coroutine[Any, Any, None]]
-    ) -> None:
-        engine = create_engine(settings.database_url(service), pool_size=1)
-        try:
-            async with engine.begin() as conn:
-                await write(conn)
-        finally:
-            await engine.dispose()
+    Adds to what is there, and prints the SKUs and customer ids.
+    """
+    from workers.operations import seed as seeding
+    from workers.runtime.settings import get_settings
 
-    async def stock_up(conn: AsyncConnection) -> None:
-        for name in sku_names:
-            await inventory_store.seed(conn, name, stock)
-
-    async def fund(conn: AsyncConnection) -> None:
-        for customer in customer_ids:
-            await payment_store.seed_customer(conn, customer, amount, currency)
-
-    async def both() -> None:
-        if sku_names:
-            await add("inventory", stock_up)
-        if customer_ids:
-            await add("payment", fund)
-
-    try:
-        asyncio.run(both())
-    except ValueError as error:  # an account in another currency
-        fail(str(error))
+    amount = seeding.parse_balance(balance)
+    seeded = asyncio.run(
+        seeding.seed(
+            get_settings(),
+            skus=skus,
+            stock=stock,
+            customers=customers,
+            balance=amount,
+            currency=currency,
+        )
+    )
     if as_json:
         print_json(
             {
-                "skus": sku_names,
-                "stock_added": stock,
-                "customers": customer_ids,
-                "balance_added": str(amount),
-                "currency": currency,
+                "skus": seeded.skus,
+                "stock_added": seeded.stock_added,
+                "customers": seeded.customers,
+                "balance_added": str(seeded.balance_added),
+                "currency": seeded.currency,
             }
         )
     else:
-        typer.echo("\n".join([*sku_names, *customer_ids]))
+        typer.echo("\n".join([*seeded.skus, *seeded.customers]))
 
 
 def register(app: typer.Typer) -> None:

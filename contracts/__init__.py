@@ -27,16 +27,20 @@ from contracts.orders import (
     OrderConfirmed,
     OrderConfirmedV1,
     OrderConfirmedV2,
+    OrderConfirmedV3,
     OrderEventsReplayed,
     OrderLineV1,
     OrderPlaced,
     OrderPlacedV1,
     OrderPlacedV2,
     OrderRejected,
+    OrderRejectedV1,
+    OrderRejectedV2,
     PlaceOrder,
     RejectOrder,
     ReplayOrderEvents,
 )
+from contracts.outgoing import OutgoingMessage
 from contracts.payment import (
     ChargePayment,
     PaymentCompleted,
@@ -45,6 +49,7 @@ from contracts.payment import (
     RefundPayment,
 )
 from contracts.registry import Registry, decode_message, encode_message, registry
+from contracts.sagas import command_or_choreography, not_choreography
 from contracts.shipping import (
     CancelShipment,
     CreateShipment,
@@ -74,6 +79,7 @@ __all__ = [
     "OrderConfirmed",
     "OrderConfirmedV1",
     "OrderConfirmedV2",
+    "OrderConfirmedV3",
     "OrderEventsReplayed",
     "OrderLine",
     "OrderLineV1",
@@ -81,6 +87,9 @@ __all__ = [
     "OrderPlacedV1",
     "OrderPlacedV2",
     "OrderRejected",
+    "OrderRejectedV1",
+    "OrderRejectedV2",
+    "OutgoingMessage",
     "PaymentCompleted",
     "PaymentFailed",
     "PaymentRefunded",
@@ -102,7 +111,9 @@ __all__ = [
     "StockReserved",
     "UnknownContractVersion",
     "UnknownMessageType",
+    "command_or_choreography",
     "decode_message",
     "encode_message",
+    "not_choreography",
     "registry",
 ]

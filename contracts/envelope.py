@@ -26,7 +26,7 @@ UNKNOWN_PRODUCER = "unknown"
 
 def _now() -> datetime:
     # The AMQP timestamp property holds whole seconds; dropping the rest here makes an envelope
-    # survive to_amqp/from_amqp unchanged.
+    # survive the trip through AMQP properties unchanged.
     return datetime.now(UTC).replace(microsecond=0)
 
 
@@ -93,22 +93,6 @@ class Envelope:
             occurred_at=_now() if occurred_at is None else occurred_at.replace(microsecond=0),
             producer=producer,
         )
-
-    def to_amqp(self) -> dict[str, Any]:
-        """Keyword arguments for aio_pika.Message; faststream's publish calls `type` message_type,
-        the rest have the same names there."""
-        headers: dict[str, Any] = {VERSION_HEADER: self.version}
-        if self.causation_id is not None:
-            headers[CAUSATION_HEADER] = self.causation_id
-        return {
-            "message_id": self.message_id,
-            "type": self.type,
-            "correlation_id": self.correlation_id,
-            "timestamp": self.occurred_at,
-            "app_id": self.producer,
-            "content_type": CONTENT_TYPE,
-            "headers": headers,
-        }
 
     @classmethod
     def from_amqp(

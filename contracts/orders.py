@@ -164,6 +164,8 @@ class OrderConfirmedV1(Event):
 
 @registry.register
 class OrderConfirmedV2(Event):
+    """Superseded by v3, which names the order's saga style; read as v3 with saga None."""
+
     TYPE = "order.confirmed"
     VERSION = 2
 
@@ -172,7 +174,20 @@ class OrderConfirmedV2(Event):
     tracking_number: NonEmptyStr | None = None
 
 
-OrderConfirmed = OrderConfirmedV2
+@registry.register
+class OrderConfirmedV3(Event):
+    TYPE = "order.confirmed"
+    VERSION = 3
+
+    order_id: OrderId
+    payment_id: PaymentId | None = None
+    tracking_number: NonEmptyStr | None = None
+    # Like every saga message: who drives the order, so the orchestrator's queue can drop a
+    # choreographed order's event before any transaction. None: sent before v3 said it.
+    saga: SagaStyle | None = None
+
+
+OrderConfirmed = OrderConfirmedV3
 
 
 @registry.upcaster("order.confirmed", from_version=1)
@@ -180,13 +195,38 @@ def order_confirmed_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "payment_id": None, "tracking_number": None}
 
 
+@registry.upcaster("order.confirmed", from_version=2)
+def order_confirmed_v2_to_v3(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "saga": None}
+
+
 @registry.register
-class OrderRejected(Event):
+class OrderRejectedV1(Event):
+    """Superseded by v2, which names the order's saga style; read as v2 with saga None."""
+
     TYPE = "order.rejected"
     VERSION = 1
 
     order_id: OrderId
     reason: Reason
+
+
+@registry.register
+class OrderRejectedV2(Event):
+    TYPE = "order.rejected"
+    VERSION = 2
+
+    order_id: OrderId
+    reason: Reason
+    saga: SagaStyle | None = None  # as in order.confirmed v3
+
+
+OrderRejected = OrderRejectedV2
+
+
+@registry.upcaster("order.rejected", from_version=1)
+def order_rejected_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "saga": None}
 
 
 # --- Replaying the order's event store (for read models to rebuild from). --------------

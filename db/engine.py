@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -26,3 +29,15 @@ def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = False) -> A
     return create_async_engine(
         sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping
     )
+
+
+@asynccontextmanager
+async def connect_once(url: str, *, transaction: bool = False) -> AsyncIterator[AsyncConnection]:
+    """One connection for a one-shot job (a CLI command, an operator's check), disposed
+    after; in a transaction that commits on a clean exit when ``transaction`` is set."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() if transaction else engine.connect() as conn:
+            yield conn
+    finally:
+        await engine.dispose()

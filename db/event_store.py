@@ -7,7 +7,7 @@ numbers, and the primary key (stream_id, version), not the isolation level, make
 second of two writers that decided on the same version lose with :class:`ConcurrencyConflict`
 (its insert waits for the first transaction, then finds the row). PostgreSQL aborts the
 loser's transaction, so the caller's whole unit of work is retried and decides again on
-fresh state; ``workers.errors`` counts the conflict as transient for that reason.
+fresh state; ``workers.runtime.errors`` counts the conflict as transient for that reason.
 
 Everything here runs on the caller's connection, inside the caller's transaction, so events,
 snapshots, the inbox entry and the outbox rows that publish the same events commit together.
@@ -207,6 +207,14 @@ async def load(conn: AsyncConnection, stream_id: str, after_version: int = 0) ->
         sa.select(*_EVENT_COLUMNS)
         .where(events_table.c.stream_id == stream_id, events_table.c.version > after_version)
         .order_by(events_table.c.version)
+    )
+    return [_stored(row) for row in rows]
+
+
+async def load_all_streams(conn: AsyncConnection) -> list[StoredEvent]:
+    """Every stream's events, stream by stream, each in version order, upcast."""
+    rows = await conn.execute(
+        sa.select(*_EVENT_COLUMNS).order_by(events_table.c.stream_id, events_table.c.version)
     )
     return [_stored(row) for row in rows]
 

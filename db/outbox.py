@@ -1,5 +1,5 @@
 """The transactional outbox: messages are written in the same transaction as the state
-that caused them, and published later by the relay (``workers.relay``).
+that caused them, and published later by the relay (``workers.runtime.relay``).
 
 Writing happens through SQLAlchemy inside a handler's transaction; the relay reads with
 plain asyncpg on a dedicated connection, because it also holds an advisory lock and LISTENs.
@@ -9,46 +9,38 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts import Envelope
+from contracts import OutgoingMessage
 from db.tables import outbox_table
 
 # NOTIFY channel: the writing transaction signals it, delivered by PostgreSQL at commit.
 NOTIFY_CHANNEL = "fleet_outbox"
 
 
-@dataclass(frozen=True)
-class OutgoingMessage:
-    envelope: Envelope
-    exchange: str
-    routing_key: str
-    body: bytes
-    headers: dict[str, Any] = field(default_factory=dict)
-
-
 async def append(conn: AsyncConnection, messages: Sequence[OutgoingMessage]) -> None:
-    """Insert ``messages`` in the caller's transaction and wake the relay at commit."""
+    """Insert ``messages`` (new ones, made by ``OutgoingMessage.of``) in the caller's
+    transaction and wake the relay at commit."""
     if not messages:
         return
     await conn.execute(
         sa.insert(outbox_table),
         [
             {
-                "message_id": m.envelope.message_id,
+                "message_id": m.message_id,
                 "exchange": m.exchange,
                 "routing_key": m.routing_key,
-                "type": m.envelope.type,
-                "version": m.envelope.version,
-                "correlation_id": m.envelope.correlation_id,
-                "causation_id": m.envelope.causation_id,
-                "producer": m.envelope.producer,
-                "occurred_at": m.envelope.occurred_at,
-                "headers": m.headers,
+                "type": m.type,
+                "version": m.version,
+                "correlation_id": m.correlation_id,
+                "causation_id": m.causation_id,
+                "producer": m.app_id,
+                "occurred_at": m.timestamp,
+                # Stored ready to send: the relay copies rows to the broker as they are.
+                "headers": dict(m.headers),
                 "body": m.body,
             }
             for m in messages
@@ -74,7 +66,29 @@ DELETE_PUBLISHED = (
 COUNT_UNPUBLISHED = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
 
 
-def decode_headers(value: Any) -> dict[str, Any]:
+# For operators: what each service emitted for one correlation (an order), oldest first.
+EMITTED_FOR = (
+    "SELECT occurred_at, producer, type, published_at IS NOT NULL AS published"
+    " FROM outbox WHERE correlation_id = $1 ORDER BY id"
+)
+
+
+def outgoing_from_row(row: Any) -> OutgoingMessage:
+    """A row of ``CLAIM_BATCH`` as it goes to the broker (its headers were made at emit)."""
+    return OutgoingMessage(
+        exchange=row["exchange"],
+        routing_key=row["routing_key"],
+        body=row["body"],
+        message_id=row["message_id"],
+        type=row["type"],
+        correlation_id=row["correlation_id"],
+        timestamp=row["occurred_at"],
+        app_id=row["producer"],
+        headers=_decode_headers(row["headers"]),
+    )
+
+
+def _decode_headers(value: Any) -> dict[str, Any]:
     """asyncpg returns jsonb as text unless a codec is set."""
     if isinstance(value, str):
         decoded: dict[str, Any] = json.loads(value)

@@ -74,21 +74,31 @@ async def provision(admin_url: str, databases: Sequence[ServiceDatabase]) -> lis
     return results
 
 
-async def drop(admin_url: str, databases: Sequence[ServiceDatabase]) -> None:
-    """Drops the databases and roles that exist (test cleanup); their sessions are ended."""
+async def drop(admin_url: str, databases: Sequence[ServiceDatabase]) -> list[str]:
+    """Drops the databases and roles that exist (a namespace torn down); their sessions are
+    ended. Returns the names of those that existed (a database, its role, or both)."""
     for database in databases:
         _check_name(database.name)
     connection = await _connect_admin(admin_url)
+    dropped = []
     try:
         for database in databases:
+            existed = await connection.fetchval(
+                "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)"
+                " OR EXISTS (SELECT FROM pg_roles WHERE rolname = $1)",
+                database.name,
+            )
             # WITH (FORCE) terminates the database's backends itself, atomically with the
             # drop, so a pooled client that reconnects in between cannot make it fail.
             await _execute(connection, "DROP DATABASE IF EXISTS %I WITH (FORCE)", database.name)
             await _execute(connection, "DROP ROLE IF EXISTS %I", database.name)
+            if existed:
+                dropped.append(database.name)
     except asyncpg.PostgresError as exc:
         raise ProvisioningError(f"dropping failed: {_one_line(exc)}") from exc
     finally:
         await connection.close()
+    return dropped
 
 
 def _check_name(name: str) -> None:

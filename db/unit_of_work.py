@@ -3,17 +3,15 @@
 The state change, the inbox entry and the outbox rows commit together or not at all:
 a handler that fails before commit leaves no trace.
 
-The correlation of emitted messages comes from ``current_cause``, which the consuming
-middleware (``workers.middlewares``) sets while a message is being handled; so every
-message emitted while handling another gets its correlation id and names it as its cause,
+The unit of work of a handler knows the message being handled (``received``), and every
+message emitted in it carries that message's correlation id and names it as its cause,
 without handlers passing ids around.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,29 +19,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from contracts import Envelope, Message, encode_message
+from contracts import Envelope, Message, OutgoingMessage, encode_message
 from contracts.routing import exchange_for
 from db import outbox
 
 
 @dataclass(frozen=True)
-class Cause:
-    """The message being handled: what emitted messages are correlated with."""
-
-    message_id: str
-    correlation_id: str
-
-
-current_cause: ContextVar[Cause | None] = ContextVar("current_cause", default=None)
-
-
-@dataclass(frozen=True)
 class Received:
-    """The message being handled, as it arrived: for handlers that need more than its body
-    (a projection ordering events by the stream version in their headers)."""
+    """The message being handled, as it arrived: the cause of what the handler emits, and
+    what a handler needs besides the body (a projection ordering events by the stream
+    version in their headers)."""
 
     envelope: Envelope
-    headers: dict[str, Any]
+    headers: Mapping[str, Any]
 
 
 class UnitOfWork:
@@ -59,7 +47,7 @@ class UnitOfWork:
         self.producer = producer
         self.namespace = namespace
         self.received = received
-        self.emitted: list[outbox.OutgoingMessage] = []
+        self.emitted: list[OutgoingMessage] = []
 
     def emit(
         self,
@@ -67,18 +55,18 @@ class UnitOfWork:
         *,
         correlation_id: str | None = None,
         message_id: str | None = None,
-        headers: dict[str, Any] | None = None,
+        headers: Mapping[str, Any] | None = None,
         occurred_at: datetime | None = None,
         route: tuple[str, str] | None = None,
     ) -> Envelope:
         """Queue ``message`` for the outbox; it is written when the unit of work commits.
 
-        Outside a handler (the CLI), ``correlation_id`` may start a correlation; inside one,
-        the handled message's correlation wins unless one is given explicitly. ``route``
-        (exchange, routing key) overrides where the message goes, for replays; by default
-        it goes to the events or commands exchange under its type.
+        Outside a handler (the CLI, a background task), ``correlation_id`` may start a
+        correlation; inside one, the handled message's correlation wins unless one is given
+        explicitly. ``route`` (exchange, routing key) overrides where the message goes, for
+        replays; by default it goes to the events or commands exchange under its type.
         """
-        cause = current_cause.get()
+        cause = self.received.envelope if self.received is not None else None
         envelope = Envelope.new(
             message.TYPE,
             message.VERSION,
@@ -90,14 +78,12 @@ class UnitOfWork:
         )
         exchange, routing_key = route or (exchange_for(self.namespace, message.KIND), message.TYPE)
         self.emitted.append(
-            outbox.OutgoingMessage(
-                envelope=envelope,
+            OutgoingMessage.of(
+                envelope,
+                encode_message(message),
                 exchange=exchange,
                 routing_key=routing_key,
-                body=encode_message(message),
-                # The envelope's AMQP headers are stored ready to send: the relay copies
-                # rows to the broker without rebuilding anything.
-                headers={**(headers or {}), **envelope.to_amqp()["headers"]},
+                headers=headers,
             )
         )
         return envelope

@@ -2,21 +2,24 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from cli.db import service_databases
-from db.provision import drop, provision
+from tests.integration.leftovers import created_namespaces, leftovers
 from tests.integration.support import Fleet
-from workers import services
-from workers.runtime import declare_topology
-from workers.settings import Settings
+from workers.operations import namespace
+from workers.runtime.settings import ServiceSettings, Settings
 
 pytestmark = pytest.mark.integration
 
 
 def namespace_settings(server_urls: tuple[str, str], **overrides: object) -> Settings:
+    """The runtime's settings for a namespace of the test's own; a service's own knobs go in
+    its section (``namespaced_fleet(settings, sections=...)``)."""
+    unknown = set(overrides) - set(Settings.model_fields)
+    if unknown:  # Settings ignores unknown fields: a knob given here would be lost silently
+        raise TypeError(f"not runtime settings (a service's section?): {sorted(unknown)}")
     amqp_url, pg_admin_url = server_urls
     # Short delays and limits so retries and dead-lettering happen within a test.
     values: dict[str, object] = {
@@ -31,23 +34,33 @@ def namespace_settings(server_urls: tuple[str, str], **overrides: object) -> Set
         "relay_lock_retry": 0.3,
         **overrides,
     }
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    created_namespaces.append(settings)
+    return settings
 
 
 @contextlib.asynccontextmanager
-async def namespaced_fleet(settings: Settings) -> AsyncIterator[Fleet]:
-    """Databases and topology of their own, removed afterwards."""
-    databases = service_databases(settings)
-    await provision(settings.pg_admin_url, databases)
-    all_services = services.load_all()
-    await declare_topology(settings, all_services)
-    fleet = Fleet(settings)
+async def namespaced_fleet(
+    settings: Settings, sections: Sequence[ServiceSettings] = ()
+) -> AsyncIterator[Fleet]:
+    """Databases and topology of their own, torn down afterwards as `fleet teardown` does."""
+    await namespace.set_up(settings)
+    fleet = Fleet(settings, sections)
     try:
         yield fleet
     finally:
         await fleet.close()
-        await fleet.remove_topology(all_services)
-        await drop(settings.pg_admin_url, databases)
+        await namespace.tear_down(settings, extra_services=fleet.extra_services)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def no_namespace_left_behind(server_urls: tuple[str, str]) -> AsyncIterator[None]:
+    """After every integration test: nothing of a namespace the run made is left on the
+    broker or the database server (set up first, so it is torn down last)."""
+    yield
+    left = await leftovers(created_namespaces)
+    if left:
+        pytest.fail("test namespaces left behind:\n" + "\n".join(left), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,14 @@ It is named "inventory" to use the inventory's database; its queues are
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from contracts import Message, OrderConfirmed, OrderPlacedV2, OrderRejected
 from db.unit_of_work import UnitOfWork
-from workers.errors import PermanentError, TransientError
 from workers.inventory import store
-from workers.service import Service
+from workers.runtime.errors import PermanentError, TransientError
+from workers.runtime.service import Service
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Script:
     permanent: set[str] = field(default_factory=set)
     calls: Counter[str] = field(default_factory=Counter)
     received: list[Message] = field(default_factory=list)
-    received_headers: dict[str, dict[str, object]] = field(default_factory=dict)
+    received_headers: dict[str, Mapping[str, object]] = field(default_factory=dict)
 
 
 script = Script()
@@ -35,7 +36,7 @@ def probe_sku(order_id: str) -> str:
     return f"probe-{order_id}"
 
 
-@probe.handler("order.confirmed", name="probe_effects")
+@probe.handler(name="probe_effects")
 async def probe_effects(uow: UnitOfWork, message: OrderConfirmed) -> None:
     """Writes state and an outbox row, then fails if the script says so."""
     script.calls[message.order_id] += 1
@@ -49,7 +50,7 @@ async def probe_effects(uow: UnitOfWork, message: OrderConfirmed) -> None:
         raise PermanentError("probe: this message can never succeed")
 
 
-@probe.handler("order.placed", name="probe_orders")
+@probe.handler(name="probe_orders")
 async def probe_orders(uow: UnitOfWork, message: OrderPlacedV2) -> None:
     script.received.append(message)
     assert uow.received is not None  # the runtime always says what is being handled

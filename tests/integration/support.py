@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -22,13 +22,23 @@ import pika
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import Envelope, Message, Money, OrderLine, ReserveStock, encode_message
+from contracts import (
+    Envelope,
+    Message,
+    Money,
+    OrderLine,
+    OutgoingMessage,
+    ReserveStock,
+    encode_message,
+)
 from db.engine import create_engine
-from workers import dead_letters, topology
-from workers.publisher import ConfirmedPublisher, Outgoing
-from workers.runtime import Worker
-from workers.service import Service
-from workers.settings import Settings
+from workers.operations import dead_letters
+from workers.runtime import catalog, topology
+from workers.runtime.consumer import Outcome
+from workers.runtime.publisher import ConfirmedPublisher
+from workers.runtime.service import Service
+from workers.runtime.settings import ServiceSettings, Settings
+from workers.runtime.worker import Worker
 
 # What a tap has seen so far.
 Seen = list[aio_pika.abc.AbstractIncomingMessage]
@@ -93,10 +103,14 @@ class FleetProcess:
 
 
 class Fleet:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sections: Sequence[ServiceSettings] = ()) -> None:
         self.settings = settings
+        # Services' own settings for this namespace, given to its workers (as environment
+        # variables to the processes).
+        self.sections = {type(section): section for section in sections}
         self.engines: dict[str, AsyncEngine] = {}
-        self.extra_queues: set[str] = set()
+        # Services the tests declare themselves (probes): their queues go at teardown too.
+        self.extra_services: list[Service] = []
         self.processes: list[FleetProcess] = []
 
     @property
@@ -105,7 +119,10 @@ class Fleet:
 
     def env(self, **overrides: Any) -> dict[str, str]:
         """The environment a ``fleet`` process needs to join this test's namespace."""
-        values = {**self.settings.model_dump(), **overrides}
+        values = {**self.settings.model_dump()}
+        for section in self.sections.values():
+            values.update(section.model_dump())
+        values.update(overrides)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
         env.update(
             {
@@ -152,11 +169,21 @@ class Fleet:
 
     @contextlib.asynccontextmanager
     async def worker(
-        self, service: Service, *, with_relay: bool = True, settings: Settings | None = None
+        self,
+        service: Service,
+        *,
+        with_relay: bool = True,
+        settings: Settings | None = None,
+        section: ServiceSettings | None = None,
     ) -> AsyncIterator[Worker]:
-        """A worker in this test's own process (for probe services defined by the tests)."""
-        self.extra_queues.update(spec.name for spec in service.queue_specs(self.ns))
-        worker = Worker(settings or self.settings, service, with_relay=with_relay)
+        """A worker in this test's own process, with this namespace's section of its
+        service unless given one."""
+        if service.name not in catalog.SERVICES or catalog.load(service.name) is not service:
+            if not any(known is service for known in self.extra_services):
+                self.extra_services.append(service)
+        if section is None and service.settings is not None:
+            section = self.sections.get(service.settings)
+        worker = Worker(settings or self.settings, service, with_relay=with_relay, section=section)
         stop, started = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(worker.run(stop, started))
         starting = asyncio.ensure_future(started.wait())
@@ -238,32 +265,6 @@ class Fleet:
         finally:
             await connection.close()
 
-    def all_queue_names(self, services: list[Service]) -> set[str]:
-        names = set(self.extra_queues)
-        names.update(spec.name for service in services for spec in service.queue_specs(self.ns))
-        expanded: set[str] = set()
-        for name in names:
-            expanded.add(name)
-            expanded.add(topology.dead_letter_queue(name))
-            expanded.update(topology.retry_queue(name, d) for d in self.settings.retry_delays_ms)
-        return expanded
-
-    async def remove_topology(self, services: list[Service]) -> None:
-        connection = await aio_pika.connect(self.settings.amqp_url)
-        try:
-            channel = await connection.channel()
-            for name in self.all_queue_names(services) | {topology.unrouted_queue(self.ns)}:
-                await channel.queue_delete(name)
-            for exchange in (
-                f"{self.ns}.events",
-                f"{self.ns}.commands",
-                topology.dead_letter_exchange(self.ns),
-                topology.unrouted_exchange(self.ns),
-            ):
-                await channel.exchange_delete(exchange)
-        finally:
-            await connection.close()
-
     async def close(self) -> None:
         for handle in self.processes:
             await handle.kill()
@@ -280,17 +281,30 @@ def outgoing(
     exchange: str | None = None,
     message_id: str | None = None,
     correlation_id: str | None = None,
-) -> Outgoing:
-    """``message`` with a fresh envelope, to a queue (default exchange) or its exchange."""
+) -> OutgoingMessage:
+    """``message`` with a fresh envelope, to a queue (default exchange) or ``exchange``."""
     envelope = Envelope.new(
         message.TYPE, message.VERSION, "tests", message_id=message_id, correlation_id=correlation_id
     )
-    return Outgoing.from_envelope(
+    return OutgoingMessage.of(
         envelope,
+        encode_message(message),
         exchange="" if queue else (exchange or ""),
         routing_key=queue or message.TYPE,
-        body=encode_message(message),
     )
+
+
+def ignored(worker: Worker, handler: str) -> int:
+    """Deliveries of ``handler`` its filter left to others (acked, no transaction, no trace)."""
+    assert worker.consumer is not None, "the worker has not started"
+    return worker.consumer.outcomes[handler, Outcome.IGNORED]
+
+
+async def wait_ignored(worker: Worker, handler: str, at_least: int) -> None:
+    async def enough() -> bool:
+        return ignored(worker, handler) >= at_least
+
+    await wait_for(enough)
 
 
 def new_id() -> str:
@@ -318,7 +332,7 @@ async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
         return (await conn.execute(sa.text(sql), params)).scalar()
 
 
-async def publish_with_another_client(amqp_url: str, message: Outgoing) -> None:
+async def publish_with_another_client(amqp_url: str, message: OutgoingMessage) -> None:
     """Publish through pika, which (unlike aio-pika) sends no message id unless given one."""
 
     def publish() -> None:
@@ -335,7 +349,7 @@ async def publish_with_another_client(amqp_url: str, message: Outgoing) -> None:
                     type=message.type,
                     correlation_id=message.correlation_id,
                     content_type=message.content_type,
-                    headers=message.headers,
+                    headers=dict(message.headers),
                     delivery_mode=2,
                 ),
                 mandatory=True,

@@ -20,8 +20,9 @@ from contracts.routing import commands_exchange
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, FleetProcess, wait_for
 from tests.integration.test_saga import SagaFleet
-from workers import services
+from workers.orchestrator.settings import OrchestratorSettings
 from workers.order.domain import ORDER_NAMESPACE
+from workers.runtime import catalog
 
 pytestmark = pytest.mark.integration
 
@@ -82,12 +83,13 @@ async def start_api(fleet: Fleet, **env: Any) -> tuple[FleetProcess, str]:
 
 @pytest.fixture(scope="module")
 async def api(server_urls: tuple[str, str]) -> AsyncIterator[ApiFleet]:
-    settings = namespace_settings(server_urls, step_timeout_seconds=5.0, max_attempts=6)
-    async with namespaced_fleet(settings) as fleet:
+    settings = namespace_settings(server_urls, max_attempts=6)
+    sections = [OrchestratorSettings(step_timeout_seconds=5.0)]
+    async with namespaced_fleet(settings, sections) as fleet:
         sagas = SagaFleet(fleet)
         rich = dict.fromkeys(("rich", "repeat", "lister"), "1000000.00")
         await sagas.seed({"WIDGET": 100_000, "RARE": 1}, {**rich, "poor": "1.00"})
-        await asyncio.gather(*(sagas.start(service) for service in services.runnable()))
+        await asyncio.gather(*(sagas.start(service) for service in catalog.SERVICES))
         process, base_url = await start_api(fleet)
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
             yield ApiFleet(sagas, process, http)

@@ -9,7 +9,7 @@ import pytest
 from contracts import OrderConfirmed
 from tests.integration import probes
 from tests.integration.support import Fleet, new_id, outgoing, scalar, wait_for
-from workers import services, topology
+from workers.runtime import catalog, topology
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ async def test_dlq_list_shows_every_dead_letter_queue_with_its_depth(fleet: Flee
     code, output = await fleet.cli("dlq", "list", "--json")
     assert code == 0, output
     depths = {row["queue"]: row["depth"] for row in json.loads(output)}
-    for service in services.load_all():
+    for service in catalog.load_all():
         for spec in service.queue_specs(fleet.ns):
             assert topology.dead_letter_queue(spec.name) in depths
     assert depths[topology.unrouted_queue(fleet.ns)] is not None

@@ -9,7 +9,15 @@ import aio_pika
 import asyncpg
 import pytest
 
-from contracts import Envelope, Money, OrderConfirmed, OrderPlacedV2, ReleaseStock
+from contracts import (
+    Envelope,
+    Money,
+    OrderConfirmed,
+    OrderPlacedV2,
+    OutgoingMessage,
+    ReleaseStock,
+    SagaStyle,
+)
 from contracts.routing import events_exchange
 from db.unit_of_work import unit_of_work
 from tests.integration import probes
@@ -23,9 +31,9 @@ from tests.integration.support import (
     scalar,
     wait_for,
 )
-from workers import dead_letters, services, topology
 from workers.inventory import store
-from workers.publisher import Outgoing
+from workers.operations import dead_letters
+from workers.runtime import catalog, topology
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +88,7 @@ async def test_the_same_message_five_times_in_a_row_has_one_effect(stocked: Flee
     order_id = new_id()
     message = outgoing(reserve_command(order_id, ("sku-a", 2)), queue=reserve_queue(fleet))
     async with (
-        fleet.worker(services.load("inventory"), with_relay=False),
+        fleet.worker(catalog.load("inventory"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         for _ in range(5):
@@ -101,6 +109,47 @@ async def _queue_empty(fleet: Fleet, queue: str) -> bool:
     return await fleet.queue_empty(queue)
 
 
+def placed_event(order_id: str, saga: SagaStyle) -> OrderPlacedV2:
+    command = reserve_command(order_id, ("sku-c", 2))
+    return OrderPlacedV2(
+        order_id=order_id,
+        customer_id=command.customer_id,
+        items=command.items,
+        total=command.total,
+        country=command.country,
+        saga=saga,
+    )
+
+
+async def test_an_event_of_the_other_saga_style_is_acked_with_no_transaction(
+    stocked: Fleet,
+) -> None:
+    """The inventory reserves on order.placed in choreography only; an orchestrated order's
+    order.placed is left, by the handler's declared filter, before any transaction."""
+    fleet = stocked
+    orchestrated, choreographed = new_id(), new_id()
+    ignored = outgoing(placed_event(orchestrated, "orchestration"), queue=reserve_queue(fleet))
+    applied = outgoing(placed_event(choreographed, "choreography"), queue=reserve_queue(fleet))
+    async with fleet.publisher() as publisher:
+        await publisher.publish_many([ignored, applied])
+    async with fleet.worker(catalog.load("inventory"), with_relay=False):
+        await wait_for(lambda: _queue_empty(fleet, reserve_queue(fleet)))
+
+    async def inbox_rows(message_id: str | None) -> int:
+        sql = "SELECT count(*) FROM inbox WHERE message_id = :id"
+        return int(await scalar(fleet.engine("inventory"), sql, id=message_id))
+
+    applied_effects = (
+        await inbox_rows(applied.message_id),
+        await reserved_quantity(fleet, choreographed),
+    )
+    assert applied_effects == (1, 2)
+    assert await inbox_rows(ignored.message_id) == 0  # no transaction wrote anything
+    assert await reserved_quantity(fleet, orchestrated) == 0
+    assert await outbox_count(fleet, "stock.reserved", orchestrated) == 0
+    assert not await fleet.dead_letter(reserve_queue(fleet), orchestrated)
+
+
 async def test_the_same_message_five_times_at_once_has_one_effect(stocked: Fleet) -> None:
     fleet = stocked
     order_id = new_id()
@@ -109,7 +158,7 @@ async def test_the_same_message_five_times_at_once_has_one_effect(stocked: Fleet
         # Queued before the worker starts, so all five arrive in one prefetch window and
         # are handled concurrently.
         await publisher.publish_many([message] * 5)
-    async with fleet.worker(services.load("inventory"), with_relay=False):
+    async with fleet.worker(catalog.load("inventory"), with_relay=False):
         await wait_for(lambda: _queue_empty(fleet, reserve_queue(fleet)))
     assert await reserved_quantity(fleet, order_id) == 3
     assert await outbox_count(fleet, "stock.reserved", order_id) == 1
@@ -122,7 +171,7 @@ async def test_a_second_command_for_the_same_order_repeats_the_answer_without_ef
     order_id = new_id()
     command = reserve_command(order_id, ("sku-a", 1), ("sku-c", 4))
     async with (
-        fleet.worker(services.load("inventory"), with_relay=False),
+        fleet.worker(catalog.load("inventory"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         for _ in range(2):  # two distinct message ids: the inbox cannot catch this one
@@ -139,7 +188,7 @@ async def test_out_of_stock_is_a_refusal_event_not_an_error(stocked: Fleet) -> N
     fleet = stocked
     order_id = new_id()
     async with (
-        fleet.worker(services.load("inventory"), with_relay=False),
+        fleet.worker(catalog.load("inventory"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(
@@ -270,7 +319,7 @@ async def test_bad_messages_land_in_the_dlq_and_the_worker_serves_the_next(
         bad = dataclasses.replace(bad, type="order.confirmed")
     next_order = new_id()
     async with (
-        fleet.worker(services.load("inventory"), with_relay=False),
+        fleet.worker(catalog.load("inventory"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         if bad.message_id is None:
@@ -294,7 +343,7 @@ async def test_an_order_placed_v1_is_upcast_and_handled_as_v2(fleet: Fleet) -> N
         "total": 12.3,
         "country": "FR",
     }
-    v1 = Outgoing.from_envelope(
+    v1 = OutgoingMessage.of(
         Envelope.new("order.placed", 1, "an-old-producer"),
         exchange="",
         routing_key=probe_queue(fleet, "probe_orders"),
@@ -378,7 +427,7 @@ async def test_events_a_handler_emits_carry_its_correlation(stocked: Fleet) -> N
         correlation_id=correlation,
     )
     async with fleet.tap(events_exchange(fleet.ns), "stock.reserved") as seen:
-        async with fleet.worker(services.load("inventory")), fleet.publisher() as publisher:
+        async with fleet.worker(catalog.load("inventory")), fleet.publisher() as publisher:
             await publisher.publish(message)
             await wait_for(lambda: _seen(seen, order_id))
     event = await _seen(seen, order_id)
@@ -431,7 +480,7 @@ async def test_a_database_outage_is_retried_with_delay_and_the_message_applied_o
     admin = await asyncpg.connect(fleet.settings.pg_admin_url)
     patient = fleet.settings.model_copy(update={"max_attempts": 20})
     try:
-        async with fleet.worker(services.load("inventory"), with_relay=False, settings=patient):
+        async with fleet.worker(catalog.load("inventory"), with_relay=False, settings=patient):
             # The outage: no new connections, and every existing one terminated.
             await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
             await admin.execute(
@@ -463,7 +512,7 @@ async def test_a_release_before_its_reservation_leaves_a_tombstone_that_refuses_
     order_id = new_id()
     release = ReleaseStock(order_id=order_id, reason="payment failed", saga="orchestration")
     async with (
-        fleet.worker(services.load("inventory"), with_relay=False),
+        fleet.worker(catalog.load("inventory"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(outgoing(release, queue=f"{fleet.ns}.inventory.release_stock"))
@@ -484,7 +533,7 @@ async def test_a_release_gives_back_exactly_what_was_reserved_once(stocked: Flee
     available = "SELECT available FROM stock WHERE sku = 'sku-c'"
     engine = fleet.engine("inventory")
     async with (
-        fleet.worker(services.load("inventory"), with_relay=False),
+        fleet.worker(catalog.load("inventory"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(

@@ -19,12 +19,15 @@ from db import migrate
 from db import tables as messaging
 from db.engine import asyncpg_url, create_engine
 from db.provision import ProvisioningError, ProvisionResult, ServiceDatabase, drop, provision
+from tests.integration.leftovers import created_namespaces
 from workers.inventory import store as inventory_store
+from workers.operations import namespace
 from workers.orchestrator import store as orchestrator_store
 from workers.order import store as order_store
 from workers.order_view import store as order_view_store
 from workers.payment import store as payment_store
-from workers.settings import SERVICES, Settings
+from workers.runtime.catalog import SERVICES
+from workers.runtime.settings import Settings
 from workers.shipping import store as shipping_store
 
 pytestmark = pytest.mark.integration
@@ -54,17 +57,11 @@ SERVICE_METADATA = {
 
 
 def service_databases(services: Sequence[str]) -> list[ServiceDatabase]:
-    """The services' databases in a namespace of their own, so runs never collide."""
+    """The services' databases in a namespace of their own, so runs never collide (and the
+    run's closing check sees that they were dropped)."""
     settings = Settings(namespace=f"t{secrets.token_hex(4)}", pg_admin_url=ADMIN_URL, db_urls={})
-    return [
-        ServiceDatabase(
-            service=service,
-            name=settings.database_name(service),
-            password=settings.db_password,
-            url=settings.database_url(service),
-        )
-        for service in services
-    ]
+    created_namespaces.append(settings)
+    return [db for db in namespace.service_databases(settings) if db.service in services]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from contracts import (
 from db import event_store
 from db.event_store import ConcurrencyConflict
 from tests.integration.support import Fleet, new_id, wait_for
-from workers.errors import is_transient
+from workers.runtime.errors import is_transient
 
 pytestmark = pytest.mark.integration
 
@@ -62,9 +62,9 @@ async def test_appended_events_load_back_in_order_with_their_metadata(fleet: Fle
     assert [e.version for e in loaded] == [1, 2, 3]
     assert [e.message for e in loaded] == [first, second, third]
     assert [(e.type, e.contract_version) for e in loaded] == [
-        ("order.confirmed", 2),
-        ("order.confirmed", 2),
-        ("order.rejected", 1),
+        ("order.confirmed", OrderConfirmed.VERSION),
+        ("order.confirmed", OrderConfirmed.VERSION),
+        ("order.rejected", OrderRejected.VERSION),
     ]
     assert loaded[0].metadata == meta == loaded[1].metadata
     assert loaded[2].metadata == {"message_id": "m-3"}

@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, FleetProcess, wait_for
+from workers.orchestrator.settings import OrchestratorSettings
 
 pytestmark = pytest.mark.integration
 
@@ -20,8 +21,9 @@ SERVICES = ("inventory", "payment", "shipping", "order", "orchestrator")
 
 @pytest.fixture(scope="module")
 async def up(server_urls: tuple[str, str]) -> AsyncIterator[tuple[Fleet, FleetProcess]]:
-    settings = namespace_settings(server_urls, step_timeout_seconds=10.0, max_attempts=6)
-    async with namespaced_fleet(settings) as fleet:
+    settings = namespace_settings(server_urls, max_attempts=6)
+    sections = [OrchestratorSettings(step_timeout_seconds=10.0)]
+    async with namespaced_fleet(settings, sections) as fleet:
         process = await fleet.spawn("up")
         for service in SERVICES:
             await process.wait_for_line(f"{service} worker consuming", timeout=60)

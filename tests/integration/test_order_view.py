@@ -24,6 +24,7 @@ from contracts import (
     OrderLine,
     OrderPlacedV2,
     OrderRejected,
+    OutgoingMessage,
     PaymentCompleted,
     ShipmentCreated,
     encode_message,
@@ -31,9 +32,9 @@ from contracts import (
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, new_id, scalar, wait_for
 from tests.integration.test_saga import SagaFleet
-from workers import services
+from workers.orchestrator.settings import OrchestratorSettings
 from workers.order_view import store
-from workers.publisher import Outgoing
+from workers.runtime import catalog
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ TRACKING = "TRK-0001"
 @pytest.fixture(scope="module")
 async def view(fleet: Fleet) -> AsyncIterator[Fleet]:
     """The order_view worker, in this process, for the whole module."""
-    async with fleet.worker(services.load("order_view"), with_relay=False):
+    async with fleet.worker(catalog.load("order_view"), with_relay=False):
         yield fleet
 
 
@@ -65,7 +66,7 @@ def event(
     *,
     producer: str,
     stream_version: int | None = None,
-) -> Outgoing:
+) -> OutgoingMessage:
     """``message`` as its producer sends it: a fixed time, the order's correlation, and for
     order events the stream version header the order service sets."""
     envelope = Envelope(
@@ -78,7 +79,7 @@ def event(
         producer=producer,
     )
     headers = {} if stream_version is None else {"x-stream-version": stream_version}
-    return Outgoing.from_envelope(
+    return OutgoingMessage.of(
         envelope,
         exchange="",
         routing_key=view_queue(fleet),
@@ -89,7 +90,7 @@ def event(
 
 def order_events(
     fleet: Fleet, order_id: str, *, rejected: bool = False, with_versions: bool = True
-) -> dict[str, Outgoing]:
+) -> dict[str, OutgoingMessage]:
     """The events of one order, as the order, payment and shipping services emit them."""
     items = [
         OrderLine(sku="WIDGET", quantity=2, unit_price=Money.of("9.90", "EUR")),
@@ -142,12 +143,12 @@ def order_events(
     }
 
 
-def again_with_a_new_id(message: Outgoing) -> Outgoing:
+def again_with_a_new_id(message: OutgoingMessage) -> OutgoingMessage:
     """The same event under another message id: a repeat the inbox cannot recognise."""
     return dataclasses.replace(message, message_id=str(uuid.uuid4()))
 
 
-async def project(fleet: Fleet, arrivals: Sequence[Outgoing]) -> None:
+async def project(fleet: Fleet, arrivals: Sequence[OutgoingMessage]) -> None:
     """Publish ``arrivals`` in this order, then wait until the view has handled every one."""
     async with fleet.publisher() as publisher:
         for message in arrivals:
@@ -227,7 +228,7 @@ async def test_one_order_s_events_in_any_order_and_repeated_give_the_same_row(
 async def test_random_arrival_orders_of_many_orders_at_once_give_the_same_rows(view: Fleet) -> None:
     rng = random.Random(20240501)
     orders = {new_id(): rng.random() < 0.5 for _ in range(12)}
-    arrivals: list[Outgoing] = []
+    arrivals: list[OutgoingMessage] = []
     for order_id, rejected in orders.items():
         events = list(order_events(view, order_id, rejected=rejected).values())
         arrivals += events + rng.sample(events, 2)  # two of them delivered twice
@@ -265,7 +266,7 @@ async def test_events_of_other_services_alone_make_a_row_with_no_status(view: Fl
 # --- The query side: fleet orders list / show. ----------------------------------------
 
 
-def of_customer(message: Outgoing, customer: str) -> Outgoing:
+def of_customer(message: OutgoingMessage, customer: str) -> OutgoingMessage:
     body = json.loads(message.body)
     if "customer_id" not in body:
         return message
@@ -277,7 +278,7 @@ async def listed(view: Fleet) -> dict[str, str]:
     """Three orders of one customer in the view: confirmed, rejected, pending."""
     customer = f"cli-{new_id()[:8]}"
     ids = {"confirmed": new_id(), "rejected": new_id(), "pending": new_id()}
-    arrivals: list[Outgoing] = []
+    arrivals: list[OutgoingMessage] = []
     for kind, order_id in ids.items():
         events = {
             name: of_customer(message, customer)
@@ -353,11 +354,12 @@ async def test_orders_bad_input_gets_one_line_and_a_non_zero_exit(
 
 @pytest.fixture(scope="module")
 async def saga_fleet(server_urls: tuple[str, str]) -> AsyncIterator[SagaFleet]:
-    settings = namespace_settings(server_urls, step_timeout_seconds=5.0, max_attempts=6)
-    async with namespaced_fleet(settings) as fleet:
+    settings = namespace_settings(server_urls, max_attempts=6)
+    sections = [OrchestratorSettings(step_timeout_seconds=5.0)]
+    async with namespaced_fleet(settings, sections) as fleet:
         sagas = SagaFleet(fleet)
         await sagas.seed({"WIDGET": 100_000}, {"rich": "1000000.00"})
-        await asyncio.gather(*(sagas.start(service) for service in services.runnable()))
+        await asyncio.gather(*(sagas.start(service) for service in catalog.SERVICES))
         yield sagas
         for process in sagas.workers.values():
             assert await process.terminate() == 0

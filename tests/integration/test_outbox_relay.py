@@ -12,10 +12,10 @@ from contracts import StockReleased
 from contracts.routing import commands_exchange, events_exchange
 from db.unit_of_work import UnitOfWork, unit_of_work
 from tests.integration.support import Fleet, Seen, new_id, reserve_command, scalar, wait_for
-from workers import services
 from workers.inventory import store
-from workers.publisher import ConfirmedPublisher
-from workers.relay import Relay
+from workers.runtime import catalog
+from workers.runtime.publisher import ConfirmedPublisher
+from workers.runtime.relay import Relay
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ async def test_a_committed_message_reaches_its_consumer(stocked: Fleet) -> None:
     fleet = stocked
     order_id = new_id()
     async with fleet.tap(events_exchange(fleet.ns), "stock.reserved") as seen:
-        async with fleet.worker(services.load("inventory")):
+        async with fleet.worker(catalog.load("inventory")):
             [message_id] = await emit(fleet, reserve_command(order_id, ("relay-sku", 2)))
             # The command goes out through the relay, the handler reserves and emits
             # stock.reserved, which the relay publishes in turn.
@@ -68,7 +68,7 @@ async def test_a_relay_killed_between_publish_and_mark_publishes_again_and_it_ap
     order_id = new_id()
     async with (
         fleet.tap(commands_exchange(fleet.ns), "inventory.reserve_stock") as seen,
-        fleet.worker(services.load("inventory"), with_relay=False),
+        fleet.worker(catalog.load("inventory"), with_relay=False),
     ):
         relay = await fleet.spawn("relay", "inventory", relay_fault_pause_after_publish=60)
         await relay.wait_for_line("relay: active")

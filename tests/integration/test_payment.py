@@ -21,9 +21,9 @@ from contracts import (
 )
 from contracts.routing import events_exchange
 from db.unit_of_work import unit_of_work
-from tests.integration.support import Fleet, new_id, outgoing, scalar, wait_for
-from workers import services
+from tests.integration.support import Fleet, new_id, outgoing, scalar, wait_for, wait_ignored
 from workers.payment import store
+from workers.runtime import catalog
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ async def seeded(fleet: Fleet) -> Fleet:
         await store.seed_customer(uow.conn, DOLLARS, Decimal("100.00"), "USD")
     # Earlier modules' inventory workers published orchestrated stock.reserved events, which
     # the payment's queue kept.
-    await fleet.drain(services.load("payment"))
+    await fleet.drain(catalog.load("payment"))
     return fleet
 
 
@@ -133,7 +133,7 @@ async def test_a_charge_takes_the_amount_once_and_completes_the_payment(seeded: 
     order_id = new_id()
     before = await balance(fleet, RICH)
     async with (
-        fleet.worker(services.load("payment"), with_relay=False),
+        fleet.worker(catalog.load("payment"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(outgoing(charge_command(order_id), queue=charge_queue(fleet)))
@@ -165,7 +165,7 @@ async def test_a_charge_that_cannot_be_paid_is_a_refusal_event_not_an_error(
     order_id = new_id()
     command = charge_command(order_id, amount, customer=customer, currency=currency)
     async with (
-        fleet.worker(services.load("payment"), with_relay=False),
+        fleet.worker(catalog.load("payment"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(outgoing(command, queue=charge_queue(fleet)))
@@ -186,7 +186,7 @@ async def test_a_second_charge_for_the_same_order_repeats_the_answer_without_a_c
     fleet = seeded
     order_id = new_id()
     async with (
-        fleet.worker(services.load("payment"), with_relay=False),
+        fleet.worker(catalog.load("payment"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         for _ in range(2):  # two distinct message ids: the inbox cannot catch this one
@@ -206,7 +206,7 @@ async def test_the_same_message_five_times_at_once_charges_once(seeded: Fleet) -
         # Queued before the worker starts, so all five arrive in one prefetch window and
         # are handled concurrently.
         await publisher.publish_many([message] * 5)
-    async with fleet.worker(services.load("payment"), with_relay=False):
+    async with fleet.worker(catalog.load("payment"), with_relay=False):
         await wait_for(lambda: ledger(fleet, order_id, "charge"))
         await wait_for(lambda: _queue_empty(fleet, charge_queue(fleet)))
     assert await ledger(fleet, order_id, "charge") == [Decimal("3.00")]
@@ -233,7 +233,7 @@ async def test_concurrent_charges_of_one_account_never_overdraw_it(seeded: Fleet
         failed = [o for o in orders if await emitted(fleet, "payment.failed", o)]
         return (len(completed), len(failed)) if len(completed) + len(failed) == 8 else None
 
-    async with fleet.worker(services.load("payment"), with_relay=False):
+    async with fleet.worker(catalog.load("payment"), with_relay=False):
         # Every order answered (an empty queue is not enough: a delivery may be in flight,
         # or waiting in a retry queue).
         assert await wait_for(answers) == (3, 5)
@@ -245,7 +245,7 @@ async def test_a_refund_gives_the_charge_back_once_when_delivered_twice(seeded: 
     order_id = new_id()
     before = await balance(fleet, RICH)
     async with (
-        fleet.worker(services.load("payment"), with_relay=False),
+        fleet.worker(catalog.load("payment"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(outgoing(charge_command(order_id), queue=charge_queue(fleet)))
@@ -271,7 +271,7 @@ async def test_a_refund_before_its_charge_leaves_a_tombstone_that_refuses_it(
     order_id = new_id()
     before = await balance(fleet, RICH)
     async with (
-        fleet.worker(services.load("payment"), with_relay=False),
+        fleet.worker(catalog.load("payment"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(outgoing(refund_command(order_id), queue=refund_queue(fleet)))
@@ -296,7 +296,7 @@ async def test_a_refund_of_a_refused_charge_answers_zero_in_the_order_s_currency
     fleet = seeded
     order_id = new_id()
     async with (
-        fleet.worker(services.load("payment"), with_relay=False),
+        fleet.worker(catalog.load("payment"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         command = charge_command(order_id, "1000.00", customer=DOLLARS, currency="USD")
@@ -316,7 +316,7 @@ async def test_in_choreography_stock_reserved_leads_to_a_charge(seeded: Fleet) -
     order_id = new_id()
     event = outgoing(stock_reserved(order_id, "choreography"), exchange=events_exchange(fleet.ns))
     async with (
-        fleet.worker(services.load("payment"), with_relay=False),
+        fleet.worker(catalog.load("payment"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(event)
@@ -328,23 +328,22 @@ async def test_in_choreography_stock_reserved_leads_to_a_charge(seeded: Fleet) -
     assert await ledger(fleet, order_id, "charge") == [Decimal("12.50")]
 
 
-async def test_an_orchestrated_stock_reserved_is_recorded_and_nothing_else(seeded: Fleet) -> None:
+async def inbox_row(fleet: Fleet, consumer: str, message_id: str | None) -> bool:
+    sql = "SELECT count(*) FROM inbox WHERE consumer = :consumer AND message_id = :id"
+    return bool(await scalar(fleet.engine("payment"), sql, consumer=consumer, id=message_id))
+
+
+async def test_an_orchestrated_stock_reserved_is_acked_and_nothing_else(seeded: Fleet) -> None:
     fleet = seeded
     order_id = new_id()
     event = outgoing(stock_reserved(order_id, "orchestration"), exchange=events_exchange(fleet.ns))
     async with (
-        fleet.worker(services.load("payment"), with_relay=False),
+        fleet.worker(catalog.load("payment"), with_relay=False) as worker,
         fleet.publisher() as publisher,
     ):
         await publisher.publish(event)
-        await wait_for(
-            lambda: scalar(
-                fleet.engine("payment"),
-                "SELECT count(*) FROM inbox WHERE consumer = 'payment.charge_payment'"
-                " AND message_id = :id",
-                id=event.message_id,
-            )
-        )
+        await wait_ignored(worker, "charge_payment", 1)
+    assert not await inbox_row(fleet, "payment.charge_payment", event.message_id)
     assert await payment_row(fleet, order_id) is None
     assert await ledger(fleet, order_id, "charge") == []
     assert await emitted(fleet, "payment.completed", order_id) == []
@@ -362,7 +361,7 @@ async def test_in_choreography_shipment_failed_refunds_and_orchestrated_does_not
     ]
     before = await balance(fleet, RICH)
     async with (
-        fleet.worker(services.load("payment"), with_relay=False),
+        fleet.worker(catalog.load("payment"), with_relay=False) as worker,
         fleet.publisher() as publisher,
     ):
         for order_id, saga in sagas:
@@ -378,14 +377,8 @@ async def test_in_choreography_shipment_failed_refunds_and_orchestrated_does_not
         ]
         await publisher.publish_many(failures)
         await wait_for(lambda: _emitted_at_least(fleet, "payment.refunded", choreographed, 1))
-        await wait_for(
-            lambda: scalar(
-                fleet.engine("payment"),
-                "SELECT count(*) FROM inbox WHERE consumer = 'payment.refund_payment'"
-                " AND message_id = :id",
-                id=failures[0].message_id,
-            )
-        )
+        await wait_ignored(worker, "refund_payment", 1)
+    assert not await inbox_row(fleet, "payment.refund_payment", failures[0].message_id)
     (refunded,) = await emitted(fleet, "payment.refunded", choreographed)
     assert refunded["saga"] == "choreography"
     assert await ledger(fleet, choreographed, "refund") == [Decimal("12.50")]

@@ -10,19 +10,22 @@ from decimal import Decimal
 
 import pytest
 
-from cli.orders import order_status, place_order, wait_until_final
 from contracts import Money, OrderLine, PlaceOrder
 from db.unit_of_work import unit_of_work
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, FleetProcess, scalar, wait_for
 from workers.inventory import store as inventory_store
+from workers.operations.orders import order_status, place_order, wait_until_final
+from workers.operations.verify import verify
 from workers.orchestrator import domain
+from workers.orchestrator.settings import OrchestratorSettings
 from workers.payment import store as payment_store
-from workers.verify import verify
 
 pytestmark = pytest.mark.integration
 
 RUNNING = ("inventory", "payment", "shipping", "order", "orchestrator")
+# Short step deadlines, watched often, so that timeouts happen within a test.
+ORCHESTRATOR = OrchestratorSettings(step_timeout_seconds=5.0, deadline_poll_seconds=0.3)
 STYLES = ("orchestration", "choreography")
 
 
@@ -96,13 +99,8 @@ class SagaFleet:
 
 @pytest.fixture(scope="module")
 async def sagas(server_urls: tuple[str, str]) -> AsyncIterator[SagaFleet]:
-    settings = namespace_settings(
-        server_urls,
-        step_timeout_seconds=5.0,
-        deadline_poll_seconds=0.3,
-        max_attempts=6,
-    )
-    async with namespaced_fleet(settings) as fleet:
+    settings = namespace_settings(server_urls, max_attempts=6)
+    async with namespaced_fleet(settings, [ORCHESTRATOR]) as fleet:
         saga_fleet = SagaFleet(fleet)
         await saga_fleet.seed(
             {"WIDGET": 100_000, "RARE": 1}, {"rich": "1000000.00", "poor": "1.00"}
@@ -222,7 +220,7 @@ async def test_a_deadline_still_fires_after_the_orchestrator_restarts(sagas: Sag
         await wait_for(lambda: _equals(scalar(engine, step, id=order_id), "create_shipment"))
         await sagas.kill("orchestrator")
         # The deadline passes while no orchestrator runs; it is a row, not a timer.
-        await asyncio.sleep(sagas.fleet.settings.step_timeout_seconds + 1)
+        await asyncio.sleep(ORCHESTRATOR.step_timeout_seconds + 1)
         assert (await order_status(sagas.fleet.settings, order_id) or {})["status"] == "PENDING"
         await sagas.start("orchestrator")
         status = await sagas.ended(order_id, timeout=30)

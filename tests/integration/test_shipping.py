@@ -20,9 +20,9 @@ from contracts import (
 )
 from contracts.routing import events_exchange
 from db.unit_of_work import unit_of_work
-from tests.integration.support import Fleet, new_id, outgoing, scalar, wait_for
-from workers import services
+from tests.integration.support import Fleet, new_id, outgoing, scalar, wait_for, wait_ignored
 from workers.payment import store as payment_store
+from workers.runtime import catalog
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ CUSTOMER = "shipping-customer"
 async def drained(fleet: Fleet) -> Fleet:
     """Earlier modules may have left payment.completed events in the shipping's queue; let
     them be consumed before the tests count."""
-    await fleet.drain(services.load("shipping"))
+    await fleet.drain(catalog.load("shipping"))
     return fleet
 
 
@@ -99,7 +99,7 @@ async def test_a_shipment_is_created_with_a_tracking_number(drained: Fleet) -> N
     fleet = drained
     order_id = new_id()
     async with (
-        fleet.worker(services.load("shipping"), with_relay=False),
+        fleet.worker(catalog.load("shipping"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(outgoing(create_command(order_id), queue=create_queue(fleet)))
@@ -120,7 +120,7 @@ async def test_a_blocked_destination_is_a_refusal_event_not_an_error(drained: Fl
     fleet = drained
     order_id = new_id()
     async with (
-        fleet.worker(services.load("shipping"), with_relay=False),
+        fleet.worker(catalog.load("shipping"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(
@@ -141,7 +141,7 @@ async def test_a_second_request_for_the_same_order_repeats_the_answer_without_a_
     fleet = drained
     order_id = new_id()
     async with (
-        fleet.worker(services.load("shipping"), with_relay=False),
+        fleet.worker(catalog.load("shipping"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         for _ in range(2):  # two distinct message ids: the inbox cannot catch this one
@@ -159,7 +159,7 @@ async def test_the_same_message_five_times_at_once_creates_one_shipment(drained:
         # Queued before the worker starts, so all five arrive in one prefetch window and
         # are handled concurrently.
         await publisher.publish_many([message] * 5)
-    async with fleet.worker(services.load("shipping"), with_relay=False):
+    async with fleet.worker(catalog.load("shipping"), with_relay=False):
         await wait_for(lambda: _emitted_at_least(fleet, "shipment.created", order_id, 1))
         await wait_for(lambda: _queue_empty(fleet, create_queue(fleet)))
     assert len(await emitted(fleet, "shipment.created", order_id)) == 1
@@ -171,7 +171,7 @@ async def test_a_cancellation_delivered_twice_cancels_once(drained: Fleet) -> No
     fleet = drained
     order_id = new_id()
     async with (
-        fleet.worker(services.load("shipping"), with_relay=False),
+        fleet.worker(catalog.load("shipping"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(outgoing(create_command(order_id), queue=create_queue(fleet)))
@@ -196,7 +196,7 @@ async def test_a_cancellation_before_its_creation_leaves_a_tombstone_that_refuse
     fleet = drained
     order_id = new_id()
     async with (
-        fleet.worker(services.load("shipping"), with_relay=False),
+        fleet.worker(catalog.load("shipping"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(outgoing(cancel_command(order_id), queue=cancel_queue(fleet)))
@@ -216,7 +216,7 @@ async def test_cancelling_a_refused_shipment_answers_cancelled_and_changes_nothi
     fleet = drained
     order_id = new_id()
     async with (
-        fleet.worker(services.load("shipping"), with_relay=False),
+        fleet.worker(catalog.load("shipping"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(
@@ -233,7 +233,7 @@ async def test_in_choreography_payment_completed_leads_to_a_shipment(drained: Fl
     fleet = drained
     shipped, refused = new_id(), new_id()
     async with (
-        fleet.worker(services.load("shipping"), with_relay=False),
+        fleet.worker(catalog.load("shipping"), with_relay=False),
         fleet.publisher() as publisher,
     ):
         payments = {}
@@ -252,7 +252,7 @@ async def test_in_choreography_payment_completed_leads_to_a_shipment(drained: Fl
     assert failed["saga"] == "choreography"
 
 
-async def test_an_orchestrated_payment_completed_is_recorded_and_nothing_else(
+async def test_an_orchestrated_payment_completed_is_acked_and_nothing_else(
     drained: Fleet,
 ) -> None:
     fleet = drained
@@ -261,18 +261,13 @@ async def test_an_orchestrated_payment_completed_is_recorded_and_nothing_else(
         payment_completed(order_id, "orchestration"), exchange=events_exchange(fleet.ns)
     )
     async with (
-        fleet.worker(services.load("shipping"), with_relay=False),
+        fleet.worker(catalog.load("shipping"), with_relay=False) as worker,
         fleet.publisher() as publisher,
     ):
         await publisher.publish(event)
-        await wait_for(
-            lambda: scalar(
-                fleet.engine("shipping"),
-                "SELECT count(*) FROM inbox WHERE consumer = 'shipping.create_shipment'"
-                " AND message_id = :id",
-                id=event.message_id,
-            )
-        )
+        await wait_ignored(worker, "create_shipment", 1)
+    inbox = "SELECT count(*) FROM inbox WHERE message_id = :id"
+    assert await scalar(fleet.engine("shipping"), inbox, id=event.message_id) == 0
     assert await shipment(fleet, order_id) is None
     assert await emitted(fleet, "shipment.created", order_id) == []
     assert await emitted(fleet, "shipment.failed", order_id) == []
@@ -296,8 +291,8 @@ async def test_a_choreographed_order_goes_from_stock_reserved_through_payment_to
         country="DE",
     )
     async with (
-        fleet.worker(services.load("payment")),
-        fleet.worker(services.load("shipping")),
+        fleet.worker(catalog.load("payment")),
+        fleet.worker(catalog.load("shipping")),
         fleet.publisher() as publisher,
     ):
         await publisher.publish(outgoing(reserved, exchange=events_exchange(fleet.ns)))

@@ -19,15 +19,23 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from contracts import Envelope, OrderConfirmedV1, OrderLineV1, OrderPlacedV1, encode_message
+from contracts import (
+    Envelope,
+    OrderConfirmedV1,
+    OrderLineV1,
+    OrderPlacedV1,
+    OutgoingMessage,
+    encode_message,
+)
 from contracts.envelope import STREAM_VERSION_HEADER
 from db import event_store
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, scalar, wait_for
 from tests.integration.test_saga import SagaFleet
-from workers import services
+from workers.orchestrator.settings import OrchestratorSettings
+from workers.order.settings import OrderSettings
 from workers.order_view import store as view_store
-from workers.publisher import Outgoing
+from workers.runtime import catalog
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +46,14 @@ OLD_PLACED_AT = datetime(2023, 3, 1, 9, 30, 0, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 async def saga_fleet(server_urls: tuple[str, str]) -> AsyncIterator[SagaFleet]:
-    settings = namespace_settings(
-        server_urls, step_timeout_seconds=10.0, max_attempts=6, replay_page_size=PAGE_SIZE
-    )
-    async with namespaced_fleet(settings) as fleet:
+    settings = namespace_settings(server_urls, max_attempts=6)
+    sections = [
+        OrchestratorSettings(step_timeout_seconds=10.0),
+        OrderSettings(replay_page_size=PAGE_SIZE),
+    ]
+    async with namespaced_fleet(settings, sections) as fleet:
         sagas = SagaFleet(fleet)
-        await asyncio.gather(*(sagas.start(service) for service in services.runnable()))
+        await asyncio.gather(*(sagas.start(service) for service in catalog.SERVICES))
         yield sagas
         for process in sagas.workers.values():
             assert await process.terminate() == 0
@@ -58,7 +68,7 @@ async def view_rows(fleet: Fleet) -> list[dict[str, Any]]:
 
 
 async def view_caught_up(fleet: Fleet) -> bool:
-    view = services.load("order_view")
+    view = catalog.load("order_view")
     for spec in view.queue_specs(fleet.ns):
         if not await fleet.queue_empty(spec.name):
             return False
@@ -126,7 +136,7 @@ async def an_order_from_before_v2(fleet: Fleet) -> str:
             zip(history, envelopes, strict=True), start=1
         ):
             await publisher.publish(
-                Outgoing.from_envelope(
+                OutgoingMessage.of(
                     envelope,
                     exchange="",
                     routing_key=f"{fleet.ns}.order_view.project",

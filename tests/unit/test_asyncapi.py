@@ -1,4 +1,5 @@
-"""The AsyncAPI document (workers/asyncapi.py) and the ``emits`` declarations it is built from."""
+"""The AsyncAPI document (workers/runtime/asyncapi.py) and the ``emits`` declarations it is
+built from."""
 
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ import pytest
 import contracts
 from contracts import Message, UnknownMessageType, registry
 from contracts.routing import exchange_for
-from workers import asyncapi, services
-from workers.service import Service
-from workers.settings import Settings
+from workers.runtime import asyncapi, catalog
+from workers.runtime.service import Service
+from workers.runtime.settings import Settings
 
 NAMESPACE = "tdocs"  # not the default, so the test sees the settings' namespace is used
 
 
 @pytest.fixture(scope="module")
 def all_services() -> list[Service]:
-    return services.load_all()
+    return catalog.load_all()
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_the_order_service_events_are_send_operations_with_their_payloads(
 def test_the_order_view_projection_is_a_receive_operation_with_every_type_it_handles(
     document: dict[str, Any],
 ) -> None:
-    handler = next(h for h in services.load("order_view").handlers if h.name == "project")
+    handler = next(h for h in catalog.load("order_view").handlers if h.name == "project")
     queue = handler.queue(NAMESPACE)
     operation = document["operations"][queue]
     assert operation["action"] == "receive"
@@ -212,9 +213,9 @@ def constructed_types(package: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("name", services.runnable())
+@pytest.mark.parametrize("name", catalog.SERVICES)
 def test_emits_matches_the_messages_the_service_constructs(name: str) -> None:
-    service = services.load(name)
+    service = catalog.load(name)
     constructed = constructed_types(WORKERS / name)
     declared = set(service.emits)
     unseen = {type_ for (owner, type_) in DECLARED_NOT_CONSTRUCTED if owner == name}

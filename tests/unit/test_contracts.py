@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, get_args
 
-import aio_pika
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,6 +26,7 @@ from contracts import (
     Money,
     OrderLine,
     OrderPlaced,
+    OutgoingMessage,
     PlaceOrder,
     Registry,
     SagaStyle,
@@ -37,6 +37,7 @@ from contracts import (
     registry,
 )
 from contracts.orders import order_placed_v1_to_v2
+from workers.runtime.publisher import to_amqp_message
 
 ORDER_ID = "0b6f3a4e-7c1d-4f7e-9a53-2f7c1b9e8d10"
 PAYMENT_ID = "5d2c9e1a-3b4f-4a6d-8e7f-1a2b3c4d5e6f"
@@ -93,6 +94,12 @@ SAMPLES: dict[tuple[str, int], dict[str, Any]] = {
         "payment_id": PAYMENT_ID,
         "tracking_number": "TRK-1",
     },
+    ("order.confirmed", 3): {
+        "order_id": ORDER_ID,
+        "payment_id": PAYMENT_ID,
+        "tracking_number": "TRK-1",
+        **SAGA,
+    },
     ("order.replay_events", 1): {
         "replay_id": SHIPMENT_ID,
         "target": "order_view",
@@ -107,6 +114,7 @@ SAMPLES: dict[tuple[str, int], dict[str, Any]] = {
         "events": 1100,
     },
     ("order.rejected", 1): {"order_id": ORDER_ID, "reason": "out of stock"},
+    ("order.rejected", 2): {"order_id": ORDER_ID, "reason": "out of stock", **SAGA},
     ("stock.reserved", 1): {**ORDER, "total": TOTAL, **SAGA},
     ("stock.reservation_failed", 1): {**FAILED, "customer_id": "c-1"},
     ("stock.released", 1): {"order_id": ORDER_ID, **SAGA},
@@ -278,10 +286,16 @@ def test_commands_and_events_route_by_kind() -> None:
 
 
 def test_every_saga_field_is_a_saga_style() -> None:
+    """A saga style, or (on a version that added it) a style or None for older ones."""
     assert get_args(SagaStyle) == ("orchestration", "choreography")
     for _, _, model in registry.released():
         if "saga" in model.model_fields:
-            assert get_args(model.model_fields["saga"].annotation) == get_args(SagaStyle), model
+            field = model.model_fields["saga"]
+            annotation = field.annotation
+            if field.default is None:
+                assert get_args(annotation)[1:] == (type(None),), model
+                annotation = get_args(annotation)[0]
+            assert get_args(annotation) == get_args(SagaStyle), model
 
 
 # --- decode / encode ---------------------------------------------------------------------
@@ -297,8 +311,8 @@ def test_decode_returns_the_newest_version(type_: str, version: int, model: Any)
 
 
 def test_encode_is_compact_json() -> None:
-    message = decode_message("order.rejected", 1, body(SAMPLES["order.rejected", 1]))
-    expected = '{"order_id":"' + ORDER_ID + '","reason":"out of stock"}'
+    message = decode_message("order.rejected", 2, body(SAMPLES["order.rejected", 2]))
+    expected = '{"order_id":"' + ORDER_ID + '","reason":"out of stock","saga":"choreography"}'
     assert encode_message(message) == expected.encode()
 
 
@@ -473,26 +487,35 @@ def test_the_fleet_registry_can_upcast_every_version() -> None:
     assert registry.missing_upcasters() == []
 
 
+NO_REFERENCES = {"payment_id": None, "tracking_number": None}
+
+
 @pytest.mark.parametrize(
-    ("type_", "added"),
+    ("type_", "version", "newest", "added"),
     [
-        ("order.confirm_order", {"payment_id": None, "tracking_number": None}),
-        ("order.confirmed", {"payment_id": None, "tracking_number": None}),
-        ("shipment.created", {"payment_id": None}),
+        ("order.confirm_order", 1, 2, NO_REFERENCES),
+        ("order.confirmed", 1, 3, {**NO_REFERENCES, "saga": None}),
+        ("order.confirmed", 2, 3, {"saga": None}),
+        ("order.rejected", 1, 2, {"saga": None}),
+        ("shipment.created", 1, 2, {"payment_id": None}),
     ],
 )
-def test_v1_without_references_reads_as_v2_with_none(type_: str, added: dict[str, Any]) -> None:
-    decoded = registry.decode(type_, 1, body(SAMPLES[type_, 1]))
-    assert decoded.VERSION == 2
-    assert decoded.model_dump(mode="json") == {**SAMPLES[type_, 1], **added}
+def test_an_old_version_reads_as_the_newest_with_what_it_lacked_as_none(
+    type_: str, version: int, newest: int, added: dict[str, Any]
+) -> None:
+    decoded = registry.decode(type_, version, body(SAMPLES[type_, version]))
+    assert decoded.VERSION == newest
+    assert decoded.model_dump(mode="json") == {**SAMPLES[type_, version], **added}
 
 
 # --- Envelope ----------------------------------------------------------------------------
 
 
 def over_the_wire(envelope: Envelope) -> Envelope:
-    """Through aio-pika's Message and pamqp's encoding, as a consumer would receive it."""
-    sent = aio_pika.Message(b"{}", **envelope.to_amqp()).properties
+    """As the publisher sends it (its one conversion to an aio-pika message) and pamqp
+    encodes it, as a consumer would receive it."""
+    outgoing = OutgoingMessage.of(envelope, b"{}", exchange="x", routing_key="y")
+    sent = to_amqp_message(outgoing).properties
     raw = sent.marshal()
     received = Basic.Properties()
     received.unmarshal(struct.unpack(">H", raw[:2])[0], raw[2:])
@@ -519,27 +542,54 @@ def test_new_envelope() -> None:
     assert (child.correlation_id, child.causation_id) == (envelope.message_id, envelope.message_id)
 
 
-def test_to_amqp() -> None:
+def test_a_new_outgoing_message_carries_its_envelope_in_properties_and_headers() -> None:
     envelope = Envelope.new("order.placed", 2, "order", correlation_id="saga-1", causation_id="c")
-    assert envelope.to_amqp() == {
-        "message_id": envelope.message_id,
-        "type": "order.placed",
-        "correlation_id": "saga-1",
-        "timestamp": envelope.occurred_at,
-        "app_id": "order",
-        "content_type": "application/json",
-        "headers": {"x-contract-version": 2, "x-causation-id": "c"},
-    }
-    assert "x-causation-id" not in Envelope.new("a.b", 1, "order").to_amqp()["headers"]
+    message = OutgoingMessage.of(
+        envelope, b"{}", exchange="fleet.events", routing_key="order.placed", headers={"h": 1}
+    )
+    assert (message.exchange, message.routing_key, message.body) == (
+        "fleet.events",
+        "order.placed",
+        b"{}",
+    )
+    assert (message.message_id, message.type, message.correlation_id) == (
+        envelope.message_id,
+        "order.placed",
+        "saga-1",
+    )
+    assert (message.timestamp, message.app_id, message.content_type) == (
+        envelope.occurred_at,
+        "order",
+        "application/json",
+    )
+    assert message.headers == {"h": 1, "x-contract-version": 2, "x-causation-id": "c"}
+    assert (message.version, message.causation_id) == (2, "c")
+    first = OutgoingMessage.of(Envelope.new("a.b", 1, "order"), b"", exchange="", routing_key="q")
+    assert "x-causation-id" not in first.headers and first.causation_id is None
+
+
+def test_for_message_routes_a_contract_by_its_kind_and_type() -> None:
+    command = PlaceOrder.model_validate_json(body(SAMPLES["order.place_order", 1]))
+    message = OutgoingMessage.for_message(command, producer="cli", namespace="ns")
+    assert (message.exchange, message.routing_key) == ("ns.commands", "order.place_order")
+    assert message.body == encode_message(command)
+    assert message.correlation_id == message.message_id  # it starts a conversation
 
 
 @pytest.mark.parametrize("causation_id", [None, str(uuid.uuid4())])
 def test_envelope_round_trips_through_amqp(causation_id: str | None) -> None:
     envelope = Envelope.new("order.placed", 2, "order", "saga-1", causation_id)
     assert over_the_wire(envelope) == envelope
-    amqp = envelope.to_amqp()
-    del amqp["content_type"]
-    assert Envelope.from_amqp(**amqp) == envelope
+    message = OutgoingMessage.of(envelope, b"{}", exchange="", routing_key="q")
+    read_back = Envelope.from_amqp(
+        message_id=message.message_id,
+        type=message.type,
+        correlation_id=message.correlation_id,
+        headers=message.headers,
+        timestamp=message.timestamp,
+        app_id=message.app_id,
+    )
+    assert read_back == envelope
 
 
 def test_from_amqp_fills_what_may_be_missing() -> None:

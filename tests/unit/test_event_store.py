@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from db.event_store import ConcurrencyConflict, crossed_snapshot_boundary
-from workers.errors import is_transient
+from workers.runtime.errors import is_transient
 
 
 @pytest.mark.parametrize(

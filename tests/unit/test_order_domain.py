@@ -87,12 +87,17 @@ def test_confirm_and_reject_move_a_pending_order_once() -> None:
     order = placed_order()
     assert order.status is Status.PENDING
     confirm = domain.confirm(order, ORDER_ID)
-    assert confirm == domain.Decision(Outcome.CONFIRMED, (OrderConfirmed(order_id=ORDER_ID),))
+    # The events name the order's saga style, so the orchestrator can leave a
+    # choreographed order's events before any transaction.
+    confirmed_event = OrderConfirmed(order_id=ORDER_ID, saga="choreography")
+    assert confirm == domain.Decision(Outcome.CONFIRMED, (confirmed_event,))
     confirmed = domain.fold(order, confirm.events)
     assert confirmed is not None and confirmed.status is Status.CONFIRMED
 
     reject = domain.reject(order, ORDER_ID, "out of stock")
-    assert reject.events == (OrderRejected(order_id=ORDER_ID, reason="out of stock"),)
+    assert reject.events == (
+        OrderRejected(order_id=ORDER_ID, reason="out of stock", saga="choreography"),
+    )
     rejected = domain.fold(order, reject.events)
     assert rejected is not None
     assert (rejected.status, rejected.rejection_reason) == (Status.REJECTED, "out of stock")
@@ -203,10 +208,10 @@ def test_any_sequence_of_confirms_and_rejects_ends_final_once(
     assert len(stream) == 1
     first_kind, first_reason = sequence[0]
     if first_kind == "confirm":
-        assert stream == [OrderConfirmed(order_id=ORDER_ID)]
+        assert stream == [OrderConfirmed(order_id=ORDER_ID, saga=order.saga)]
         assert (order.status, order.rejection_reason) == (Status.CONFIRMED, None)
     else:
-        assert stream == [OrderRejected(order_id=ORDER_ID, reason=first_reason)]
+        assert stream == [OrderRejected(order_id=ORDER_ID, reason=first_reason, saga=order.saga)]
         assert (order.status, order.rejection_reason) == (Status.REJECTED, first_reason)
     assert order.final
 

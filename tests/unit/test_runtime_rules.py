@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
-from workers import topology
-from workers.errors import PermanentError, TransientError, is_transient
-from workers.settings import Settings
+from workers.runtime import topology
+from workers.runtime.errors import PermanentError, TransientError, is_transient
+from workers.runtime.settings import Settings
 
 
 def test_defaults_need_no_configuration_and_derive_each_service_database(

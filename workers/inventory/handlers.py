@@ -11,23 +11,22 @@ from contracts import (
     StockReleased,
     StockReservationFailed,
     StockReserved,
+    command_or_choreography,
 )
 from db.unit_of_work import UnitOfWork
 from workers.inventory import domain, store
-from workers.service import Service
+from workers.runtime.service import Service
 
 service = Service(
     "inventory", emits=("stock.reserved", "stock.reservation_failed", "stock.released")
 )
 
 
-@service.handler("inventory.reserve_stock", "order.placed")
+@service.handler(when=command_or_choreography)
 async def reserve_stock(uow: UnitOfWork, command: ReserveStock | OrderPlacedV2) -> None:
     """All lines or none; out of stock or an unknown SKU is a refusal event, not an error.
     In choreography the reservation follows ``order.placed``; an orchestrated order waits
     for the orchestrator's command."""
-    if isinstance(command, OrderPlacedV2) and command.saga != "choreography":
-        return
     await uow.lock(command.order_id)
     existing = await store.load_reservation(uow.conn, command.order_id)
     lines = domain.merge_lines(domain.Line(item.sku, item.quantity) for item in command.items)
@@ -64,15 +63,12 @@ async def reserve_stock(uow: UnitOfWork, command: ReserveStock | OrderPlacedV2) 
     )
 
 
-@service.handler("inventory.release_stock", "payment.failed", "shipment.failed")
+@service.handler(when=command_or_choreography)
 async def release_stock(
     uow: UnitOfWork, command: ReleaseStock | PaymentFailed | ShipmentFailed
 ) -> None:
     """Give the order's stock back; before any reservation, leave a tombstone instead.
     In choreography a failed payment or shipment releases the stock."""
-    if isinstance(command, PaymentFailed | ShipmentFailed):
-        if command.saga != "choreography":
-            return
     await uow.lock(command.order_id)
     existing = await store.load_reservation(uow.conn, command.order_id)
     decision = domain.decide_release(existing)

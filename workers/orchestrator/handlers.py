@@ -6,22 +6,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import typing
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import OrderPlacedV2
+from contracts import (
+    OrderConfirmed,
+    OrderPlacedV2,
+    OrderRejected,
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRefunded,
+    ShipmentCancelled,
+    ShipmentCreated,
+    ShipmentFailed,
+    StockReleased,
+    StockReservationFailed,
+    StockReserved,
+    not_choreography,
+)
 from db.unit_of_work import UnitOfWork, unit_of_work
 from workers.orchestrator import domain, store
 from workers.orchestrator.domain import OrderFacts, Transition
-from workers.service import Service
-from workers.settings import Settings, get_settings
+from workers.orchestrator.settings import OrchestratorSettings
+from workers.runtime.service import Service
+from workers.runtime.settings import Settings
 
 log = logging.getLogger("fleet.orchestrator")
 
 service = Service(
     "orchestrator",
+    settings=OrchestratorSettings,
     emits=(  # the commands of domain.command_for
         "inventory.reserve_stock",
         "payment.charge_payment",
@@ -39,8 +55,24 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _timeout(settings: Settings) -> timedelta:
+def _timeout(settings: OrchestratorSettings) -> timedelta:
     return timedelta(seconds=settings.step_timeout_seconds)
+
+
+# Every answer of a step or a compensation (domain.SUCCESS and domain.REFUSAL).
+Reply = (
+    StockReserved
+    | StockReservationFailed
+    | PaymentCompleted
+    | PaymentFailed
+    | ShipmentCreated
+    | ShipmentFailed
+    | OrderConfirmed
+    | StockReleased
+    | PaymentRefunded
+    | ShipmentCancelled
+    | OrderRejected
+)
 
 
 async def _apply(uow: UnitOfWork, transition: Transition) -> None:
@@ -55,10 +87,8 @@ async def _apply(uow: UnitOfWork, transition: Transition) -> None:
         uow.emit(command, correlation_id=transition.saga.order_id)
 
 
-@service.handler("order.placed")
-async def start_saga(uow: UnitOfWork, event: OrderPlacedV2) -> None:
-    if event.saga != "orchestration":
-        return
+@service.handler(when=not_choreography)
+async def start_saga(uow: UnitOfWork, event: OrderPlacedV2, settings: OrchestratorSettings) -> None:
     await uow.lock(event.order_id)
     if await store.load(uow.conn, event.order_id) is not None:
         return  # already started: order.placed delivered again under another id
@@ -69,13 +99,11 @@ async def start_saga(uow: UnitOfWork, event: OrderPlacedV2) -> None:
         total=event.total,
         country=event.country,
     )
-    await _apply(uow, domain.start(facts, _now(), _timeout(get_settings())))
+    await _apply(uow, domain.start(facts, _now(), _timeout(settings)))
 
 
-@service.handler(*domain.REPLY_TYPES)
-async def advance_saga(uow: UnitOfWork, event: Any) -> None:
-    if getattr(event, "saga", "orchestration") != "orchestration":
-        return  # a choreographed order's event: not ours
+@service.handler(when=not_choreography)
+async def advance_saga(uow: UnitOfWork, event: Reply, settings: OrchestratorSettings) -> None:
     await uow.lock(event.order_id)
     saga = await store.load(uow.conn, event.order_id)
     if saga is None:
@@ -87,25 +115,29 @@ async def advance_saga(uow: UnitOfWork, event: Any) -> None:
         event.TYPE,
         reason,
         _now(),
-        _timeout(get_settings()),
+        _timeout(settings),
         payment_id=getattr(event, "payment_id", None),
         tracking_number=getattr(event, "tracking_number", None),
     )
     await _apply(uow, transition)
 
 
-async def watch_deadlines(settings: Settings, engine: AsyncEngine, stop: asyncio.Event) -> None:
+async def watch_deadlines(
+    settings: Settings, section: OrchestratorSettings, engine: AsyncEngine, stop: asyncio.Event
+) -> None:
     """Every ``deadline_poll_seconds``, act on the sagas whose step deadline passed."""
     while not stop.is_set():
         try:
-            await fire_due_deadlines(settings, engine)
+            await fire_due_deadlines(settings, section, engine)
         except Exception as error:  # the database is down: try again on the next round
             log.warning("deadline watcher: %s: %s", type(error).__name__, error)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=settings.deadline_poll_seconds)
+            await asyncio.wait_for(stop.wait(), timeout=section.deadline_poll_seconds)
 
 
-async def fire_due_deadlines(settings: Settings, engine: AsyncEngine, limit: int = 100) -> int:
+async def fire_due_deadlines(
+    settings: Settings, section: OrchestratorSettings, engine: AsyncEngine, limit: int = 100
+) -> int:
     async with unit_of_work(engine, producer=service.name, namespace=settings.namespace) as uow:
         now = _now()
         due = await store.due(uow.conn, now, limit)
@@ -113,10 +145,14 @@ async def fire_due_deadlines(settings: Settings, engine: AsyncEngine, limit: int
             await uow.lock(order_id)
             saga = await store.load(uow.conn, order_id)
             if saga is not None:
-                transition = domain.on_deadline(saga, now, _timeout(settings))
+                transition = domain.on_deadline(saga, now, _timeout(section))
                 log.warning("saga %s: %s", order_id, transition.log)
                 await _apply(uow, transition)
     return len(due)
 
 
 service.background.append(watch_deadlines)
+
+# The union says which types the queue is bound to; the domain says which it understands.
+if {model.TYPE for model in typing.get_args(Reply)} != set(domain.REPLY_TYPES):
+    raise TypeError("Reply and domain.REPLY_TYPES name different types")

@@ -11,8 +11,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Money, OrderLine
-from workers.errors import TransientError
 from workers.orchestrator.domain import OrderFacts, Saga
+from workers.runtime.errors import TransientError
 
 metadata = sa.MetaData()
 

@@ -191,7 +191,10 @@ def confirm(
             "a late confirmation cannot reopen it",
         )
     confirmed = OrderConfirmed(
-        order_id=order_id, payment_id=payment_id, tracking_number=tracking_number
+        order_id=order_id,
+        payment_id=payment_id,
+        tracking_number=tracking_number,
+        saga=existing.saga,
     )
     return Decision(Outcome.CONFIRMED, (confirmed,))
 
@@ -206,7 +209,8 @@ def reject(existing: Order | None, order_id: str, reason: str) -> Decision:
             Outcome.REFUSED,
             note=f"order {order_id} is CONFIRMED: a late rejection ({reason}) cannot reopen it",
         )
-    return Decision(Outcome.REJECTED, (OrderRejected(order_id=order_id, reason=reason),))
+    rejected = OrderRejected(order_id=order_id, reason=reason, saga=existing.saga)
+    return Decision(Outcome.REJECTED, (rejected,))
 
 
 # --- Snapshots: Order <-> JSON-ready dict of shape SCHEMA_VERSION. ---------------------

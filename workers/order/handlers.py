@@ -29,20 +29,22 @@ from contracts import (
     ShipmentCreated,
     ShipmentFailed,
     StockReservationFailed,
+    command_or_choreography,
 )
 from contracts.envelope import REPLAY_EXPECTED_HEADER, REPLAY_ID_HEADER, STREAM_VERSION_HEADER
 from contracts.routing import replays_exchange
 from db import event_store
 from db.unit_of_work import UnitOfWork
-from workers.errors import PermanentError
 from workers.order import domain, store
-from workers.service import Service
-from workers.settings import get_settings
+from workers.order.settings import OrderSettings
+from workers.runtime.errors import PermanentError
+from workers.runtime.service import Service
 
 log = logging.getLogger("fleet.order")
 
 service = Service(
     "order",
+    settings=OrderSettings,
     emits=(
         "order.placed",
         "order.confirmed",
@@ -55,17 +57,20 @@ service = Service(
 FailureEvent = StockReservationFailed | PaymentFailed | ShipmentFailed
 
 
-@service.handler("order.place_order")
-async def place_order(uow: UnitOfWork, command: PlaceOrder) -> None:
+@service.handler()
+async def place_order(uow: UnitOfWork, command: PlaceOrder, settings: OrderSettings) -> None:
     """Place the order once per order id; placing it again emits nothing new."""
     order_id = domain.order_id_for(command)
     loaded = await store.load_order(uow.conn, order_id)
+    decision = domain.place(loaded.order, command)
     # order.placed starts the order's correlation: everything the saga does carries its id.
-    await _apply(uow, loaded, domain.place(loaded.order, command), correlation_id=order_id)
+    await _apply(uow, loaded, decision, settings, correlation_id=order_id)
 
 
-@service.handler("order.replay_events")
-async def replay_events(uow: UnitOfWork, command: ReplayOrderEvents) -> None:
+@service.handler()
+async def replay_events(
+    uow: UnitOfWork, command: ReplayOrderEvents, settings: OrderSettings
+) -> None:
     """Send one page of the event store, in store order, to the read model named by
     ``command.target``, then ask for the next page, or say the replay is over.
 
@@ -80,7 +85,7 @@ async def replay_events(uow: UnitOfWork, command: ReplayOrderEvents) -> None:
     expected = command.expected
     if expected is None:
         expected = await event_store.count_events(uow.conn, up_to)
-    page_size = get_settings().replay_page_size
+    page_size = settings.replay_page_size
     page = await event_store.all_events(
         uow.conn, after_position=command.after_position, limit=page_size, up_to_position=up_to
     )
@@ -138,10 +143,11 @@ def _first_occurred_at(stored: event_store.StoredEvent) -> datetime:
     return stored.recorded_at
 
 
-@service.handler("order.confirm_order", "shipment.created")
-async def confirm_order(uow: UnitOfWork, message: ConfirmOrder | ShipmentCreated) -> None:
-    if isinstance(message, ShipmentCreated) and message.saga != "choreography":
-        return  # the orchestrator confirms orchestrated orders itself
+# In orchestration the orchestrator confirms and rejects orders itself (with commands).
+@service.handler(when=command_or_choreography)
+async def confirm_order(
+    uow: UnitOfWork, message: ConfirmOrder | ShipmentCreated, settings: OrderSettings
+) -> None:
     loaded = await store.load_order(uow.conn, message.order_id)
     if isinstance(message, ShipmentCreated) and not _choreographed(loaded, message):
         return
@@ -151,19 +157,18 @@ async def confirm_order(uow: UnitOfWork, message: ConfirmOrder | ShipmentCreated
         payment_id=message.payment_id,
         tracking_number=message.tracking_number,
     )
-    await _apply(uow, loaded, decision)
+    await _apply(uow, loaded, decision, settings)
 
 
-@service.handler(
-    "order.reject_order", "stock.reservation_failed", "payment.failed", "shipment.failed"
-)
-async def reject_order(uow: UnitOfWork, message: RejectOrder | FailureEvent) -> None:
-    if not isinstance(message, RejectOrder) and message.saga != "choreography":
-        return  # the orchestrator compensates orchestrated orders itself
+@service.handler(when=command_or_choreography)
+async def reject_order(
+    uow: UnitOfWork, message: RejectOrder | FailureEvent, settings: OrderSettings
+) -> None:
     loaded = await store.load_order(uow.conn, message.order_id)
     if not isinstance(message, RejectOrder) and not _choreographed(loaded, message):
         return
-    await _apply(uow, loaded, domain.reject(loaded.order, message.order_id, message.reason))
+    decision = domain.reject(loaded.order, message.order_id, message.reason)
+    await _apply(uow, loaded, decision, settings)
 
 
 def _choreographed(loaded: store.LoadedOrder, event: ShipmentCreated | FailureEvent) -> bool:
@@ -184,6 +189,7 @@ async def _apply(
     uow: UnitOfWork,
     loaded: store.LoadedOrder,
     decision: domain.Decision,
+    settings: OrderSettings,
     *,
     correlation_id: str | None = None,
 ) -> None:
@@ -220,6 +226,6 @@ async def _apply(
         loaded,
         decision.events,
         metadata,
-        snapshot_every=get_settings().snapshot_every,
+        snapshot_every=settings.snapshot_every,
     )
     log.info("order %s: %s (version %d)", loaded.order_id, decision.outcome, version)

@@ -24,9 +24,9 @@ from contracts import (
 )
 from contracts.envelope import REPLAY_EXPECTED_HEADER, REPLAY_ID_HEADER, STREAM_VERSION_HEADER
 from db.unit_of_work import UnitOfWork
-from workers.errors import PermanentError
 from workers.order_view import domain, store
-from workers.service import Service
+from workers.runtime.errors import PermanentError
+from workers.runtime.service import Service
 
 service = Service("order_view", emits=())  # a projection: it emits nothing
 
@@ -34,9 +34,7 @@ service = Service("order_view", emits=())  # a projection: it emits nothing
 ProjectedEvent = OrderPlacedV2 | OrderConfirmed | OrderRejected | PaymentCompleted | ShipmentCreated
 
 
-@service.handler(
-    "order.placed", "order.confirmed", "order.rejected", "payment.completed", "shipment.created"
-)
+@service.handler()
 async def project(uow: UnitOfWork, event: ProjectedEvent) -> None:
     view_event = to_view_event(uow, event)
     await uow.lock(event.order_id)
@@ -50,14 +48,7 @@ async def project(uow: UnitOfWork, event: ProjectedEvent) -> None:
 ReplayedMessage = OrderPlacedV2 | OrderConfirmed | OrderRejected | OrderEventsReplayed
 
 
-@service.handler(
-    "order.placed",
-    "order.confirmed",
-    "order.rejected",
-    "order.events_replayed",
-    name="rebuild",
-    from_replays=True,
-)
+@service.handler(from_replays=True)
 async def rebuild(uow: UnitOfWork, message: ReplayedMessage) -> None:
     """Apply what the order service replays from its event store (``fleet view rebuild``)
     exactly as the live events, and count it for the rebuild's progress.

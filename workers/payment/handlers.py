@@ -14,11 +14,12 @@ from contracts import (
     RefundPayment,
     ShipmentFailed,
     StockReserved,
+    command_or_choreography,
 )
 from db.unit_of_work import UnitOfWork
-from workers.errors import PermanentError
 from workers.payment import domain, store
-from workers.service import Service
+from workers.runtime.errors import PermanentError
+from workers.runtime.service import Service
 
 service = Service("payment", emits=("payment.completed", "payment.failed", "payment.refunded"))
 
@@ -31,17 +32,12 @@ def _new_payment_id() -> str:
     return str(uuid.uuid4())
 
 
-@service.handler("payment.charge_payment", "stock.reserved")
+@service.handler(when=command_or_choreography)
 async def charge_payment(uow: UnitOfWork, message: ChargePayment | StockReserved) -> None:
     """Charge once per order; insufficient funds, an unknown customer or another currency
     than the account's is a refusal event, not an error. In choreography the charge follows
     ``stock.reserved``; an orchestrated ``stock.reserved`` is the orchestrator's to act on."""
-    if isinstance(message, StockReserved):
-        if message.saga != "choreography":
-            return
-        amount = message.total
-    else:
-        amount = message.amount
+    amount = message.total if isinstance(message, StockReserved) else message.amount
     order_id = message.order_id
     await uow.lock(order_id)
     existing = await store.load_payment(uow.conn, order_id)
@@ -91,14 +87,12 @@ async def charge_payment(uow: UnitOfWork, message: ChargePayment | StockReserved
     )
 
 
-@service.handler("payment.refund_payment", "shipment.failed")
+@service.handler(when=command_or_choreography)
 async def refund_payment(uow: UnitOfWork, message: RefundPayment | ShipmentFailed) -> None:
     """Give the charge back once; before any charge, leave a tombstone instead. Every refund
     is answered with ``payment.refunded`` (zero when nothing was charged). In choreography the
     refund follows ``shipment.failed``; an orchestrated one is the orchestrator's to act on."""
     if isinstance(message, ShipmentFailed):
-        if message.saga != "choreography":
-            return
         reason = f"shipment failed: {message.reason}"
     else:
         reason = message.reason

@@ -11,26 +11,31 @@ from contracts import (
     ShipmentCancelled,
     ShipmentCreated,
     ShipmentFailed,
+    command_or_choreography,
 )
 from db.unit_of_work import UnitOfWork
-from workers.service import Service
-from workers.settings import get_settings
+from workers.runtime.service import Service
 from workers.shipping import domain, store
+from workers.shipping.settings import ShippingSettings
 
-service = Service("shipping", emits=("shipment.created", "shipment.failed", "shipment.cancelled"))
+service = Service(
+    "shipping",
+    settings=ShippingSettings,
+    emits=("shipment.created", "shipment.failed", "shipment.cancelled"),
+)
 
 
-@service.handler("shipping.create_shipment", "payment.completed")
-async def create_shipment(uow: UnitOfWork, message: CreateShipment | PaymentCompleted) -> None:
+@service.handler(when=command_or_choreography)
+async def create_shipment(
+    uow: UnitOfWork, message: CreateShipment | PaymentCompleted, settings: ShippingSettings
+) -> None:
     """Create the order's shipment once; a blocked destination is a refusal event, not an
     error. In choreography the shipment follows ``payment.completed``; an orchestrated
     ``payment.completed`` is the orchestrator's to act on."""
-    if isinstance(message, PaymentCompleted) and message.saga != "choreography":
-        return
     order_id = message.order_id
     await uow.lock(order_id)
     existing = await store.load_shipment(uow.conn, order_id)
-    decision = domain.decide_creation(existing, message.country, get_settings().blocked_countries)
+    decision = domain.decide_creation(existing, message.country, settings.blocked_countries)
     if isinstance(decision, domain.Refuse):
         if decision.new:
             await store.refuse(uow.conn, order_id, message.country, decision.reason)
@@ -55,7 +60,7 @@ async def create_shipment(uow: UnitOfWork, message: CreateShipment | PaymentComp
     )
 
 
-@service.handler("shipping.cancel_shipment")
+@service.handler()
 async def cancel_shipment(uow: UnitOfWork, command: CancelShipment) -> None:
     """Cancel the order's shipment once; before any shipment, leave a tombstone instead.
     Choreography never cancels a shipment: it is the saga's last step."""

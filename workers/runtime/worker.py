@@ -19,13 +19,12 @@ from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 
 from db.engine import create_engine
-from workers import topology
-from workers.consumer import Consumer
-from workers.middlewares import CorrelationMiddleware
-from workers.publisher import ConfirmedPublisher
-from workers.relay import Relay
-from workers.service import Handler, Service
-from workers.settings import Settings, activate
+from workers.runtime import topology
+from workers.runtime.consumer import Consumer
+from workers.runtime.publisher import ConfirmedPublisher
+from workers.runtime.relay import Relay
+from workers.runtime.service import Handler, Service
+from workers.runtime.settings import ServiceSettings, Settings
 
 log = logging.getLogger("fleet.worker")
 
@@ -47,7 +46,6 @@ def build_broker(settings: Settings, service: Service, consumer: Consumer) -> Ra
         ),
         app_id=service.name,
         ack_policy=AckPolicy.MANUAL,
-        middlewares=[CorrelationMiddleware],
         graceful_timeout=30.0,
         log_level=logging.DEBUG,
     )
@@ -62,7 +60,7 @@ def _subscribe(
     queue = RabbitQueue(
         handler.queue(settings.namespace),
         queue_type=QueueType.QUORUM,
-        declare=False,  # declared by workers.topology with all its arguments
+        declare=False,  # declared by workers.runtime.topology with all its arguments
     )
 
     async def consume(body: bytes, message: RabbitMessage) -> None:
@@ -90,16 +88,24 @@ async def declare_topology(settings: Settings, services: list[Service]) -> None:
 
 
 class Worker:
-    def __init__(self, settings: Settings, service: Service, *, with_relay: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service: Service,
+        *,
+        with_relay: bool = True,
+        section: ServiceSettings | None = None,
+    ) -> None:
         self.settings = settings
         self.service = service
         self.with_relay = with_relay
+        # The service's own settings: as given (tests), else from the environment.
+        self.section = section if section is not None else service.section()
         self.relay: Relay | None = None
         self.consumer: Consumer | None = None
 
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
         settings = self.settings
-        activate(settings)  # for handlers, which read get_settings()
         engine = create_engine(
             settings.database_url(self.service.name), pool_size=settings.db_pool_size
         )
@@ -110,7 +116,7 @@ class Worker:
             await topology.declare(
                 await publisher.channel(), settings, self.service.queue_specs(settings.namespace)
             )
-            self.consumer = Consumer(settings, engine, publisher, self.service.name)
+            self.consumer = Consumer(settings, engine, publisher, self.service.name, self.section)
             broker = build_broker(settings, self.service, self.consumer)
             relay_stop = asyncio.Event()  # stops the relay and background tasks, after consumers
             relay_task: asyncio.Task[None] | None = None
@@ -118,7 +124,7 @@ class Worker:
                 self.relay = Relay(settings, self.service.name, publisher)
                 relay_task = asyncio.create_task(self.relay.run(relay_stop))
             background = [
-                asyncio.create_task(task(settings, engine, relay_stop))
+                asyncio.create_task(task(settings, self.section, engine, relay_stop))
                 for task in self.service.background
             ]
             try:

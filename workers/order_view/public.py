@@ -1,19 +1,42 @@
-"""The read model's query side, shared by ``fleet orders`` and the HTTP API: summaries as
-plain dicts, read from the view's own database, and how far behind the write side the view
-is (what waits in its queues)."""
+"""What the rest of the fleet may use of the read model: its query side, shared by
+``fleet orders`` and the HTTP API (summaries as plain dicts, read from the view's own
+database, and how far behind the write side the view is: what waits in its queues), and the
+view's side of ``fleet view rebuild`` (emptying it, following the rebuild's progress)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import aio_pika
+import sqlalchemy as sa
 from aio_pika.abc import AbstractConnection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from db.engine import create_engine
-from workers import dead_letters, services, topology
+from db.engine import connect_once
 from workers.order_view import store
-from workers.order_view.domain import Summary
-from workers.settings import Settings
+from workers.order_view.domain import STATUSES, Status, Summary
+from workers.order_view.store import Rebuild
+from workers.runtime import catalog, topology
+from workers.runtime.settings import Settings
+
+__all__ = [
+    "STATUSES",
+    "Rebuild",
+    "Status",
+    "Summary",
+    "known_order",
+    "lag_queues",
+    "order_count",
+    "ping",
+    "read_view",
+    "rebuild_status",
+    "start_rebuild",
+    "summary_dict",
+    "view_lag",
+    "view_query",
+]
+
+SERVICE = "order_view"
 
 
 def summary_dict(summary: Summary) -> dict[str, Any]:
@@ -42,7 +65,7 @@ def lag_queues(settings: Settings) -> list[str]:
     """The view's queues and their retry queues: what waits there is not projected yet."""
     return [
         name
-        for spec in services.load("order_view").queue_specs(settings.namespace)
+        for spec in catalog.load(SERVICE).queue_specs(settings.namespace)
         for name in (
             spec.name,
             *(topology.retry_queue(spec.name, delay) for delay in settings.retry_delays_ms),
@@ -58,9 +81,13 @@ async def view_lag(
     server's long-lived one), else over a connection of its own."""
     queues = lag_queues(settings)
     if connection is None:
-        depths = await dead_letters.depths(settings, queues)
+        own = await aio_pika.connect(settings.amqp_url)
+        try:
+            depths = await topology.depths(own, queues)
+        finally:
+            await own.close()
     else:
-        depths = await dead_letters.depths_on(connection, queues)
+        depths = await topology.depths(connection, queues)
     return {
         "messages_waiting": sum(depth or 0 for depth in depths.values()),
         "last_update": last_update,
@@ -101,12 +128,34 @@ async def view_query(
     limit: int = 50,
 ) -> tuple[list[Summary], dict[str, Any]]:
     """``read_view`` and ``view_lag`` over connections of their own (a one-shot command's)."""
-    engine = create_engine(settings.database_url("order_view"), pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            rows, last_update = await read_view(
-                conn, order_id=order_id, status=status, customer=customer, limit=limit
-            )
-    finally:
-        await engine.dispose()
+    async with connect_once(settings.database_url(SERVICE)) as conn:
+        rows, last_update = await read_view(
+            conn, order_id=order_id, status=status, customer=customer, limit=limit
+        )
     return rows, await view_lag(settings, last_update)
+
+
+async def ping(conn: AsyncConnection) -> None:
+    """A round trip that also finds the view's table (so a database that 'fleet db init'
+    has not set up is reported too)."""
+    await conn.execute(sa.select(store.order_summaries.c.order_id).limit(1))
+
+
+# --- The view's side of a rebuild. -----------------------------------------------------
+
+
+async def start_rebuild(settings: Settings, rebuild_id: str) -> None:
+    """Empty the view and open the rebuild's row (the caller then asks for the replay)."""
+    async with connect_once(settings.database_url(SERVICE), transaction=True) as conn:
+        await store.start_rebuild(conn, rebuild_id)
+
+
+async def rebuild_status(settings: Settings, rebuild_id: str) -> Rebuild | None:
+    async with connect_once(settings.database_url(SERVICE)) as conn:
+        return await store.rebuild_status(conn, rebuild_id)
+
+
+async def order_count(settings: Settings) -> int:
+    """How many orders the view knows."""
+    async with connect_once(settings.database_url(SERVICE)) as conn:
+        return await store.summary_count(conn)

@@ -16,33 +16,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 import asyncpg
 
 from db import inbox, outbox
 from db.engine import asyncpg_url
-from workers.publisher import ConfirmedPublisher, Outgoing
-from workers.settings import Settings
+from workers.runtime.publisher import ConfirmedPublisher
+from workers.runtime.settings import Settings
 
 log = logging.getLogger("fleet.relay")
 
 LOCK = "SELECT pg_try_advisory_lock(hashtext('fleet.outbox.relay'))"
 
 
-def outgoing_from_row(row: Any) -> Outgoing:
-    """An outbox row as it goes to the broker (its headers were made at emit time)."""
-    return Outgoing(
-        exchange=row["exchange"],
-        routing_key=row["routing_key"],
-        body=row["body"],
-        message_id=row["message_id"],
-        type=row["type"],
-        correlation_id=row["correlation_id"],
-        timestamp=row["occurred_at"],
-        app_id=row["producer"],
-        headers=outbox.decode_headers(row["headers"]),
-    )
+async def run_relay(settings: Settings, service: str, stop: asyncio.Event) -> None:
+    """A relay of its own for ``service``'s outbox (``fleet relay``), until ``stop``."""
+    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+    try:
+        await Relay(settings, service, publisher).run(stop)
+    finally:
+        await publisher.close()
 
 
 class Relay:
@@ -122,7 +115,7 @@ class Relay:
                 if rows:
                     in_flight_ids = [row["id"] for row in rows]
                     in_flight = asyncio.create_task(
-                        self.publisher.publish_many([outgoing_from_row(row) for row in rows])
+                        self.publisher.publish_many([outbox.outgoing_from_row(row) for row in rows])
                     )
                 if confirmed_ids:
                     await conn.execute(outbox.MARK_PUBLISHED, confirmed_ids)

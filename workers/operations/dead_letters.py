@@ -18,14 +18,16 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import ChannelNotFoundEntity, PublishError
 
-from workers import topology
-from workers.consumer import ATTEMPTS_HEADER, ERROR_HEADERS
-from workers.publisher import ConfirmedPublisher, Outgoing
-from workers.service import Service
-from workers.settings import Settings
+from contracts import OutgoingMessage
+from workers.operations import OperatorError
+from workers.runtime import catalog, topology
+from workers.runtime.consumer import ATTEMPTS_HEADER, ERROR_HEADERS
+from workers.runtime.publisher import ConfirmedPublisher, sent_on
+from workers.runtime.service import Service
+from workers.runtime.settings import Settings
 
 
-class DeadLetterError(Exception):
+class DeadLetterError(OperatorError):
     """A request about dead letters that cannot be carried out (one-line reason)."""
 
 
@@ -88,25 +90,12 @@ async def _open_dlq(
 async def depths(settings: Settings, names: list[str]) -> dict[str, int | None]:
     """Messages in each queue; None where the queue has not been declared yet."""
     async with _connection(settings) as connection:
-        return await depths_on(connection, names)
+        return await topology.depths(connection, names)
 
 
-async def depths_on(
-    connection: aio_pika.abc.AbstractConnection, names: list[str]
-) -> dict[str, int | None]:
-    """``depths`` over a connection the caller keeps (a long-lived server's)."""
-    result: dict[str, int | None] = {}
-    for name in names:
-        channel = await connection.channel(publisher_confirms=False)
-        try:
-            queue = await channel.declare_queue(name, passive=True)
-            result[name] = queue.declaration_result.message_count
-        except ChannelNotFoundEntity:
-            result[name] = None  # a failed passive declare closes the channel
-        finally:
-            if not channel.is_closed:
-                await channel.close()
-    return result
+async def depth_of_every_dlq(settings: Settings) -> dict[str, int | None]:
+    """Every dead-letter queue of the fleet's services, with its depth (``fleet dlq list``)."""
+    return await depths(settings, dead_letter_queues(settings, catalog.load_all()))
 
 
 async def _take(queue: AbstractQueue, limit: int) -> list[AbstractIncomingMessage]:
@@ -170,14 +159,16 @@ def _replay_target(message: AbstractIncomingMessage, dlq: str, namespace: str) -
     return "", str(origin) if origin else topology.original_queue(dlq)
 
 
-def _replayed_copy(message: AbstractIncomingMessage, exchange: str, routing_key: str) -> Outgoing:
+def _replayed_copy(
+    message: AbstractIncomingMessage, exchange: str, routing_key: str
+) -> OutgoingMessage:
     headers = {
         key: value
         for key, value in (message.headers or {}).items()
         if key not in ERROR_HEADERS and key not in (ATTEMPTS_HEADER, "x-death")
     }
     headers["x-replayed-at"] = datetime.now(UTC).isoformat()
-    return Outgoing.copy_of(message, exchange=exchange, routing_key=routing_key, headers=headers)
+    return sent_on(message, exchange=exchange, routing_key=routing_key, headers=headers)
 
 
 async def purge(settings: Settings, name: str, message_id: str | None) -> int:

@@ -15,6 +15,9 @@ being returned, which would block the relay on it forever or lose it.
 Queue arguments are fixed when a queue is first declared (RabbitMQ refuses a redeclaration
 with other arguments), so every argument is chosen here, once. Retry queues are named by
 their delay, so changing the delays makes new queues instead of clashing with old ones.
+
+What a queue holds now, and who consumes it, is read with passive declares: AMQP alone,
+no management plugin (``queue_states``).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiormq.exceptions import ChannelNotFoundEntity
 
 from contracts.routing import commands_exchange, events_exchange, replays_exchange
-from workers.settings import Settings
+from workers.runtime.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,17 @@ def unrouted_exchange(namespace: str) -> str:
 
 def unrouted_queue(namespace: str) -> str:
     return dead_letter_queue(unrouted_exchange(namespace))
+
+
+def exchanges(namespace: str) -> list[str]:
+    """Every exchange of a namespace, the ones others route to first."""
+    return [
+        events_exchange(namespace),
+        commands_exchange(namespace),
+        replays_exchange(namespace),
+        dead_letter_exchange(namespace),
+        unrouted_exchange(namespace),
+    ]
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -98,6 +113,12 @@ def retry_queue_arguments(queue: str, delay_ms: int) -> dict[str, Any]:
 DLQ_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
 
 
+def queues_of(settings: Settings, spec: QueueSpec) -> list[str]:
+    """A handler's queue, its retry queues and its DLQ."""
+    delays = sorted(set(settings.retry_delays_ms))
+    return [spec.name, *(retry_queue(spec.name, d) for d in delays), dead_letter_queue(spec.name)]
+
+
 async def declare(
     channel: AbstractChannel, settings: Settings, queues: Iterable[QueueSpec]
 ) -> None:
@@ -142,3 +163,34 @@ async def declare(
                 durable=True,
                 arguments=retry_queue_arguments(spec.name, delay),
             )
+
+
+@dataclass(frozen=True)
+class QueueState:
+    messages: int
+    consumers: int
+
+
+async def queue_states(
+    connection: AbstractConnection, names: Iterable[str]
+) -> dict[str, QueueState | None]:
+    """Messages and consumers of each queue; None where the queue does not exist."""
+    result: dict[str, QueueState | None] = {}
+    for name in names:
+        # One channel each: a failed passive declare closes its channel.
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            declared = (await channel.declare_queue(name, passive=True)).declaration_result
+            result[name] = QueueState(declared.message_count or 0, declared.consumer_count or 0)
+        except ChannelNotFoundEntity:
+            result[name] = None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+    return result
+
+
+async def depths(connection: AbstractConnection, names: Iterable[str]) -> dict[str, int | None]:
+    """Messages in each queue; None where the queue does not exist."""
+    states = await queue_states(connection, names)
+    return {name: None if state is None else state.messages for name, state in states.items()}

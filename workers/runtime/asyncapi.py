@@ -1,6 +1,6 @@
 """The fleet's AsyncAPI 3.0 document: every handler's queue and every message a service emits.
 
-    document = asyncapi.generate(settings, services.load_all())   # a JSON-ready dict
+    document = asyncapi.generate(settings, catalog.load_all())   # a JSON-ready dict
 
 FastStream writes the document from a broker's subscribers and publishers, but the runtime's
 subscribers take raw bytes (the consumer decodes against the contracts itself), so their
@@ -30,8 +30,8 @@ from contracts import registry
 from contracts.envelope import CAUSATION_HEADER, STREAM_VERSION_HEADER, VERSION_HEADER
 from contracts.registry import MessageClass
 from contracts.routing import exchange_for
-from workers.service import Handler, Service
-from workers.settings import Settings
+from workers.runtime.service import Handler, Service
+from workers.runtime.settings import Settings
 
 TITLE = "fleet"
 
@@ -90,7 +90,7 @@ def _subscribe(broker: RabbitBroker, namespace: str, service: Service, handler: 
     queue = RabbitQueue(
         spec.name,
         queue_type=QueueType.QUORUM,
-        declare=False,  # workers.topology declares the real queue with all its arguments
+        declare=False,  # workers.runtime.topology declares the real queue with all its arguments
         routing_key=spec.bindings[0][1] if single else "",
     )
     models = [newest_model(type_) for type_ in handler.types]
@@ -135,7 +135,7 @@ def _publish(broker: RabbitBroker, namespace: str, service: Service, type_: str)
     exchange = exchange_for(namespace, model.KIND)
     broker.publisher(
         routing_key=type_,
-        # exchange_for names one of the two topic exchanges workers.topology declares.
+        # exchange_for names one of the two topic exchanges workers.runtime.topology declares.
         exchange=RabbitExchange(exchange, type=ExchangeType.TOPIC, declare=False),
         title=f"{service.name}:{type_}",
         description=(

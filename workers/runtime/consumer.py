@@ -2,9 +2,11 @@
 
 1. read the envelope from the AMQP properties (no message id, type or version: DLQ);
 2. decode the body against the contract and upcast it to the newest version (DLQ on failure);
-3. in one transaction: record it in the inbox (a duplicate stops here), apply the handler,
+3. apply the handler's filter (``when``): a message of another saga style is acked here,
+   with no transaction and no inbox row;
+4. in one transaction: record it in the inbox (a duplicate stops here), apply the handler,
    write the outbox rows it emitted; commit;
-4. only then ack. A transient failure is republished, confirmed, to a delayed retry queue
+5. only then ack. A transient failure is republished, confirmed, to a delayed retry queue
    and then acked; a permanent one to ``<queue>.dlq`` with the reason in headers, then acked.
    If even that publish fails, the delivery is nacked back to its queue (the broker's
    delivery limit bounds how often).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import Counter
 from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -22,11 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import ContractError, Envelope, registry
 from db import inbox
 from db.unit_of_work import Received, unit_of_work
-from workers.errors import is_transient
-from workers.publisher import ConfirmedPublisher, Outgoing
-from workers.service import Handler
-from workers.settings import Settings
-from workers.topology import dead_letter_exchange, dead_letter_queue, retry_queue
+from workers.runtime.errors import is_transient
+from workers.runtime.publisher import ConfirmedPublisher, sent_on
+from workers.runtime.service import Handler
+from workers.runtime.settings import ServiceSettings, Settings
+from workers.runtime.topology import dead_letter_exchange, dead_letter_queue, retry_queue
 
 log = logging.getLogger("fleet.consumer")
 
@@ -37,6 +40,7 @@ ERROR_HEADERS = ("x-error-type", "x-error-message", "x-original-queue", "x-faile
 
 class Outcome(enum.Enum):
     APPLIED = "applied"
+    IGNORED = "ignored"  # the handler's filter left it to another (another saga style)
     DUPLICATE = "duplicate"
     RETRY = "retry"
     DEAD_LETTERED = "dead-lettered"
@@ -44,15 +48,29 @@ class Outcome(enum.Enum):
 
 class Consumer:
     def __init__(
-        self, settings: Settings, engine: AsyncEngine, publisher: ConfirmedPublisher, service: str
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        publisher: ConfirmedPublisher,
+        service: str,
+        section: ServiceSettings | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.publisher = publisher
         self.service = service
+        self.section = section  # the service's own settings, for handlers that take them
+        # How the deliveries of each handler ended, by handler name (the consumer's own
+        # view of its traffic; an ignored delivery leaves no trace anywhere else).
+        self.outcomes: Counter[tuple[str, Outcome]] = Counter()
 
     async def process(self, handler: Handler, raw: AbstractIncomingMessage) -> Outcome:
         """Handle one delivery; the caller acks after this returns (and nacks if it raises)."""
+        outcome = await self._process(handler, raw)
+        self.outcomes[handler.name, outcome] += 1
+        return outcome
+
+    async def _process(self, handler: Handler, raw: AbstractIncomingMessage) -> Outcome:
         queue = handler.queue(self.settings.namespace)
         attempts = _attempts(raw) + 1
         try:
@@ -70,6 +88,8 @@ class Consumer:
         except ContractError as error:
             await self._dead_letter(raw, queue, error, attempts)
             return Outcome.DEAD_LETTERED
+        if not handler.accepts(message):
+            return Outcome.IGNORED
 
         try:
             async with unit_of_work(
@@ -88,7 +108,7 @@ class Consumer:
                         handler.consumer,
                     )
                     return Outcome.DUPLICATE
-                await handler.apply(uow, message)
+                await handler.apply(uow, message, self.section)
         except Exception as error:
             if is_transient(error) and attempts < self.settings.max_attempts:
                 await self._retry(raw, queue, error, attempts)
@@ -112,9 +132,7 @@ class Consumer:
         )
         headers = {**(raw.headers or {}), ATTEMPTS_HEADER: attempts}
         await self.publisher.publish(
-            Outgoing.copy_of(
-                raw, exchange="", routing_key=retry_queue(queue, delay), headers=headers
-            )
+            sent_on(raw, exchange="", routing_key=retry_queue(queue, delay), headers=headers)
         )
 
     async def _dead_letter(
@@ -140,7 +158,7 @@ class Consumer:
             "x-failed-at": datetime.now(UTC).isoformat(),
         }
         await self.publisher.publish(
-            Outgoing.copy_of(
+            sent_on(
                 raw,
                 exchange=dead_letter_exchange(self.settings.namespace),
                 routing_key=dead_letter_queue(queue),

@@ -1,5 +1,9 @@
 """Settings of the fleet, read from the environment with the prefix ``FLEET_``.
 
+``Settings`` holds what the runtime needs (servers, namespace, retries, relay); a service's
+own knobs are a ``ServiceSettings`` section in its package (``workers/<service>/settings.py``),
+read from the same environment, so ``FLEET_BLOCKED_COUNTRIES`` reaches shipping alone.
+
 The defaults point at RabbitMQ and PostgreSQL on localhost, so a developer with both
 running needs no configuration at all.
 """
@@ -7,22 +11,11 @@ running needs no configuration at all.
 from __future__ import annotations
 
 import re
-from contextvars import ContextVar
 from functools import cache
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-# Every service of DESIGN.md's Domain table owns one database.
-SERVICES: tuple[str, ...] = (
-    "order",
-    "inventory",
-    "payment",
-    "shipping",
-    "orchestrator",
-    "order_view",
-)
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
@@ -56,17 +49,6 @@ class Settings(BaseSettings):
     outbox_retention_seconds: float = 3_600.0
     inbox_retention_seconds: float = 7 * 24 * 3_600.0
     housekeeping_interval: float = 60.0
-    # shipping refuses destinations in these countries (a business refusal, not an error).
-    blocked_countries: list[str] = Field(default_factory=lambda: ["XX"])
-    # order: a snapshot of an order stream every this many events (0: never).
-    snapshot_every: int = 20
-    # order: events sent per page of a replay (one transaction each; the outbox holds them).
-    replay_page_size: int = Field(default=1_000, ge=1)
-
-    # orchestrator: how long a saga step may wait for its reply before it is compensated
-    # (or, for confirm and the compensations, sent again); how often deadlines are checked.
-    step_timeout_seconds: float = 30.0
-    deadline_poll_seconds: float = 1.0
 
     # Fault injection for tests only: the relay sleeps this long between publishing a batch
     # and marking it published, so a test can kill it in that window.
@@ -105,20 +87,18 @@ class Settings(BaseSettings):
         return self.retry_delays_ms[min(attempt, len(self.retry_delays_ms)) - 1]
 
 
-_active: ContextVar[Settings | None] = ContextVar("fleet_settings", default=None)
+class ServiceSettings(BaseSettings):
+    """A service's own section of the settings: same prefix, same environment.
 
+    A service declares its section (``Service("order", settings=OrderSettings)``); the
+    worker reads it from the environment, or is given one (tests), and passes it to the
+    handlers and background tasks that ask for it.
+    """
 
-def activate(settings: Settings) -> None:
-    """Make ``settings`` what ``get_settings()`` returns in this task and the tasks it starts
-    (a worker activates its own, so handlers see them even when several workers with
-    different settings share one process, as in the tests)."""
-    _active.set(settings)
-
-
-def get_settings() -> Settings:
-    return _active.get() or _from_environment()
+    model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
 
 
 @cache
-def _from_environment() -> Settings:
+def get_settings() -> Settings:
+    """The settings of this process's environment (entry points read them once)."""
     return Settings()

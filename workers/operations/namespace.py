@@ -1,0 +1,129 @@
+"""A namespace of the fleet: each service's role and database, the exchanges and every
+service's queues, set up together and torn down together.
+
+    await set_up(settings)      # fleet up, the tests, the benchmarks (idempotent)
+    removed = await tear_down(settings)     # fleet teardown --namespace NS --yes
+
+AMQP cannot list queues, so tearing down removes the names the namespace's declarations
+give (every service's queues, with the retry queues of ``FLEET_RETRY_DELAYS_MS``, and the
+DLQs), plus any ``extra_queues`` the caller made itself. A name that is not there is
+skipped, so a namespace set up only in part is torn down all the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import aio_pika
+from aio_pika.abc import AbstractConnection
+from aiormq.exceptions import AMQPError, ChannelNotFoundEntity
+
+from db.provision import ProvisionResult, ServiceDatabase, drop, provision
+from workers.runtime import catalog, topology
+from workers.runtime.service import Service
+from workers.runtime.settings import Settings
+from workers.runtime.worker import declare_topology
+
+log = logging.getLogger("fleet.namespace")
+
+
+def service_databases(settings: Settings) -> list[ServiceDatabase]:
+    """Every service's database and role, as ``fleet db init`` makes them."""
+    return [
+        ServiceDatabase(
+            service=service,
+            name=settings.database_name(service),
+            password=settings.db_password,
+            url=settings.database_url(service),
+        )
+        for service in catalog.SERVICES
+    ]
+
+
+async def init_databases(settings: Settings) -> list[ProvisionResult]:
+    """Each service's role and database, created if missing and migrated (idempotent)."""
+    return await provision(settings.pg_admin_url, service_databases(settings))
+
+
+async def set_up(settings: Settings) -> list[ProvisionResult]:
+    """Databases and roles, then the exchanges and every service's queues."""
+    results = await init_databases(settings)
+    await declare_topology(settings, catalog.load_all())
+    return results
+
+
+def queue_names(settings: Settings, services: Iterable[Service]) -> list[str]:
+    """The queues the namespace's declarations give: each handler's queue, its retry queues
+    and its DLQ, and the DLQ of unroutable messages."""
+    names = [
+        name
+        for service in services
+        for spec in service.queue_specs(settings.namespace)
+        for name in topology.queues_of(settings, spec)
+    ]
+    return [*names, topology.unrouted_queue(settings.namespace)]
+
+
+@dataclass
+class Removed:
+    namespace: str
+    queues: list[str] = field(default_factory=list)
+    exchanges: list[str] = field(default_factory=list)
+    databases: list[str] = field(default_factory=list)  # each with its role
+
+
+async def tear_down(
+    settings: Settings,
+    *,
+    extra_services: Iterable[Service] = (),
+    extra_queues: Iterable[str] = (),
+) -> Removed:
+    """Remove the namespace's queues, exchanges, databases and roles; what did not exist is
+    skipped. ``extra_services``: services declared outside the catalog (the tests' probes),
+    whose queues go too; ``extra_queues``: queues the caller declared by itself."""
+    removed = Removed(settings.namespace)
+    queues = queue_names(settings, [*catalog.load_all(), *extra_services])
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        present = await topology.queue_states(connection, dict.fromkeys([*queues, *extra_queues]))
+        for name, state in present.items():
+            if state is not None and await _delete(connection, "queue_delete", name):
+                removed.queues.append(name)
+        for name in topology.exchanges(settings.namespace):
+            if await _exchange_exists(connection, name) and await _delete(
+                connection, "exchange_delete", name
+            ):
+                removed.exchanges.append(name)
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.close()
+    removed.databases = await drop(settings.pg_admin_url, service_databases(settings))
+    return removed
+
+
+async def _exchange_exists(connection: AbstractConnection, name: str) -> bool:
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.get_exchange(name, ensure=True)  # a passive declare
+    except ChannelNotFoundEntity:
+        return False  # and the channel is closed
+    await channel.close()
+    return True
+
+
+async def _delete(connection: AbstractConnection, operation: str, name: str) -> bool:
+    # A channel each: a refused operation closes its channel, not the others'.
+    try:
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            await getattr(channel, operation)(name)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+    except AMQPError as error:  # keep going: remove as much as possible, and say what stays
+        log.warning("%s %s: %s", operation, name, error)
+        return False
+    return True

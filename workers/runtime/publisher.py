@@ -1,0 +1,107 @@
+"""Confirmed publishing: the one way anything in the fleet puts a message on the broker.
+
+Every publish is persistent, mandatory and waits for the broker's confirm; a nack or a
+return (no queue bound) raises, so the caller never believes a lost message was sent.
+The relay, the retry and dead-letter paths and the CLI all go through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+)
+
+from contracts import OutgoingMessage
+
+
+def to_amqp_message(message: OutgoingMessage) -> aio_pika.Message:
+    """The one conversion to what aio-pika sends: always persistent."""
+    return aio_pika.Message(
+        message.body,
+        headers=dict(message.headers),
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        type=message.type,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        app_id=message.app_id,
+    )
+
+
+def sent_on(
+    received: AbstractIncomingMessage,
+    *,
+    exchange: str,
+    routing_key: str,
+    headers: Mapping[str, Any],
+) -> OutgoingMessage:
+    """A received message, body and properties kept, to send elsewhere with other headers
+    (a retry, a dead letter, a dead letter replayed)."""
+    return OutgoingMessage(
+        exchange=exchange,
+        routing_key=routing_key,
+        body=received.body,
+        message_id=received.message_id,
+        type=received.type,
+        correlation_id=received.correlation_id,
+        timestamp=received.timestamp,
+        app_id=received.app_id,
+        content_type=received.content_type,
+        headers=headers,
+    )
+
+
+class ConfirmedPublisher:
+    def __init__(self, connection: AbstractConnection) -> None:
+        self._connection = connection
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    @classmethod
+    async def connect(cls, url: str) -> ConfirmedPublisher:
+        return cls(await aio_pika.connect_robust(url))
+
+    async def channel(self) -> AbstractChannel:
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self._exchanges = {}
+        return self._channel
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        channel = await self.channel()
+        if name == "":
+            return channel.default_exchange
+        if name not in self._exchanges:
+            self._exchanges[name] = await channel.get_exchange(name, ensure=False)
+        return self._exchanges[name]
+
+    async def publish(self, message: OutgoingMessage) -> None:
+        exchange = await self._exchange(message.exchange)
+        await exchange.publish(to_amqp_message(message), message.routing_key, mandatory=True)
+
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Pipelined: every publish is in flight at once, the confirms awaited together.
+
+        Raises the first failure after all have settled, so the caller knows the batch as a
+        whole did not get through (and publishes it again: consumers are idempotent).
+        """
+        results = await asyncio.gather(
+            *(self.publish(message) for message in messages), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def close(self) -> None:
+        await self._connection.close()
