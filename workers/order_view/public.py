@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from db.engine import connect_once
 from workers.order_view import store
 from workers.order_view.domain import STATUSES, Status, Summary
+from workers.order_view.handlers import service
 from workers.order_view.store import Rebuild
-from workers.runtime import catalog, topology
+from workers.runtime import topology
 from workers.runtime.settings import Settings
 
 __all__ = [
@@ -65,7 +66,7 @@ def lag_queues(settings: Settings) -> list[str]:
     """The view's queues and their retry queues: what waits there is not projected yet."""
     return [
         name
-        for spec in catalog.load(SERVICE).queue_specs(settings.namespace)
+        for spec in service.queue_specs(settings.namespace)
         for name in (
             spec.name,
             *(topology.retry_queue(spec.name, delay) for delay in settings.retry_delays_ms),
