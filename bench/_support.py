@@ -181,17 +181,24 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def show(title: str, columns: Sequence[str], rows: Sequence[dict[str, Any]], as_json: bool) -> None:
+def show(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+    as_json: bool,
+    width: int = 140,
+) -> None:
     """A table, then each row's error (if any) on its own line; or all of it as JSON."""
     if as_json:
         sys.stdout.write(json.dumps({"title": title, "rows": list(rows)}, indent=2) + "\n")
         return
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, justify="left" if column == "method" else "right")
+        left = column in ("method", "benchmark", "unit", "goal", "met")
+        table.add_column(column, justify="left" if left else "right")
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
-    console = Console(width=max(140, Console().width))
+    console = Console(width=max(width, Console().width))
     console.print(table)
     for row in rows:
         if row.get("error"):
