@@ -29,7 +29,7 @@ DESCRIPTION = """Orders of the fleet over HTTP.
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        held = Resources.open(settings)
+        held = await Resources.open(settings)
         try:
             await held.broker.connection()
         except BrokerUnavailable as error:

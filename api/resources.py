@@ -15,10 +15,8 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import AMQPError
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from db.engine import create_engine
+from db.engine import create_pool
 from workers.order_view import public as view
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.settings import Settings
@@ -35,7 +33,6 @@ HEALTH_TIMEOUT = 2.0
 # connection that is reconnecting, a confirm that does not come.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (AMQPError, OSError, RuntimeError, TimeoutError)
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    sa_exc.DBAPIError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     OSError,
@@ -107,31 +104,31 @@ class BrokerLink:
 class Resources:
     settings: Settings
     broker: BrokerLink
-    view_engine: AsyncEngine
+    # Opens connections on use, not at start: the API serves (and /health says what is
+    # down) while the view's database is down. A connection PostgreSQL dropped while the
+    # API was idle is found closed by the pool and replaced.
+    view_pool: asyncpg.Pool
 
     @classmethod
-    def open(cls, settings: Settings) -> Resources:
-        # pre_ping, unlike the workers: a request should not fail on a connection that
-        # PostgreSQL dropped while the API was idle (a few round trips, on reads only).
-        engine = create_engine(
-            settings.database_url("order_view"), pool_size=settings.db_pool_size, pre_ping=True
+    async def open(cls, settings: Settings) -> Resources:
+        pool = await create_pool(
+            settings.database_url("order_view"), size=settings.db_pool_size, connect_now=False
         )
-        return cls(settings, BrokerLink(settings.amqp_url), engine)
+        return cls(settings, BrokerLink(settings.amqp_url), pool)
 
     async def close(self) -> None:
         await self.broker.close()
-        await self.view_engine.dispose()
+        await self.view_pool.close()
 
     @contextlib.asynccontextmanager
     async def view_connection(
         self, timeout: float = DATABASE_TIMEOUT
-    ) -> AsyncIterator[AsyncConnection]:
+    ) -> AsyncIterator[asyncpg.Connection]:
         try:
-            async with asyncio.timeout(timeout), self.view_engine.connect() as conn:
+            async with asyncio.timeout(timeout), self.view_pool.acquire() as conn:
                 yield conn
         except DATABASE_ERRORS as error:
-            reason = error.orig if isinstance(error, sa_exc.DBAPIError) and error.orig else error
-            raise ViewUnavailable(f"cannot use the view's database: {one_line(reason)}") from error
+            raise ViewUnavailable(f"cannot use the view's database: {one_line(error)}") from error
 
     async def ping_view(self) -> None:
         """A round trip to the view's database that also finds its table (so a database

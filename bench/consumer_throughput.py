@@ -47,8 +47,8 @@ from faststream.rabbit.annotations import RabbitMessage
 
 from contracts import Envelope, OutgoingMessage, ReserveStock, encode_message
 from contracts.routing import commands_exchange
-from db.engine import asyncpg_url, create_engine
-from workers.inventory import store
+from db.engine import asyncpg_url
+from workers.inventory import public as inventory
 from workers.runtime import catalog
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.settings import Settings
@@ -95,13 +95,7 @@ async def preload(settings: Settings, messages: Sequence[OutgoingMessage]) -> No
 
 
 async def seed(settings: Settings, stock_each: int) -> None:
-    engine = create_engine(settings.database_url(SERVICE), pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            for i in range(SKU_COUNT):
-                await store.seed(conn, sku(i), stock_each)
-    finally:
-        await engine.dispose()
+    await inventory.add_stock(settings, {sku(i): stock_each for i in range(SKU_COUNT)})
 
 
 async def _raw_body(message: Any) -> bytes:

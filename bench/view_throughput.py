@@ -35,7 +35,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import sqlalchemy as sa
 from _support import (
     BenchNamespace,
     bench_namespace,
@@ -60,8 +59,7 @@ from contracts import (
     registry,
 )
 from contracts.envelope import STREAM_VERSION_HEADER
-from db.engine import asyncpg_url, create_engine
-from db.event_store import events_table
+from db.engine import asyncpg_url, connect_once
 from workers.operations.rebuild import run_rebuild
 from workers.runtime import catalog
 from workers.runtime.settings import Settings
@@ -171,33 +169,34 @@ async def time_projection(bench: BenchNamespace, orders: int) -> dict[str, Any]:
 
 async def seed_event_store(settings: Settings, orders: int) -> int:
     """Write ``orders`` orders' streams into the order service's store; return the events."""
-    engine = create_engine(settings.database_url("order"), pool_size=1)
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     for n in range(orders):
         placed, decided, _, _ = order(n)
         at = START + timedelta(seconds=n)
         for version, message in enumerate((placed, decided), start=1):
             occurred = (at + timedelta(seconds=version)).isoformat()
+            metadata = {
+                "message_id": str(uuid.uuid4()),
+                "correlation_id": placed.order_id,
+                "occurred_at": occurred,
+            }
             rows.append(
-                {
-                    "stream_id": placed.order_id,
-                    "version": version,
-                    "type": message.TYPE,
-                    "contract_version": message.VERSION,
-                    "data": json.loads(registry.encode(message)),
-                    "metadata": {
-                        "message_id": str(uuid.uuid4()),
-                        "correlation_id": placed.order_id,
-                        "occurred_at": occurred,
-                    },
-                }
+                (
+                    placed.order_id,
+                    version,
+                    message.TYPE,
+                    message.VERSION,
+                    registry.encode(message).decode(),
+                    json.dumps(metadata),
+                )
             )
-    try:
-        async with engine.begin() as conn:
-            for start in range(0, len(rows), 2_000):
-                await conn.execute(sa.insert(events_table), rows[start : start + 2_000])
-    finally:
-        await engine.dispose()
+    async with connect_once(settings.database_url("order")) as conn:
+        # COPY takes jsonb as text.
+        await conn.copy_records_to_table(
+            "events",
+            records=rows,
+            columns=["stream_id", "version", "type", "contract_version", "data", "metadata"],
+        )
     return len(rows)
 
 

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.dialects.postgresql import JSONB
 
 from contracts import Message, registry
 
@@ -106,17 +105,18 @@ def add_event_store_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
     return events, snapshots
 
 
-# Standalone definitions for the statements below, in whichever service's database.
-metadata = sa.MetaData()
-events_table, snapshots_table = add_event_store_tables(metadata)
-_metadata_column = events_table.c["metadata"]
-
-
 # --- Writing. --------------------------------------------------------------------------
+
+_APPEND = """
+INSERT INTO events (stream_id, version, type, contract_version, data, metadata)
+SELECT $1, version, type, contract_version, data::jsonb, metadata::jsonb
+FROM unnest($2::int[], $3::text[], $4::int[], $5::text[], $6::text[])
+     AS e(version, type, contract_version, data, metadata)
+"""
 
 
 async def append(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     stream_id: str,
     expected_version: int,
     messages: Sequence[Message],
@@ -139,102 +139,80 @@ async def append(
         if len(metadata) != len(messages):
             raise ValueError(f"{len(messages)} events but {len(metadata)} metadata mappings")
         per_event = metadata
-    rows = [
-        {
-            "stream_id": stream_id,
-            "version": expected_version + offset,
-            "type": message.TYPE,
-            "contract_version": message.VERSION,
-            # Through the registry: only a registered model of its (type, version) is stored.
-            "data": json.loads(registry.encode(message)),
-            "metadata": dict(meta or {}),
-        }
-        for offset, (message, meta) in enumerate(zip(messages, per_event, strict=True), start=1)
-    ]
     try:
-        await conn.execute(sa.insert(events_table), rows)
-    except sa_exc.IntegrityError as error:
-        if _violated_constraint(error) == EVENTS_PRIMARY_KEY:
+        await conn.execute(
+            _APPEND,
+            stream_id,
+            list(range(expected_version + 1, expected_version + len(messages) + 1)),
+            [message.TYPE for message in messages],
+            [message.VERSION for message in messages],
+            # Through the registry: only a registered model of its (type, version) is stored.
+            [registry.encode(message).decode() for message in messages],
+            [json.dumps(dict(meta or {})) for meta in per_event],
+        )
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name == EVENTS_PRIMARY_KEY:
             raise ConcurrencyConflict(stream_id, expected_version) from error
         raise
     return expected_version + len(messages)
 
 
-def _violated_constraint(error: BaseException) -> str | None:
-    """The constraint named by asyncpg's error, under SQLAlchemy's and the adapter's."""
-    current: BaseException | None = error
-    while current is not None:
-        name = getattr(current, "constraint_name", None)
-        if isinstance(name, str):
-            return name
-        current = getattr(current, "orig", None) or current.__cause__
-    return None
-
-
 # --- Reading. --------------------------------------------------------------------------
 
+# data as text: the registry validates the JSON itself, as it does a message body.
 _EVENT_COLUMNS = (
-    events_table.c.stream_id,
-    events_table.c.version,
-    events_table.c.type,
-    events_table.c.contract_version,
-    # As text: the registry validates the JSON itself, as it does a message body.
-    sa.cast(events_table.c.data, sa.Text).label("data"),
-    _metadata_column,
-    events_table.c.recorded_at,
-    events_table.c.global_position,
+    "stream_id, version, type, contract_version, data::text AS data,"
+    " metadata::text AS metadata, recorded_at, global_position"
 )
 
 
-def _stored(row: sa.Row[Any]) -> StoredEvent:
-    values = row._mapping
+def _stored(row: asyncpg.Record) -> StoredEvent:
     return StoredEvent(
-        stream_id=values["stream_id"],
-        version=values["version"],
-        message=registry.decode(values["type"], values["contract_version"], values["data"]),
-        type=values["type"],
-        contract_version=values["contract_version"],
-        metadata=dict(values["metadata"] or {}),
-        recorded_at=values["recorded_at"],
-        global_position=values["global_position"],
+        stream_id=row["stream_id"],
+        version=row["version"],
+        message=registry.decode(row["type"], row["contract_version"], row["data"]),
+        type=row["type"],
+        contract_version=row["contract_version"],
+        metadata=json.loads(row["metadata"]) if row["metadata"] else {},
+        recorded_at=row["recorded_at"],
+        global_position=row["global_position"],
     )
 
 
-async def load(conn: AsyncConnection, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
+async def load(
+    conn: asyncpg.Connection, stream_id: str, after_version: int = 0
+) -> list[StoredEvent]:
     """The stream's events after ``after_version``, in version order, upcast to the newest
     contract versions. A stream that does not exist is empty."""
-    rows = await conn.execute(
-        sa.select(*_EVENT_COLUMNS)
-        .where(events_table.c.stream_id == stream_id, events_table.c.version > after_version)
-        .order_by(events_table.c.version)
+    rows = await conn.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2"
+        " ORDER BY version",
+        stream_id,
+        after_version,
     )
     return [_stored(row) for row in rows]
 
 
-async def load_all_streams(conn: AsyncConnection) -> list[StoredEvent]:
+async def load_all_streams(conn: asyncpg.Connection) -> list[StoredEvent]:
     """Every stream's events, stream by stream, each in version order, upcast."""
-    rows = await conn.execute(
-        sa.select(*_EVENT_COLUMNS).order_by(events_table.c.stream_id, events_table.c.version)
-    )
+    rows = await conn.fetch(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY stream_id, version")
     return [_stored(row) for row in rows]
 
 
-async def current_version(conn: AsyncConnection, stream_id: str) -> int:
+async def current_version(conn: asyncpg.Connection, stream_id: str) -> int:
     """The stream's last version; 0 when it does not exist."""
-    version = await conn.scalar(
-        sa.select(sa.func.coalesce(sa.func.max(events_table.c.version), 0)).where(
-            events_table.c.stream_id == stream_id
-        )
+    version = await conn.fetchval(
+        "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1", stream_id
     )
-    return int(version or 0)
+    return int(version)
 
 
-async def stream_exists(conn: AsyncConnection, stream_id: str) -> bool:
+async def stream_exists(conn: asyncpg.Connection, stream_id: str) -> bool:
     return await current_version(conn, stream_id) > 0
 
 
 async def all_events(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     after_position: int = 0,
     limit: int = 1000,
     up_to_position: int | None = None,
@@ -247,27 +225,25 @@ async def all_events(
     a reader that tails the store by "position > last seen" must allow for such late gaps
     (as the outbox relay does by never reading "id > last seen").
     """
-    query = sa.select(*_EVENT_COLUMNS).where(events_table.c.global_position > after_position)
-    if up_to_position is not None:
-        query = query.where(events_table.c.global_position <= up_to_position)
-    rows = await conn.execute(query.order_by(events_table.c.global_position).limit(limit))
+    rows = await conn.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE global_position > $1"
+        " AND ($2::bigint IS NULL OR global_position <= $2) ORDER BY global_position LIMIT $3",
+        after_position,
+        up_to_position,
+        limit,
+    )
     return [_stored(row) for row in rows]
 
 
-async def last_position(conn: AsyncConnection) -> int:
+async def last_position(conn: asyncpg.Connection) -> int:
     """The highest global position so far; 0 for an empty store."""
-    position = await conn.scalar(
-        sa.select(sa.func.coalesce(sa.func.max(events_table.c.global_position), 0))
-    )
-    return int(position or 0)
+    return int(await conn.fetchval("SELECT coalesce(max(global_position), 0) FROM events"))
 
 
-async def count_events(conn: AsyncConnection, up_to_position: int) -> int:
+async def count_events(conn: asyncpg.Connection, up_to_position: int) -> int:
     """How many events the store holds up to ``up_to_position``."""
-    count = await conn.scalar(
-        sa.select(sa.func.count()).where(events_table.c.global_position <= up_to_position)
-    )
-    return int(count or 0)
+    sql = "SELECT count(*) FROM events WHERE global_position <= $1"
+    return int(await conn.fetchval(sql, up_to_position))
 
 
 # --- Snapshots. ------------------------------------------------------------------------
@@ -279,8 +255,18 @@ def crossed_snapshot_boundary(before: int, after: int, every: int) -> bool:
     return every > 0 and after // every > before // every
 
 
+_SAVE_SNAPSHOT = """
+INSERT INTO snapshots AS existing (stream_id, version, schema_version, state)
+VALUES ($1, $2, $3, $4::text::jsonb)
+ON CONFLICT (stream_id) DO UPDATE
+SET version = excluded.version, schema_version = excluded.schema_version,
+    state = excluded.state, taken_at = now()
+WHERE existing.version < excluded.version OR existing.schema_version <> excluded.schema_version
+"""
+
+
 async def save_snapshot(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     stream_id: str,
     version: int,
     schema_version: int,
@@ -288,38 +274,20 @@ async def save_snapshot(
 ) -> None:
     """Keep ``state`` as the stream's snapshot at ``version``, replacing an older one (or one
     of another schema version); a snapshot never moves backwards within one schema."""
-    statement = insert(snapshots_table).values(
-        stream_id=stream_id, version=version, schema_version=schema_version, state=dict(state)
-    )
-    existing, new = snapshots_table.c, statement.excluded
-    await conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[existing.stream_id],
-            set_={
-                "version": new.version,
-                "schema_version": new.schema_version,
-                "state": new.state,
-                "taken_at": sa.func.now(),
-            },
-            where=sa.or_(
-                existing.version < new.version, existing.schema_version != new.schema_version
-            ),
-        )
-    )
+    await conn.execute(_SAVE_SNAPSHOT, stream_id, version, schema_version, json.dumps(dict(state)))
 
 
 async def load_snapshot(
-    conn: AsyncConnection, stream_id: str, schema_version: int
+    conn: asyncpg.Connection, stream_id: str, schema_version: int
 ) -> tuple[int, dict[str, Any]] | None:
     """(version, state) of the stream's snapshot if it has ``schema_version``; else None."""
-    row = (
-        await conn.execute(
-            sa.select(snapshots_table.c.version, snapshots_table.c.state).where(
-                snapshots_table.c.stream_id == stream_id,
-                snapshots_table.c.schema_version == schema_version,
-            )
-        )
-    ).first()
+    row = await conn.fetchrow(
+        "SELECT version, state::text AS state FROM snapshots"
+        " WHERE stream_id = $1 AND schema_version = $2",
+        stream_id,
+        schema_version,
+    )
     if row is None:
         return None
-    return row.version, dict(row.state)
+    state: dict[str, Any] = json.loads(row["state"])
+    return row["version"], state

@@ -7,22 +7,15 @@ waits for the first transaction and then finds the row.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
 
-from db.tables import inbox_table
-
-
-async def record(conn: AsyncConnection, consumer: str, message_id: str, type_: str) -> bool:
-    """True if this is the first time ``consumer`` sees ``message_id``."""
-    statement = (
-        insert(inbox_table)
-        .values(consumer=consumer, message_id=message_id, type=type_)
-        .on_conflict_do_nothing()
-        .returning(sa.literal(1))
-    )
-    return (await conn.execute(statement)).first() is not None
-
-
+_RECORD = (
+    "INSERT INTO inbox (consumer, message_id, type) VALUES ($1, $2, $3)"
+    " ON CONFLICT DO NOTHING RETURNING true"
+)
 DELETE_EXPIRED = "DELETE FROM inbox WHERE received_at < now() - make_interval(secs => $1::float8)"
+
+
+async def record(conn: asyncpg.Connection, consumer: str, message_id: str, type_: str) -> bool:
+    """True if this is the first time ``consumer`` sees ``message_id``."""
+    return bool(await conn.fetchval(_RECORD, consumer, message_id, type_))

@@ -1,8 +1,8 @@
 """The transactional outbox: messages are written in the same transaction as the state
 that caused them, and published later by the relay (``workers.runtime.relay``).
 
-Writing happens through SQLAlchemy inside a handler's transaction; the relay reads with
-plain asyncpg on a dedicated connection, because it also holds an advisory lock and LISTENs.
+Writing happens inside a handler's transaction, one statement for all its messages; the
+relay reads on a dedicated connection, because it also holds an advisory lock and LISTENs.
 """
 
 from __future__ import annotations
@@ -11,42 +11,48 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
 
 from contracts import OutgoingMessage
-from db.tables import outbox_table
 
 # NOTIFY channel: the writing transaction signals it, delivered by PostgreSQL at commit.
 NOTIFY_CHANNEL = "fleet_outbox"
 
+# All of a transaction's messages in one statement, and the relay woken in the same round
+# trip (a data-modifying WITH runs whether or not the query reads it).
+_APPEND = f"""
+WITH appended AS (
+    INSERT INTO outbox (message_id, exchange, routing_key, type, version, correlation_id,
+                        causation_id, producer, occurred_at, headers, body)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
+                         $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::jsonb[],
+                         $11::bytea[])
+    RETURNING 1
+)
+SELECT pg_notify('{NOTIFY_CHANNEL}', '')
+"""
 
-async def append(conn: AsyncConnection, messages: Sequence[OutgoingMessage]) -> None:
+
+async def append(conn: asyncpg.Connection, messages: Sequence[OutgoingMessage]) -> None:
     """Insert ``messages`` (new ones, made by ``OutgoingMessage.of``) in the caller's
     transaction and wake the relay at commit."""
     if not messages:
         return
     await conn.execute(
-        sa.insert(outbox_table),
-        [
-            {
-                "message_id": m.message_id,
-                "exchange": m.exchange,
-                "routing_key": m.routing_key,
-                "type": m.type,
-                "version": m.version,
-                "correlation_id": m.correlation_id,
-                "causation_id": m.causation_id,
-                "producer": m.app_id,
-                "occurred_at": m.timestamp,
-                # Stored ready to send: the relay copies rows to the broker as they are.
-                "headers": dict(m.headers),
-                "body": m.body,
-            }
-            for m in messages
-        ],
+        _APPEND,
+        [m.message_id for m in messages],
+        [m.exchange for m in messages],
+        [m.routing_key for m in messages],
+        [m.type for m in messages],
+        [m.version for m in messages],
+        [m.correlation_id for m in messages],
+        [m.causation_id for m in messages],
+        [m.app_id for m in messages],
+        [m.timestamp for m in messages],
+        # Stored ready to send: the relay copies rows to the broker as they are.
+        [dict(m.headers) for m in messages],
+        [m.body for m in messages],
     )
-    await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
 
 
 # --- The relay's side, in asyncpg's dialect ($n parameters). ---------------------------

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import asyncpg
 
 from contracts import Envelope, Message, OutgoingMessage, encode_message
 from contracts.routing import exchange_for
 from db import outbox
+from db.engine import ACQUIRE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Received:
 class UnitOfWork:
     def __init__(
         self,
-        conn: AsyncConnection,
+        conn: asyncpg.Connection,
         *,
         producer: str,
         namespace: str,
@@ -92,7 +92,7 @@ class UnitOfWork:
         """Serialise every decision about ``key`` (an order id) until this transaction ends:
         a second handler deciding about the same order waits here, then sees the first's
         outcome (a reservation racing its release, a charge racing its refund)."""
-        await self.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(key))))
+        await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
 
     async def flush(self) -> None:
         await outbox.append(self.conn, self.emitted)
@@ -101,10 +101,11 @@ class UnitOfWork:
 
 @asynccontextmanager
 async def unit_of_work(
-    engine: AsyncEngine, *, producer: str, namespace: str, received: Received | None = None
+    pool: asyncpg.Pool, *, producer: str, namespace: str, received: Received | None = None
 ) -> AsyncIterator[UnitOfWork]:
-    """Begin a transaction; on a clean exit write the emitted messages and commit."""
-    async with engine.begin() as conn:
+    """Begin a transaction on a connection of ``pool``; on a clean exit write the emitted
+    messages and commit."""
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
         uow = UnitOfWork(conn, producer=producer, namespace=namespace, received=received)
         yield uow
         await uow.flush()

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 import aio_pika
+import asyncpg
 import pika
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,7 +32,9 @@ from contracts import (
     ReserveStock,
     encode_message,
 )
-from db.engine import create_engine
+from db.engine import create_engine, create_pool
+from db.unit_of_work import UnitOfWork
+from db.unit_of_work import unit_of_work as begin_unit_of_work
 from workers.operations import dead_letters
 from workers.runtime import catalog, topology
 from workers.runtime.consumer import Outcome
@@ -109,6 +112,7 @@ class Fleet:
         # variables to the processes).
         self.sections = {type(section): section for section in sections}
         self.engines: dict[str, AsyncEngine] = {}
+        self.pools: dict[str, asyncpg.Pool] = {}
         # Services the tests declare themselves (probes): their queues go at teardown too.
         self.extra_services: list[Service] = []
         self.processes: list[FleetProcess] = []
@@ -142,6 +146,29 @@ class Fleet:
                 self.settings.database_url(service), pool_size=5, pre_ping=True
             )
         return self.engines[service]
+
+    async def pool(self, service: str) -> asyncpg.Pool:
+        """Connections as ``service``'s own role, as its handlers and stores use them."""
+        if service not in self.pools:
+            self.pools[service] = await create_pool(self.settings.database_url(service), size=2)
+        return self.pools[service]
+
+    @contextlib.asynccontextmanager
+    async def connection(self, service: str) -> AsyncIterator[asyncpg.Connection]:
+        async with (await self.pool(service)).acquire() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, service: str) -> AsyncIterator[asyncpg.Connection]:
+        async with self.connection(service) as conn, conn.transaction():
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self, service: str) -> AsyncIterator[UnitOfWork]:
+        """A unit of work in ``service``'s database, as the tests' own producer."""
+        pool = await self.pool(service)
+        async with begin_unit_of_work(pool, producer="tests", namespace=self.ns) as uow:
+            yield uow
 
     async def spawn(self, *args: str, **env: Any) -> FleetProcess:
         process = await asyncio.create_subprocess_exec(
@@ -272,6 +299,8 @@ class Fleet:
                 handle.reader.cancel()
         for engine in self.engines.values():
             await engine.dispose()
+        for pool in self.pools.values():
+            await pool.close()
 
 
 def outgoing(

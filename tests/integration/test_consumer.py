@@ -19,7 +19,6 @@ from contracts import (
     SagaStyle,
 )
 from contracts.routing import events_exchange
-from db.unit_of_work import unit_of_work
 from tests.integration import probes
 from tests.integration.support import (
     Fleet,
@@ -42,7 +41,7 @@ SKUS = ("sku-a", "sku-b", "sku-c")
 
 @pytest.fixture(scope="module")
 async def stocked(fleet: Fleet) -> Fleet:
-    async with unit_of_work(fleet.engine("inventory"), producer="tests", namespace=fleet.ns) as uow:
+    async with fleet.unit_of_work("inventory") as uow:
         for sku in SKUS:
             await store.seed(uow.conn, sku, 100_000)
     return fleet

@@ -7,9 +7,8 @@ import asyncio
 import json
 from typing import Any
 
+import asyncpg
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import (
     Money,
@@ -26,8 +25,7 @@ from workers.runtime.errors import is_transient
 pytestmark = pytest.mark.integration
 
 
-def engine(fleet: Fleet) -> AsyncEngine:
-    return fleet.engine("order")
+ORDER = "order"  # the service whose database holds an event store
 
 
 def confirmed(n: int) -> list[OrderConfirmed]:
@@ -36,12 +34,11 @@ def confirmed(n: int) -> list[OrderConfirmed]:
 
 
 async def versions(fleet: Fleet, stream_id: str) -> list[int]:
-    async with engine(fleet).connect() as conn:
-        rows = await conn.execute(
-            sa.text("SELECT version FROM events WHERE stream_id = :s ORDER BY version"),
-            {"s": stream_id},
+    async with fleet.connection(ORDER) as conn:
+        rows = await conn.fetch(
+            "SELECT version FROM events WHERE stream_id = $1 ORDER BY version", stream_id
         )
-        return [version for (version,) in rows]
+        return [row["version"] for row in rows]
 
 
 async def test_appended_events_load_back_in_order_with_their_metadata(fleet: Fleet) -> None:
@@ -49,12 +46,12 @@ async def test_appended_events_load_back_in_order_with_their_metadata(fleet: Fle
     first, second = confirmed(2)
     third = OrderRejected(order_id=new_id(), reason="why not")
     meta = {"correlation_id": "c-1", "causation_id": "m-0", "message_id": "m-1"}
-    async with engine(fleet).begin() as conn:
+    async with fleet.transaction(ORDER) as conn:
         assert await event_store.current_version(conn, stream) == 0
         assert not await event_store.stream_exists(conn, stream)
         assert await event_store.append(conn, stream, 0, [first, second], meta) == 2
         assert await event_store.append(conn, stream, 2, [third], [{"message_id": "m-3"}]) == 3
-    async with engine(fleet).connect() as conn:
+    async with fleet.connection(ORDER) as conn:
         loaded = await event_store.load(conn, stream)
         assert await event_store.current_version(conn, stream) == 3
         assert await event_store.stream_exists(conn, stream)
@@ -75,10 +72,10 @@ async def test_appended_events_load_back_in_order_with_their_metadata(fleet: Fle
 
 async def test_appending_after_a_version_that_moved_on_is_a_conflict(fleet: Fleet) -> None:
     stream = new_id()
-    async with engine(fleet).begin() as conn:
+    async with fleet.transaction(ORDER) as conn:
         await event_store.append(conn, stream, 0, confirmed(2))
     with pytest.raises(ConcurrencyConflict) as raised:
-        async with engine(fleet).begin() as conn:
+        async with fleet.transaction(ORDER) as conn:
             await event_store.append(conn, stream, 1, confirmed(1))
     assert raised.value.stream_id == stream and raised.value.expected_version == 1
     assert is_transient(raised.value)
@@ -87,12 +84,10 @@ async def test_appending_after_a_version_that_moved_on_is_a_conflict(fleet: Flee
 
 async def _waiting_for_a_lock(fleet: Fleet, n: int) -> bool:
     """At least ``n`` sessions in the order database wait for a lock (a row's transaction)."""
-    async with engine(fleet).connect() as conn:
-        count = await conn.scalar(
-            sa.text(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
+    async with fleet.connection(ORDER) as conn:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
         )
     return int(count or 0) >= n
 
@@ -101,17 +96,18 @@ async def test_two_transactions_appending_at_the_same_version_one_commits_one_co
     fleet: Fleet,
 ) -> None:
     stream = new_id()
-    async with engine(fleet).begin() as conn:
+    async with fleet.transaction(ORDER) as conn:
         await event_store.append(conn, stream, 0, confirmed(1))
     winner_events, loser_events = confirmed(2), confirmed(1)
 
-    async with engine(fleet).connect() as first, engine(fleet).connect() as second:
-        first_tx = await first.begin()
-        second_tx = await second.begin()
+    async with fleet.connection(ORDER) as first, fleet.connection(ORDER) as second:
+        first_tx, second_tx = first.transaction(), second.transaction()
+        await first_tx.start()
+        await second_tx.start()
         # Both decided on version 1.
         assert await event_store.append(first, stream, 1, winner_events) == 3
 
-        async def append_second(conn: AsyncConnection) -> int:
+        async def append_second(conn: asyncpg.Connection) -> int:
             return await event_store.append(conn, stream, 1, loser_events)
 
         racing = asyncio.create_task(append_second(second))
@@ -124,7 +120,7 @@ async def test_two_transactions_appending_at_the_same_version_one_commits_one_co
             await racing
         await second_tx.rollback()
 
-    async with engine(fleet).connect() as conn:
+    async with fleet.connection(ORDER) as conn:
         stored = await event_store.load(conn, stream)
     assert [e.version for e in stored] == [1, 2, 3]
     assert [e.message for e in stored][1:] == winner_events
@@ -135,29 +131,32 @@ async def test_when_the_first_writer_rolls_back_the_waiting_one_takes_the_versio
 ) -> None:
     stream = new_id()
     events = confirmed(1)
-    async with engine(fleet).connect() as first, engine(fleet).connect() as second:
-        first_tx = await first.begin()
+    async with fleet.connection(ORDER) as first, fleet.connection(ORDER) as second:
+        first_tx, second_tx = first.transaction(), second.transaction()
+        await first_tx.start()
         await event_store.append(first, stream, 0, confirmed(1))
-        second_tx = await second.begin()
+        await second_tx.start()
         racing = asyncio.create_task(event_store.append(second, stream, 0, events))
         await wait_for(lambda: _waiting_for_a_lock(fleet, 1))
         await first_tx.rollback()
         assert await racing == 1
         await second_tx.commit()
-    async with engine(fleet).connect() as conn:
+    async with fleet.connection(ORDER) as conn:
         assert [e.message for e in await event_store.load(conn, stream)] == events
 
 
 async def insert_raw(
     fleet: Fleet, stream: str, version: int, type_: str, contract_version: int, data: Any
 ) -> None:
-    async with engine(fleet).begin() as conn:
+    async with fleet.transaction(ORDER) as conn:
         await conn.execute(
-            sa.text(
-                "INSERT INTO events (stream_id, version, type, contract_version, data)"
-                " VALUES (:s, :v, :t, :cv, CAST(:d AS jsonb))"
-            ),
-            {"s": stream, "v": version, "t": type_, "cv": contract_version, "d": json.dumps(data)},
+            "INSERT INTO events (stream_id, version, type, contract_version, data)"
+            " VALUES ($1, $2, $3, $4, $5::text::jsonb)",
+            stream,
+            version,
+            type_,
+            contract_version,
+            json.dumps(data),
         )
 
 
@@ -171,7 +170,7 @@ async def test_a_stored_old_contract_version_is_upcast_on_load(fleet: Fleet) -> 
         "country": "FR",
     }
     await insert_raw(fleet, stream, 1, "order.placed", 1, v1)
-    async with engine(fleet).connect() as conn:
+    async with fleet.connection(ORDER) as conn:
         (event,) = await event_store.load(conn, stream)
     assert (event.type, event.contract_version) == ("order.placed", 1)
     assert isinstance(event.message, OrderPlacedV2)
@@ -183,22 +182,20 @@ async def test_a_stored_old_contract_version_is_upcast_on_load(fleet: Fleet) -> 
 async def test_a_stored_version_nobody_knows_fails_loudly(fleet: Fleet) -> None:
     stream = new_id()
     await insert_raw(fleet, stream, 1, "order.confirmed", 9, {"order_id": stream})
-    async with engine(fleet).connect() as conn:
+    async with fleet.connection(ORDER) as conn:
         with pytest.raises(UnknownContractVersion):
             await event_store.load(conn, stream)
 
 
 async def test_all_events_reads_every_stream_in_position_order(fleet: Fleet) -> None:
     a, b = new_id(), new_id()
-    async with engine(fleet).connect() as conn:
-        start = int(
-            await conn.scalar(sa.text("SELECT coalesce(max(global_position), 0) FROM events"))
-        )
+    async with fleet.connection(ORDER) as conn:
+        start = await event_store.last_position(conn)
     for stream in (a, b, a):
-        async with engine(fleet).begin() as conn:
+        async with fleet.transaction(ORDER) as conn:
             version = await event_store.current_version(conn, stream)
             await event_store.append(conn, stream, version, confirmed(1))
-    async with engine(fleet).connect() as conn:
+    async with fleet.connection(ORDER) as conn:
         read = await event_store.all_events(conn, after_position=start, limit=10_000)
         limited = await event_store.all_events(conn, after_position=start, limit=1)
     ours = [(e.stream_id, e.version) for e in read if e.stream_id in (a, b)]
@@ -217,21 +214,21 @@ async def test_a_long_stream_loads_from_its_snapshot_and_reads_only_the_rest(
     every, total = 20, 47
     version = 0
     for _ in range(total):  # one event per transaction, as handlers append
-        async with engine(fleet).begin() as conn:
+        async with fleet.transaction(ORDER) as conn:
             state = await _fold_count(conn, stream)
             new_version = await event_store.append(conn, stream, version, confirmed(1))
             if event_store.crossed_snapshot_boundary(version, new_version, every):
                 state = {"seen": state["seen"] + 1}
                 await event_store.save_snapshot(conn, stream, new_version, 1, state)
             version = new_version
-    async with engine(fleet).connect() as conn:
+    async with fleet.connection(ORDER) as conn:
         assert await event_store.load_snapshot(conn, stream, 1) == (40, {"seen": 40})
         rest = await event_store.load(conn, stream, after_version=40)
         assert await _fold_count(conn, stream) == {"seen": total}
     assert [e.version for e in rest] == list(range(41, total + 1))  # 7 read instead of 47
 
 
-async def _fold_count(conn: AsyncConnection, stream: str) -> dict[str, Any]:
+async def _fold_count(conn: asyncpg.Connection, stream: str) -> dict[str, Any]:
     snapshot = await event_store.load_snapshot(conn, stream, 1)
     after, state = snapshot if snapshot else (0, {"seen": 0})
     return {"seen": state["seen"] + len(await event_store.load(conn, stream, after))}
@@ -239,29 +236,29 @@ async def _fold_count(conn: AsyncConnection, stream: str) -> dict[str, Any]:
 
 async def test_a_snapshot_of_another_schema_version_is_ignored(fleet: Fleet) -> None:
     stream = new_id()
-    async with engine(fleet).begin() as conn:
+    async with fleet.transaction(ORDER) as conn:
         await event_store.append(conn, stream, 0, confirmed(3))
         await event_store.save_snapshot(conn, stream, 3, 1, {"shape": "old"})
-    async with engine(fleet).connect() as conn:
+    async with fleet.connection(ORDER) as conn:
         assert await event_store.load_snapshot(conn, stream, 1) == (3, {"shape": "old"})
         assert await event_store.load_snapshot(conn, stream, 2) is None
     # A newer schema replaces the old snapshot even at the same version; the old is then gone.
-    async with engine(fleet).begin() as conn:
+    async with fleet.transaction(ORDER) as conn:
         await event_store.save_snapshot(conn, stream, 3, 2, {"shape": "new"})
-    async with engine(fleet).connect() as conn:
+    async with fleet.connection(ORDER) as conn:
         assert await event_store.load_snapshot(conn, stream, 2) == (3, {"shape": "new"})
         assert await event_store.load_snapshot(conn, stream, 1) is None
 
 
 async def test_a_snapshot_never_moves_backwards(fleet: Fleet) -> None:
     stream = new_id()
-    async with engine(fleet).begin() as conn:
+    async with fleet.transaction(ORDER) as conn:
         await event_store.append(conn, stream, 0, confirmed(5))
         await event_store.save_snapshot(conn, stream, 4, 1, {"at": 4})
         await event_store.save_snapshot(conn, stream, 2, 1, {"at": 2})
-    async with engine(fleet).connect() as conn:
+    async with fleet.connection(ORDER) as conn:
         assert await event_store.load_snapshot(conn, stream, 1) == (4, {"at": 4})
-    async with engine(fleet).begin() as conn:
+    async with fleet.transaction(ORDER) as conn:
         await event_store.save_snapshot(conn, stream, 5, 1, {"at": 5})
-    async with engine(fleet).connect() as conn:
+    async with fleet.connection(ORDER) as conn:
         assert await event_store.load_snapshot(conn, stream, 1) == (5, {"at": 5})

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from contracts import Money, OrderLine
-from db.unit_of_work import unit_of_work
 from tests.integration.support import Fleet
 from workers.orchestrator import domain, store
 
@@ -24,11 +23,10 @@ async def test_a_saga_saved_from_a_stale_version_is_a_retryable_conflict(fleet: 
         country="DE",
     )
     now, timeout = datetime.now(UTC), timedelta(seconds=30)
-    engine = fleet.engine("orchestrator")
-    async with unit_of_work(engine, producer="tests", namespace=fleet.ns) as uow:
+    async with fleet.unit_of_work("orchestrator") as uow:
         stored = await store.save(uow.conn, domain.start(facts, now, timeout).saga)
     assert stored.version == 1
-    async with unit_of_work(engine, producer="tests", namespace=fleet.ns) as uow:
+    async with fleet.unit_of_work("orchestrator") as uow:
         loaded = await store.load(uow.conn, facts.order_id)
         assert loaded == stored
         advanced = await store.save(
@@ -37,7 +35,7 @@ async def test_a_saga_saved_from_a_stale_version_is_a_retryable_conflict(fleet: 
     assert advanced.version == 2 and advanced.step == "charge_payment"
     stale = domain.on_reply(stored, "stock.reservation_failed", "late", now, timeout).saga
     with pytest.raises(store.SagaConflict):
-        async with unit_of_work(engine, producer="tests", namespace=fleet.ns) as uow:
+        async with fleet.unit_of_work("orchestrator") as uow:
             await store.save(uow.conn, stale)
-    async with engine.connect() as conn:
+    async with fleet.connection("orchestrator") as conn:
         assert await store.load(conn, facts.order_id) == advanced

@@ -107,7 +107,7 @@ class OrderFleet:
         return message_id
 
     async def version(self, order_id: str) -> int:
-        async with self.engine.connect() as conn:
+        async with self.fleet.connection("order") as conn:
             return await event_store.current_version(conn, order_id)
 
     async def stream(self, order_id: str) -> list[tuple[int, str, int]]:
@@ -122,7 +122,7 @@ class OrderFleet:
             return [(row[0], row[1], row[2]) for row in rows]
 
     async def load(self, order_id: str) -> store.LoadedOrder:
-        async with self.engine.connect() as conn:
+        async with self.fleet.connection("order") as conn:
             return await store.load_order(conn, order_id)
 
     async def outbox(self, order_id: str) -> list[dict[str, Any]]:
@@ -154,7 +154,7 @@ async def test_placing_an_order_stores_and_emits_order_placed_v2(orders: OrderFl
     await orders.wait_handled(message_id)
 
     assert await orders.stream(order_id) == [(1, "order.placed", 2)]
-    async with orders.engine.connect() as conn:
+    async with orders.fleet.connection("order") as conn:
         (stored,) = await event_store.load(conn, order_id)
     (row,) = await orders.outbox(order_id)
     assert (row["type"], row["version"]) == ("order.placed", 2)
@@ -314,7 +314,7 @@ async def test_the_worker_snapshots_every_n_events_and_loads_from_the_snapshot(
 
     loaded = await orders.load(order_id)
     assert (loaded.snapshot_version, loaded.events_read, loaded.version) == (2, 0, 2)
-    async with orders.engine.connect() as conn:
+    async with orders.fleet.connection("order") as conn:
         replayed = domain.fold(None, [e.message for e in await event_store.load(conn, order_id)])
     assert loaded.order == replayed
     assert loaded.order is not None and loaded.order.status is Status.CONFIRMED
@@ -369,8 +369,9 @@ async def test_a_confirm_and_a_reject_racing_for_one_order_one_wins_the_other_is
     order_id = await orders.place(place_command())
     # Hold version 2 of the stream in an open transaction, so that both commands load the
     # order at version 1 and both try to append version 2 while it is held: they must race.
-    async with orders.engine.connect() as gate:
-        gate_tx = await gate.begin()
+    async with orders.fleet.connection("order") as gate:
+        gate_tx = gate.transaction()
+        await gate_tx.start()
         await event_store.append(
             gate, order_id, 1, [OrderRejected(order_id=order_id, reason="the gate")]
         )
@@ -458,7 +459,7 @@ async def test_confirm_order_v2_records_the_saga_s_references(orders: OrderFleet
     payment_id = new_id()
     command = ConfirmOrder(order_id=order_id, payment_id=payment_id, tracking_number="TN-9")
     await orders.wait_handled(await orders.send(command, "confirm_order"))
-    async with orders.engine.connect() as conn:
+    async with orders.fleet.connection("order") as conn:
         stored = await event_store.load(conn, order_id)
     assert stored[-1].message == OrderConfirmed(
         order_id=order_id, payment_id=payment_id, tracking_number="TN-9", saga="orchestration"

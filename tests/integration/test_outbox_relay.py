@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from contracts import StockReleased
 from contracts.routing import commands_exchange, events_exchange
-from db.unit_of_work import UnitOfWork, unit_of_work
+from db.unit_of_work import UnitOfWork
 from tests.integration.support import Fleet, Seen, new_id, reserve_command, scalar, wait_for
 from workers.inventory import store
 from workers.runtime import catalog
@@ -22,14 +22,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 async def stocked(fleet: Fleet) -> Fleet:
-    async with unit_of_work(fleet.engine("inventory"), producer="tests", namespace=fleet.ns) as uow:
+    async with fleet.unit_of_work("inventory") as uow:
         await store.seed(uow.conn, "relay-sku", 100_000)
     return fleet
 
 
 async def emit(fleet: Fleet, *messages: object) -> list[str]:
     """Commit messages to the inventory's outbox as a CLI command would; their ids."""
-    async with unit_of_work(fleet.engine("inventory"), producer="tests", namespace=fleet.ns) as uow:
+    async with fleet.unit_of_work("inventory") as uow:
         envelopes = [uow.emit(message) for message in messages]  # type: ignore[arg-type]
     return [envelope.message_id for envelope in envelopes]
 
@@ -140,7 +140,6 @@ async def _all_seen(seen: Seen, ids: list[str]) -> bool:
 
 
 async def test_transactions_that_commit_out_of_id_order_skip_no_row(fleet: Fleet) -> None:
-    engine = fleet.engine("inventory")
     publisher = await ConfirmedPublisher.connect(fleet.settings.amqp_url)
     stop = asyncio.Event()
     relay = Relay(fleet.settings, "inventory", publisher)
@@ -149,8 +148,9 @@ async def test_transactions_that_commit_out_of_id_order_skip_no_row(fleet: Fleet
         async with fleet.tap(events_exchange(fleet.ns), "stock.released") as seen:
             await wait_for(lambda: _true(relay.active))
             # The slow transaction takes the lower id and commits last.
-            async with engine.connect() as slow_conn:
-                slow_tx = await slow_conn.begin()
+            async with fleet.connection("inventory") as slow_conn:
+                slow_tx = slow_conn.transaction()
+                await slow_tx.start()
                 slow = UnitOfWork(slow_conn, producer="tests", namespace=fleet.ns)
                 slow_id = slow.emit(StockReleased(order_id=new_id(), saga="orchestration"))
                 await slow.flush()

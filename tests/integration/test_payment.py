@@ -20,7 +20,6 @@ from contracts import (
     StockReserved,
 )
 from contracts.routing import events_exchange
-from db.unit_of_work import unit_of_work
 from tests.integration.support import Fleet, new_id, outgoing, scalar, wait_for, wait_ignored
 from workers.payment import store
 from workers.runtime import catalog
@@ -34,7 +33,7 @@ DOLLARS = "payment-dollars"  # USD
 
 @pytest.fixture(scope="module")
 async def seeded(fleet: Fleet) -> Fleet:
-    async with unit_of_work(fleet.engine("payment"), producer="tests", namespace=fleet.ns) as uow:
+    async with fleet.unit_of_work("payment") as uow:
         await store.seed_customer(uow.conn, RICH, Decimal("1000000.00"), "EUR")
         await store.seed_customer(uow.conn, POOR, Decimal("5.00"), "EUR")
         await store.seed_customer(uow.conn, DOLLARS, Decimal("100.00"), "USD")
@@ -217,7 +216,7 @@ async def test_the_same_message_five_times_at_once_charges_once(seeded: Fleet) -
 async def test_concurrent_charges_of_one_account_never_overdraw_it(seeded: Fleet) -> None:
     fleet = seeded
     customer = f"payment-{new_id()}"
-    async with unit_of_work(fleet.engine("payment"), producer="tests", namespace=fleet.ns) as uow:
+    async with fleet.unit_of_work("payment") as uow:
         await store.seed_customer(uow.conn, customer, Decimal("10.00"), "EUR")
     orders = [new_id() for _ in range(8)]
     async with fleet.publisher() as publisher:
@@ -394,7 +393,7 @@ async def test_seeding_adds_to_balance_and_seeded_and_keeps_the_currency(seeded:
     customer = f"payment-{new_id()}"
     engine = fleet.engine("payment")
     for amount in ("10.00", "2.50"):
-        async with unit_of_work(engine, producer="tests", namespace=fleet.ns) as uow:
+        async with fleet.unit_of_work("payment") as uow:
             await store.seed_customer(uow.conn, customer, Decimal(amount), "EUR")
     async with engine.connect() as conn:
         row = (
@@ -405,7 +404,7 @@ async def test_seeding_adds_to_balance_and_seeded_and_keeps_the_currency(seeded:
         ).one()
     assert tuple(row) == (Decimal("12.50"), Decimal("12.50"), "EUR")
     with pytest.raises(ValueError, match="not in USD"):
-        async with unit_of_work(engine, producer="tests", namespace=fleet.ns) as uow:
+        async with fleet.unit_of_work("payment") as uow:
             await store.seed_customer(uow.conn, customer, Decimal("1.00"), "USD")
     seeds = "SELECT sum(amount) FROM payment_ledger WHERE customer_id = :c AND kind = 'seed'"
     assert await scalar(engine, seeds, c=customer) == Decimal("12.50")

@@ -11,7 +11,6 @@ from decimal import Decimal
 import pytest
 
 from contracts import Money, OrderLine, PlaceOrder
-from db.unit_of_work import unit_of_work
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, FleetProcess, scalar, wait_for
 from workers.inventory import store as inventory_store
@@ -37,14 +36,10 @@ class SagaFleet:
     async def seed(self, stock: Mapping[str, int], balances: Mapping[str, str]) -> None:
         """Units per SKU in inventory, and EUR accounts per customer in payment."""
         fleet = self.fleet
-        async with unit_of_work(
-            fleet.engine("inventory"), producer="tests", namespace=fleet.ns
-        ) as uow:
+        async with fleet.unit_of_work("inventory") as uow:
             for sku, units in stock.items():
                 await inventory_store.seed(uow.conn, sku, units)
-        async with unit_of_work(
-            fleet.engine("payment"), producer="tests", namespace=fleet.ns
-        ) as uow:
+        async with fleet.unit_of_work("payment") as uow:
             for customer, balance in balances.items():
                 await payment_store.seed_customer(uow.conn, customer, Decimal(balance), "EUR")
 

@@ -19,7 +19,6 @@ from contracts import (
     StockReserved,
 )
 from contracts.routing import events_exchange
-from db.unit_of_work import unit_of_work
 from tests.integration.support import Fleet, new_id, outgoing, scalar, wait_for, wait_ignored
 from workers.payment import store as payment_store
 from workers.runtime import catalog
@@ -280,7 +279,7 @@ async def test_a_choreographed_order_goes_from_stock_reserved_through_payment_to
     payment.completed (published by the payment's relay) -> shipment."""
     fleet = drained
     order_id = new_id()
-    async with unit_of_work(fleet.engine("payment"), producer="tests", namespace=fleet.ns) as uow:
+    async with fleet.unit_of_work("payment") as uow:
         await payment_store.seed_customer(uow.conn, CUSTOMER, Decimal("100.00"), "EUR")
     reserved = StockReserved(
         order_id=order_id,

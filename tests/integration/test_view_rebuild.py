@@ -116,7 +116,7 @@ async def an_order_from_before_v2(fleet: Fleet) -> str:
         )
         for message, at in history
     ]
-    async with fleet.engine("order").begin() as conn:
+    async with fleet.transaction("order") as conn:
         await event_store.append(
             conn,
             order_id,
@@ -229,7 +229,7 @@ async def test_rebuild_after_300_orders_equals_the_live_view_row_for_row(
     assert events == 2 * (ORDERS + 1)  # placed, then confirmed or rejected
     assert (result["events"], result["orders"]) == (events, ORDERS + 1)
     assert await view_rows(fleet) == live_view
-    async with fleet.engine("order_view").connect() as conn:
+    async with fleet.connection("order_view") as conn:
         status = await view_store.rebuild_status(conn, result["rebuild_id"])
     assert status is not None and status.finished_at is not None
     assert (status.expected_events, status.applied_events, status.sent_events) == (

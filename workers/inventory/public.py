@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
 from db.engine import connect_once
 from workers.inventory import store
 from workers.runtime.settings import Settings
@@ -39,19 +37,16 @@ async def add_stock(settings: Settings, quantities: Mapping[str, int]) -> None:
 
 
 async def stock_levels(settings: Settings) -> list[StockLevel]:
-    stock = store.stock
     async with connect_once(settings.database_url(SERVICE)) as conn:
-        rows = await conn.execute(sa.select(stock.c.sku, stock.c.available, stock.c.seeded))
-        return [StockLevel(sku, available, seeded) for sku, available, seeded in rows]
+        rows = await conn.fetch("SELECT sku, available, seeded FROM stock")
+    return [StockLevel(**dict(row)) for row in rows]
 
 
 async def held_stock(settings: Settings) -> list[HeldStock]:
     """What the reservations in force hold (released and refused ones hold nothing)."""
-    reservations, lines = store.reservations, store.reservation_lines
     async with connect_once(settings.database_url(SERVICE)) as conn:
-        rows = await conn.execute(
-            sa.select(lines.c.order_id, lines.c.sku, lines.c.quantity)
-            .join(reservations, reservations.c.order_id == lines.c.order_id)
-            .where(reservations.c.status == "reserved")
+        rows = await conn.fetch(
+            "SELECT l.order_id, l.sku, l.quantity FROM reservation_lines l"
+            " JOIN reservations r USING (order_id) WHERE r.status = 'reserved'"
         )
-        return [HeldStock(order_id, sku, quantity) for order_id, sku, quantity in rows]
+    return [HeldStock(**dict(row)) for row in rows]

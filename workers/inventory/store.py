@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workers.inventory.domain import Line, Reservation
 
@@ -65,96 +64,108 @@ stock_ledger = sa.Table(
 sa.Index("ix_stock_ledger_sku", stock_ledger.c.sku)
 
 
-# --- Reads and writes, in the caller's transaction. -----------------------------------
+# --- Reads and writes, in the caller's transaction (asyncpg, one round trip each). -----
 
 
-async def load_reservation(conn: AsyncConnection, order_id: str) -> Reservation | None:
-    row = (
-        await conn.execute(sa.select(reservations).where(reservations.c.order_id == order_id))
-    ).first()
-    if row is None:
+async def load_reservation(conn: asyncpg.Connection, order_id: str) -> Reservation | None:
+    rows = await conn.fetch(
+        "SELECT r.status, r.reason, l.sku, l.quantity FROM reservations r"
+        " LEFT JOIN reservation_lines l USING (order_id) WHERE r.order_id = $1 ORDER BY l.sku",
+        order_id,
+    )
+    if not rows:
         return None
-    lines = await conn.execute(
-        sa.select(reservation_lines.c.sku, reservation_lines.c.quantity)
-        .where(reservation_lines.c.order_id == order_id)
-        .order_by(reservation_lines.c.sku)
-    )
-    return Reservation(
-        order_id, row.status, row.reason, tuple(Line(sku, quantity) for sku, quantity in lines)
-    )
+    lines = tuple(Line(row["sku"], row["quantity"]) for row in rows if row["sku"] is not None)
+    return Reservation(order_id, rows[0]["status"], rows[0]["reason"], lines)
 
 
-async def lock_available(conn: AsyncConnection, skus: list[str]) -> dict[str, int]:
+async def lock_available(conn: asyncpg.Connection, skus: list[str]) -> dict[str, int]:
     """Available stock of the SKUs that exist, rows locked in SKU order (no deadlocks)."""
-    rows = await conn.execute(
-        sa.select(stock.c.sku, stock.c.available)
-        .where(stock.c.sku.in_(skus))
-        .order_by(stock.c.sku)
-        .with_for_update()
+    rows = await conn.fetch(
+        "SELECT sku, available FROM stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
+        skus,
     )
-    return {sku: available for sku, available in rows}
+    return {row["sku"]: row["available"] for row in rows}
+
+
+# Stock moves by the lines' quantities, each move written to the ledger, in one statement.
+_MOVE_STOCK = """
+WITH moves AS (
+    SELECT * FROM unnest($2::text[], $3::int[]) AS m(sku, delta)
+), moved AS (
+    UPDATE stock SET available = available + moves.delta FROM moves WHERE stock.sku = moves.sku
+)
+INSERT INTO stock_ledger (sku, order_id, delta, reason) SELECT sku, $1, delta, $4 FROM moves
+"""
 
 
 async def _move_stock(
-    conn: AsyncConnection, order_id: str, lines: Iterable[Line], sign: int, reason: str
+    conn: asyncpg.Connection, order_id: str, lines: Iterable[Line], sign: int, reason: str
 ) -> None:
-    for line in lines:
-        await conn.execute(
-            sa.update(stock)
-            .where(stock.c.sku == line.sku)
-            .values(available=stock.c.available + sign * line.quantity)
-        )
-        await conn.execute(
-            sa.insert(stock_ledger).values(
-                sku=line.sku, order_id=order_id, delta=sign * line.quantity, reason=reason
-            )
-        )
-
-
-async def reserve(conn: AsyncConnection, order_id: str, lines: tuple[Line, ...]) -> None:
-    await conn.execute(sa.insert(reservations).values(order_id=order_id, status="reserved"))
+    lines = list(lines)
     await conn.execute(
-        sa.insert(reservation_lines),
-        [{"order_id": order_id, "sku": line.sku, "quantity": line.quantity} for line in lines],
+        _MOVE_STOCK,
+        order_id,
+        [line.sku for line in lines],
+        [sign * line.quantity for line in lines],
+        reason,
+    )
+
+
+_RESERVE = """
+WITH reservation AS (
+    INSERT INTO reservations (order_id, status) VALUES ($1, 'reserved')
+)
+INSERT INTO reservation_lines (order_id, sku, quantity)
+SELECT $1, sku, quantity FROM unnest($2::text[], $3::int[]) AS l(sku, quantity)
+"""
+
+
+async def reserve(conn: asyncpg.Connection, order_id: str, lines: tuple[Line, ...]) -> None:
+    await conn.execute(
+        _RESERVE, order_id, [line.sku for line in lines], [line.quantity for line in lines]
     )
     await _move_stock(conn, order_id, lines, -1, "reserved")
 
 
-async def refuse(conn: AsyncConnection, order_id: str, reason: str) -> None:
+async def refuse(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
     await conn.execute(
-        sa.insert(reservations).values(order_id=order_id, status="refused", reason=reason)
+        "INSERT INTO reservations (order_id, status, reason) VALUES ($1, 'refused', $2)",
+        order_id,
+        reason,
     )
 
 
 async def release(
-    conn: AsyncConnection, order_id: str, lines: tuple[Line, ...], reason: str
+    conn: asyncpg.Connection, order_id: str, lines: tuple[Line, ...], reason: str
 ) -> None:
     await _move_stock(conn, order_id, lines, +1, "released")
     await conn.execute(
-        sa.update(reservations)
-        .where(reservations.c.order_id == order_id)
-        .values(status="released", reason=reason, updated_at=sa.func.now())
+        "UPDATE reservations SET status = 'released', reason = $2, updated_at = now()"
+        " WHERE order_id = $1",
+        order_id,
+        reason,
     )
 
 
-async def leave_tombstone(conn: AsyncConnection, order_id: str, reason: str) -> None:
+async def leave_tombstone(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
     await conn.execute(
-        sa.insert(reservations).values(order_id=order_id, status="released", reason=reason)
+        "INSERT INTO reservations (order_id, status, reason) VALUES ($1, 'released', $2)",
+        order_id,
+        reason,
     )
 
 
-async def seed(conn: AsyncConnection, sku: str, quantity: int) -> None:
+_SEED = """
+WITH seeded AS (
+    INSERT INTO stock (sku, available, seeded) VALUES ($1, $2, $2)
+    ON CONFLICT (sku) DO UPDATE
+    SET available = stock.available + excluded.available, seeded = stock.seeded + excluded.seeded
+)
+INSERT INTO stock_ledger (sku, order_id, delta, reason) VALUES ($1, NULL, $2, 'seeded')
+"""
+
+
+async def seed(conn: asyncpg.Connection, sku: str, quantity: int) -> None:
     """Add ``quantity`` of ``sku`` to the stock (creating the SKU if new)."""
-    statement = insert(stock).values(sku=sku, available=quantity, seeded=quantity)
-    await conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[stock.c.sku],
-            set_={
-                "available": stock.c.available + quantity,
-                "seeded": stock.c.seeded + quantity,
-            },
-        )
-    )
-    await conn.execute(
-        sa.insert(stock_ledger).values(sku=sku, order_id=None, delta=quantity, reason="seeded")
-    )
+    await conn.execute(_SEED, sku, quantity)

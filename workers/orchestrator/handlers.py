@@ -9,7 +9,7 @@ import logging
 import typing
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+import asyncpg
 
 from contracts import (
     OrderConfirmed,
@@ -123,12 +123,12 @@ async def advance_saga(uow: UnitOfWork, event: Reply, settings: OrchestratorSett
 
 
 async def watch_deadlines(
-    settings: Settings, section: OrchestratorSettings, engine: AsyncEngine, stop: asyncio.Event
+    settings: Settings, section: OrchestratorSettings, pool: asyncpg.Pool, stop: asyncio.Event
 ) -> None:
     """Every ``deadline_poll_seconds``, act on the sagas whose step deadline passed."""
     while not stop.is_set():
         try:
-            await fire_due_deadlines(settings, section, engine)
+            await fire_due_deadlines(settings, section, pool)
         except Exception as error:  # the database is down: try again on the next round
             log.warning("deadline watcher: %s: %s", type(error).__name__, error)
         with contextlib.suppress(TimeoutError):
@@ -136,9 +136,9 @@ async def watch_deadlines(
 
 
 async def fire_due_deadlines(
-    settings: Settings, section: OrchestratorSettings, engine: AsyncEngine, limit: int = 100
+    settings: Settings, section: OrchestratorSettings, pool: asyncpg.Pool, limit: int = 100
 ) -> int:
-    async with unit_of_work(engine, producer=service.name, namespace=settings.namespace) as uow:
+    async with unit_of_work(pool, producer=service.name, namespace=settings.namespace) as uow:
         now = _now()
         due = await store.due(uow.conn, now, limit)
         for order_id in due:

@@ -6,9 +6,9 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Money, OrderLine
 from workers.orchestrator.domain import OrderFacts, Saga
@@ -85,84 +85,89 @@ def _facts_from_json(data: dict[str, Any]) -> OrderFacts:
     )
 
 
-def _columns(saga: Saga) -> dict[str, Any]:
-    return {
-        "status": saga.status,
-        "step": saga.step,
-        "completed": list(saga.completed),
-        "pending": list(saga.pending),
-        "reason": saga.reason,
-        "facts": _facts_to_json(saga.facts),
-        "deadline_at": saga.deadline_at,
-        "payment_id": saga.payment_id,
-        "tracking_number": saga.tracking_number,
-    }
-
-
-def _saga(row: Any) -> Saga:
+def _saga(row: asyncpg.Record) -> Saga:
     return Saga(
-        facts=_facts_from_json(row.facts),
-        status=row.status,
-        step=row.step,
-        completed=tuple(row.completed),
-        pending=tuple(row.pending),
-        reason=row.reason,
-        deadline_at=row.deadline_at,
-        version=row.version,
-        payment_id=row.payment_id,
-        tracking_number=row.tracking_number,
+        facts=_facts_from_json(row["facts"]),
+        status=row["status"],
+        step=row["step"],
+        completed=tuple(row["completed"]),
+        pending=tuple(row["pending"]),
+        reason=row["reason"],
+        deadline_at=row["deadline_at"],
+        version=row["version"],
+        payment_id=row["payment_id"],
+        tracking_number=row["tracking_number"],
     )
 
 
-async def load(conn: AsyncConnection, order_id: str) -> Saga | None:
-    row = (await conn.execute(sa.select(sagas).where(sagas.c.order_id == order_id))).first()
+# --- Reads and writes, in the caller's transaction (asyncpg; jsonb as Python values). ---
+
+
+async def load(conn: asyncpg.Connection, order_id: str) -> Saga | None:
+    row = await conn.fetchrow("SELECT * FROM sagas WHERE order_id = $1", order_id)
     return None if row is None else _saga(row)
 
 
-async def save(conn: AsyncConnection, saga: Saga) -> Saga:
+_INSERT = """
+INSERT INTO sagas (order_id, status, step, completed, pending, reason, facts, deadline_at,
+                   payment_id, tracking_number, version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)
+"""
+# Optimistic concurrency: only the version it was loaded at is updated.
+_UPDATE = """
+UPDATE sagas SET status = $2, step = $3, completed = $4, pending = $5, reason = $6,
+                 facts = $7, deadline_at = $8, payment_id = $9, tracking_number = $10,
+                 version = version + 1, updated_at = now()
+WHERE order_id = $1 AND version = $11
+"""
+
+
+async def save(conn: asyncpg.Connection, saga: Saga) -> Saga:
     """Insert (version 0) or update at the version it was loaded at; returns it as stored."""
-    stored = replace(saga, version=saga.version + 1)
+    values = (
+        saga.order_id,
+        saga.status,
+        saga.step,
+        list(saga.completed),
+        list(saga.pending),
+        saga.reason,
+        _facts_to_json(saga.facts),
+        saga.deadline_at,
+        saga.payment_id,
+        saga.tracking_number,
+    )
     if saga.version == 0:
-        # A second start for the same order fails on the primary key: retried, it finds
-        # the saga and does nothing.
-        await conn.execute(
-            sa.insert(sagas).values(order_id=saga.order_id, version=1, **_columns(saga))
-        )
-        return stored
-    updated = await conn.execute(
-        sa.update(sagas)
-        .where(sagas.c.order_id == saga.order_id, sagas.c.version == saga.version)
-        .values(version=saga.version + 1, updated_at=sa.func.now(), **_columns(saga))
-    )
-    if updated.rowcount != 1:
+        # The caller holds the order's lock and found no saga: a second start waits for
+        # the first and then finds it.
+        await conn.execute(_INSERT, *values)
+    elif await conn.execute(_UPDATE, *values, saga.version) != "UPDATE 1":
         raise SagaConflict(f"saga {saga.order_id} changed since version {saga.version}")
-    return stored
+    return replace(saga, version=saga.version + 1)
 
 
-async def log(conn: AsyncConnection, saga: Saga, entry: str) -> None:
+async def log(conn: asyncpg.Connection, saga: Saga, entry: str) -> None:
     await conn.execute(
-        sa.insert(saga_log).values(
-            order_id=saga.order_id, status=saga.status, step=saga.step, entry=entry
-        )
+        "INSERT INTO saga_log (order_id, status, step, entry) VALUES ($1, $2, $3, $4)",
+        saga.order_id,
+        saga.status,
+        saga.step,
+        entry,
     )
 
 
-async def due(conn: AsyncConnection, now: datetime, limit: int) -> list[str]:
+async def due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[str]:
     """Sagas whose deadline passed, locked so that no other orchestrator takes them too."""
-    rows = await conn.execute(
-        sa.select(sagas.c.order_id)
-        .where(sagas.c.status.in_(("running", "compensating")), sagas.c.deadline_at <= now)
-        .order_by(sagas.c.deadline_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    rows = await conn.fetch(
+        "SELECT order_id FROM sagas WHERE status IN ('running', 'compensating')"
+        " AND deadline_at <= $1 ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now,
+        limit,
     )
-    return [order_id for (order_id,) in rows]
+    return [row["order_id"] for row in rows]
 
 
-async def step_log(conn: AsyncConnection, order_id: str) -> list[dict[str, Any]]:
-    rows = await conn.execute(
-        sa.select(saga_log.c.at, saga_log.c.status, saga_log.c.step, saga_log.c.entry)
-        .where(saga_log.c.order_id == order_id)
-        .order_by(saga_log.c.id)
+async def step_log(conn: asyncpg.Connection, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT at, status, step, entry FROM saga_log WHERE order_id = $1 ORDER BY id", order_id
     )
-    return [dict(row._mapping) for row in rows]
+    return [dict(row) for row in rows]

@@ -12,9 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
-
 from contracts import Envelope, OutgoingMessage, PlaceOrder, encode_message
 from contracts.routing import commands_exchange
 from db import event_store
@@ -120,13 +117,12 @@ async def ended_orders(
     """Of ``order_ids``, those that ended: their final status and when it was recorded (by
     the database's clock)."""
     final = {"order.confirmed": Status.CONFIRMED, "order.rejected": Status.REJECTED}
-    events = store.events
     async with connect_once(settings.database_url(SERVICE)) as conn:
         # One array parameter, however many orders a load is following.
-        ids = sa.bindparam("ids", order_ids, type_=ARRAY(sa.Text))
-        rows = await conn.execute(
-            sa.select(events.c.stream_id, events.c.type, events.c.recorded_at).where(
-                events.c.stream_id == sa.any_(ids), events.c.type.in_(tuple(final))
-            )
+        rows = await conn.fetch(
+            "SELECT stream_id, type, recorded_at FROM events"
+            " WHERE stream_id = ANY($1::text[]) AND type = ANY($2::text[])",
+            order_ids,
+            list(final),
         )
-        return {stream_id: (final[type_], at) for stream_id, type_, at in rows}
+    return {row["stream_id"]: (final[row["type"]], row["recorded_at"]) for row in rows}

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db import event_store
 from workers.order import domain
@@ -35,7 +35,7 @@ class LoadedOrder:
     events_read: int  # events read and folded after the snapshot
 
 
-async def load_order(conn: AsyncConnection, order_id: str) -> LoadedOrder:
+async def load_order(conn: asyncpg.Connection, order_id: str) -> LoadedOrder:
     order: Order | None = None
     after = 0
     snapshot = await event_store.load_snapshot(conn, order_id, domain.SCHEMA_VERSION)
@@ -59,7 +59,7 @@ async def load_order(conn: AsyncConnection, order_id: str) -> LoadedOrder:
 
 
 async def append(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     loaded: LoadedOrder,
     new_events: Sequence[domain.OrderEvent],
     metadata: Sequence[Mapping[str, Any]],

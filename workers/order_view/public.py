@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import aio_pika
-import sqlalchemy as sa
+import asyncpg
 from aio_pika.abc import AbstractConnection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.engine import connect_once
 from workers.order_view import store
@@ -95,7 +94,7 @@ async def view_lag(
     }
 
 
-async def known_order(conn: AsyncConnection, order_id: str) -> Summary | None:
+async def known_order(conn: asyncpg.Connection, order_id: str) -> Summary | None:
     """The order's row, unless the view has none or only references without an order event
     yet (status NULL): readers never see such a row."""
     found = await store.load(conn, order_id)
@@ -103,7 +102,7 @@ async def known_order(conn: AsyncConnection, order_id: str) -> Summary | None:
 
 
 async def read_view(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     *,
     order_id: str | None = None,
     status: str | None = None,
@@ -136,10 +135,10 @@ async def view_query(
     return rows, await view_lag(settings, last_update)
 
 
-async def ping(conn: AsyncConnection) -> None:
+async def ping(conn: asyncpg.Connection) -> None:
     """A round trip that also finds the view's table (so a database that 'fleet db init'
     has not set up is reported too)."""
-    await conn.execute(sa.select(store.order_summaries.c.order_id).limit(1))
+    await conn.fetchval("SELECT order_id FROM order_summaries LIMIT 1")
 
 
 # --- The view's side of a rebuild. -----------------------------------------------------

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workers.order_view.domain import Summary
 
@@ -59,50 +57,81 @@ rebuilds = sa.Table(
 )
 
 
-def _summary(row: sa.Row[Any]) -> Summary:
-    return Summary(**row._asdict())
+# --- Reads and writes (asyncpg, one round trip each). -------------------------------
+
+_SUMMARY_COLUMNS = (
+    "order_id, status, customer_id, item_count, total_amount, currency, saga, payment_id,"
+    " tracking_number, rejection_reason, created_at, updated_at, last_version"
+)
 
 
-async def load(conn: AsyncConnection, order_id: str) -> Summary | None:
-    row = (
-        await conn.execute(sa.select(order_summaries).where(order_summaries.c.order_id == order_id))
-    ).first()
+def _summary(row: asyncpg.Record) -> Summary:
+    return Summary(**dict(row))
+
+
+async def load(conn: asyncpg.Connection, order_id: str) -> Summary | None:
+    row = await conn.fetchrow(
+        f"SELECT {_SUMMARY_COLUMNS} FROM order_summaries WHERE order_id = $1", order_id
+    )
     return None if row is None else _summary(row)
 
 
-async def save(conn: AsyncConnection, summary: Summary) -> None:
-    values = asdict(summary)
-    statement = insert(order_summaries).values(**values)
+_SAVE = f"""
+INSERT INTO order_summaries ({_SUMMARY_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (order_id) DO UPDATE SET
+    status = excluded.status, customer_id = excluded.customer_id,
+    item_count = excluded.item_count, total_amount = excluded.total_amount,
+    currency = excluded.currency, saga = excluded.saga, payment_id = excluded.payment_id,
+    tracking_number = excluded.tracking_number, rejection_reason = excluded.rejection_reason,
+    created_at = excluded.created_at, updated_at = excluded.updated_at,
+    last_version = excluded.last_version
+"""
+
+
+async def save(conn: asyncpg.Connection, summary: Summary) -> None:
+    s = summary
     await conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[order_summaries.c.order_id],
-            set_={k: v for k, v in values.items() if k != "order_id"},
-        )
+        _SAVE,
+        s.order_id,
+        s.status,
+        s.customer_id,
+        s.item_count,
+        s.total_amount,
+        s.currency,
+        s.saga,
+        s.payment_id,
+        s.tracking_number,
+        s.rejection_reason,
+        s.created_at,
+        s.updated_at,
+        s.last_version,
     )
 
 
 async def listing(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     *,
     status: str | None = None,
     customer_id: str | None = None,
     limit: int = 50,
 ) -> list[Summary]:
     """Orders the view knows (status not NULL), newest first."""
-    query = sa.select(order_summaries).where(order_summaries.c.status.is_not(None))
-    if status is not None:
-        query = query.where(order_summaries.c.status == status)
-    if customer_id is not None:
-        query = query.where(order_summaries.c.customer_id == customer_id)
-    query = query.order_by(
-        order_summaries.c.created_at.desc().nulls_last(), order_summaries.c.order_id
-    ).limit(limit)
-    return [_summary(row) for row in await conn.execute(query)]
+    rows = await conn.fetch(
+        f"SELECT {_SUMMARY_COLUMNS} FROM order_summaries WHERE status IS NOT NULL"
+        " AND ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR customer_id = $2)"
+        " ORDER BY created_at DESC NULLS LAST, order_id LIMIT $3",
+        status,
+        customer_id,
+        limit,
+    )
+    return [_summary(row) for row in rows]
 
 
-async def last_update(conn: AsyncConnection) -> Any:
+async def last_update(conn: asyncpg.Connection) -> datetime | None:
     """When the view last applied an order event (None when it has applied none)."""
-    return (await conn.execute(sa.select(sa.func.max(order_summaries.c.updated_at)))).scalar()
+    at: datetime | None = await conn.fetchval("SELECT max(updated_at) FROM order_summaries")
+    return at
 
 
 # --- Rebuilds. -------------------------------------------------------------------------
@@ -118,68 +147,58 @@ class Rebuild:
     finished_at: datetime | None
 
 
-async def start_rebuild(conn: AsyncConnection, rebuild_id: str) -> None:
+async def start_rebuild(conn: asyncpg.Connection, rebuild_id: str) -> None:
     """Empty the view and open a rebuild row (the caller then asks for the replay)."""
-    await conn.execute(sa.text("TRUNCATE order_summaries"))
-    await conn.execute(sa.insert(rebuilds).values(rebuild_id=rebuild_id))
+    await conn.execute("TRUNCATE order_summaries")
+    await conn.execute("INSERT INTO rebuilds (rebuild_id) VALUES ($1)", rebuild_id)
 
 
-async def count_applied(conn: AsyncConnection, rebuild_id: str, expected: int | None) -> None:
+# Upserts: a replay nobody started with `fleet view rebuild` (sent with `fleet publish`)
+# still counts, its row made on first sight. Finished once all that was sent is applied.
+_COUNT_APPLIED = """
+INSERT INTO rebuilds AS r (rebuild_id, applied_events, expected_events) VALUES ($1, 1, $2)
+ON CONFLICT (rebuild_id) DO UPDATE
+SET applied_events = r.applied_events + 1,
+    expected_events = coalesce(excluded.expected_events, r.expected_events)
+RETURNING applied_events, sent_events, finished_at
+"""
+_REPLAY_ENDED = """
+INSERT INTO rebuilds AS r (rebuild_id, sent_events) VALUES ($1, $2)
+ON CONFLICT (rebuild_id) DO UPDATE SET sent_events = excluded.sent_events
+RETURNING applied_events, sent_events, finished_at
+"""
+
+
+async def count_applied(conn: asyncpg.Connection, rebuild_id: str, expected: int | None) -> None:
     """One more replayed event applied (in the transaction that applied it)."""
-    statement = insert(rebuilds).values(
-        rebuild_id=rebuild_id, applied_events=1, expected_events=expected
-    )
-    await _upsert_rebuild(
-        conn,
-        statement,
-        {
-            "applied_events": rebuilds.c.applied_events + 1,
-            "expected_events": sa.func.coalesce(
-                statement.excluded.expected_events, rebuilds.c.expected_events
-            ),
-        },
+    await _finish_if_done(
+        conn, rebuild_id, await conn.fetchrow(_COUNT_APPLIED, rebuild_id, expected)
     )
 
 
-async def replay_ended(conn: AsyncConnection, rebuild_id: str, sent: int) -> None:
+async def replay_ended(conn: asyncpg.Connection, rebuild_id: str, sent: int) -> None:
     """The replay says it sent ``sent`` events in all."""
-    statement = insert(rebuilds).values(rebuild_id=rebuild_id, sent_events=sent)
-    await _upsert_rebuild(conn, statement, {"sent_events": statement.excluded.sent_events})
+    await _finish_if_done(conn, rebuild_id, await conn.fetchrow(_REPLAY_ENDED, rebuild_id, sent))
 
 
-async def _upsert_rebuild(conn: AsyncConnection, statement: Any, changes: dict[str, Any]) -> None:
-    # Upsert: a replay nobody started with `fleet view rebuild` (sent with `fleet publish`)
-    # still counts, its row made on first sight. Finished once all that was sent is applied.
-    applied, sent, finished_at, rebuild_id = (
-        await conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[rebuilds.c.rebuild_id], set_=changes
-            ).returning(
-                rebuilds.c.applied_events,
-                rebuilds.c.sent_events,
-                rebuilds.c.finished_at,
-                rebuilds.c.rebuild_id,
-            )
-        )
-    ).one()
+async def _finish_if_done(conn: asyncpg.Connection, rebuild_id: str, row: asyncpg.Record) -> None:
+    applied, sent, finished_at = row["applied_events"], row["sent_events"], row["finished_at"]
     if finished_at is None and sent is not None and applied >= sent:
         await conn.execute(
-            sa.update(rebuilds)
-            .where(rebuilds.c.rebuild_id == rebuild_id)
-            .values(finished_at=sa.func.now())
+            "UPDATE rebuilds SET finished_at = now() WHERE rebuild_id = $1", rebuild_id
         )
 
 
-async def rebuild_status(conn: AsyncConnection, rebuild_id: str) -> Rebuild | None:
-    row = (
-        await conn.execute(sa.select(rebuilds).where(rebuilds.c.rebuild_id == rebuild_id))
-    ).first()
-    return None if row is None else Rebuild(**row._asdict())
-
-
-async def summary_count(conn: AsyncConnection) -> int:
-    """Orders the view knows (status not NULL)."""
-    count = await conn.scalar(
-        sa.select(sa.func.count()).where(order_summaries.c.status.is_not(None))
+async def rebuild_status(conn: asyncpg.Connection, rebuild_id: str) -> Rebuild | None:
+    row = await conn.fetchrow(
+        "SELECT rebuild_id, requested_at, expected_events, applied_events, sent_events,"
+        " finished_at FROM rebuilds WHERE rebuild_id = $1",
+        rebuild_id,
     )
-    return int(count or 0)
+    return None if row is None else Rebuild(**dict(row))
+
+
+async def summary_count(conn: asyncpg.Connection) -> int:
+    """Orders the view knows (status not NULL)."""
+    sql = "SELECT count(*) FROM order_summaries WHERE status IS NOT NULL"
+    return int(await conn.fetchval(sql))

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-import sqlalchemy as sa
-
 from db.engine import connect_once
 from workers.payment import store
 from workers.runtime.settings import Settings
@@ -45,18 +43,12 @@ async def add_funds(settings: Settings, amounts: Mapping[str, Decimal], currency
 
 
 async def balances(settings: Settings) -> list[Balance]:
-    accounts = store.accounts
     async with connect_once(settings.database_url(SERVICE)) as conn:
-        rows = await conn.execute(
-            sa.select(accounts.c.customer_id, accounts.c.balance, accounts.c.seeded)
-        )
-        return [Balance(customer_id, balance, seeded) for customer_id, balance, seeded in rows]
+        rows = await conn.fetch("SELECT customer_id, balance, seeded FROM accounts")
+    return [Balance(**dict(row)) for row in rows]
 
 
 async def ledger(settings: Settings) -> list[LedgerEntry]:
-    entries = store.payment_ledger
     async with connect_once(settings.database_url(SERVICE)) as conn:
-        rows = await conn.execute(
-            sa.select(entries.c.customer_id, entries.c.order_id, entries.c.kind, entries.c.amount)
-        )
-        return [LedgerEntry(*row) for row in rows]
+        rows = await conn.fetch("SELECT customer_id, order_id, kind, amount FROM payment_ledger")
+    return [LedgerEntry(**dict(row)) for row in rows]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workers.payment.domain import Account, Payment, to_cents
 
@@ -78,58 +77,42 @@ sa.Index("ix_payment_ledger_customer_id", payment_ledger.c.customer_id)
 sa.Index("ix_payment_ledger_order_id", payment_ledger.c.order_id)
 
 
-# --- Reads and writes, in the caller's transaction. -----------------------------------
+# --- Reads and writes, in the caller's transaction (asyncpg, one round trip each). -----
 
 
-async def load_payment(conn: AsyncConnection, order_id: str) -> Payment | None:
-    row = (await conn.execute(sa.select(payments).where(payments.c.order_id == order_id))).first()
-    if row is None:
-        return None
-    return Payment(
-        order_id=row.order_id,
-        payment_id=row.payment_id,
-        customer_id=row.customer_id,
-        amount=row.amount,
-        currency=row.currency,
-        status=row.status,
-        reason=row.reason,
+async def load_payment(conn: asyncpg.Connection, order_id: str) -> Payment | None:
+    row = await conn.fetchrow(
+        "SELECT order_id, payment_id, customer_id, amount, currency, status, reason"
+        " FROM payments WHERE order_id = $1",
+        order_id,
     )
+    return None if row is None else Payment(**dict(row))
 
 
-async def lock_account(conn: AsyncConnection, customer_id: str) -> Account | None:
+async def lock_account(conn: asyncpg.Connection, customer_id: str) -> Account | None:
     """The customer's account, its row locked until the transaction ends."""
-    row = (
-        await conn.execute(
-            sa.select(accounts.c.balance, accounts.c.currency)
-            .where(accounts.c.customer_id == customer_id)
-            .with_for_update()
-        )
-    ).first()
-    if row is None:
-        return None
-    return Account(customer_id, row.balance, row.currency)
+    row = await conn.fetchrow(
+        "SELECT balance, currency FROM accounts WHERE customer_id = $1 FOR UPDATE", customer_id
+    )
+    return None if row is None else Account(customer_id, row["balance"], row["currency"])
 
 
-async def _set_balance(
-    conn: AsyncConnection,
-    customer_id: str,
-    balance: Decimal,
-    order_id: str | None,
-    kind: str,
-    amount: Decimal,
-) -> None:
-    await conn.execute(
-        sa.update(accounts).where(accounts.c.customer_id == customer_id).values(balance=balance)
-    )
-    await conn.execute(
-        sa.insert(payment_ledger).values(
-            customer_id=customer_id, order_id=order_id, kind=kind, amount=amount
-        )
-    )
+# A balance set, and the movement written to the ledger, in one statement.
+_SET_BALANCE = """
+WITH updated AS (
+    UPDATE accounts SET balance = $2 WHERE customer_id = $1
+)
+INSERT INTO payment_ledger (customer_id, order_id, kind, amount) VALUES ($1, $3, $4, $5)
+"""
+
+_INSERT_PAYMENT = """
+INSERT INTO payments (order_id, payment_id, customer_id, amount, currency, status, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
 
 
 async def charge(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     order_id: str,
     payment_id: str,
     account: Account,
@@ -139,20 +122,20 @@ async def charge(
 ) -> None:
     """Record the charge and take ``amount`` from the (locked) account."""
     await conn.execute(
-        sa.insert(payments).values(
-            order_id=order_id,
-            payment_id=payment_id,
-            customer_id=account.customer_id,
-            amount=amount,
-            currency=currency,
-            status="charged",
-        )
+        _INSERT_PAYMENT,
+        order_id,
+        payment_id,
+        account.customer_id,
+        amount,
+        currency,
+        "charged",
+        None,
     )
-    await _set_balance(conn, account.customer_id, new_balance, order_id, "charge", amount)
+    await conn.execute(_SET_BALANCE, account.customer_id, new_balance, order_id, "charge", amount)
 
 
 async def refuse(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     order_id: str,
     payment_id: str,
     customer_id: str,
@@ -161,20 +144,12 @@ async def refuse(
     reason: str,
 ) -> None:
     await conn.execute(
-        sa.insert(payments).values(
-            order_id=order_id,
-            payment_id=payment_id,
-            customer_id=customer_id,
-            amount=amount,
-            currency=currency,
-            status="refused",
-            reason=reason,
-        )
+        _INSERT_PAYMENT, order_id, payment_id, customer_id, amount, currency, "refused", reason
     )
 
 
 async def refund(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     order_id: str,
     account: Account,
     new_balance: Decimal,
@@ -182,46 +157,43 @@ async def refund(
     reason: str,
 ) -> None:
     """Give ``amount`` back to the (locked) account and mark the payment refunded."""
-    await _set_balance(conn, account.customer_id, new_balance, order_id, "refund", amount)
+    await conn.execute(_SET_BALANCE, account.customer_id, new_balance, order_id, "refund", amount)
     await conn.execute(
-        sa.update(payments)
-        .where(payments.c.order_id == order_id)
-        .values(status="refunded", reason=reason, updated_at=sa.func.now())
+        "UPDATE payments SET status = 'refunded', reason = $2, updated_at = now()"
+        " WHERE order_id = $1",
+        order_id,
+        reason,
     )
 
 
 async def leave_tombstone(
-    conn: AsyncConnection, order_id: str, payment_id: str, reason: str
+    conn: asyncpg.Connection, order_id: str, payment_id: str, reason: str
 ) -> None:
-    await conn.execute(
-        sa.insert(payments).values(
-            order_id=order_id, payment_id=payment_id, status="refunded", reason=reason
-        )
-    )
+    await conn.execute(_INSERT_PAYMENT, order_id, payment_id, None, None, None, "refunded", reason)
+
+
+_SEED_CUSTOMER = """
+WITH seeded AS (
+    INSERT INTO accounts (customer_id, balance, currency, seeded) VALUES ($1, $2, $3, $2)
+    ON CONFLICT (customer_id) DO UPDATE
+    SET balance = accounts.balance + excluded.balance, seeded = accounts.seeded + excluded.seeded
+    WHERE accounts.currency = excluded.currency
+    RETURNING customer_id
+), ledger AS (
+    INSERT INTO payment_ledger (customer_id, order_id, kind, amount)
+    SELECT customer_id, NULL, 'seed', $2 FROM seeded
+)
+SELECT count(*) FROM seeded
+"""
 
 
 async def seed_customer(
-    conn: AsyncConnection, customer_id: str, balance: Decimal, currency: str
+    conn: asyncpg.Connection, customer_id: str, balance: Decimal, currency: str
 ) -> None:
     """Add ``balance`` to the customer's account (creating it if new) and to its seeded
     total. An existing account keeps its currency: seeding it in another one is refused."""
     cents = to_cents(balance)
     if cents is None or cents < 0:
         raise ValueError(f"cannot seed {balance}: a non-negative amount in cents is needed")
-    statement = insert(accounts).values(
-        customer_id=customer_id, balance=cents, currency=currency, seeded=cents
-    )
-    seeded = await conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[accounts.c.customer_id],
-            set_={"balance": accounts.c.balance + cents, "seeded": accounts.c.seeded + cents},
-            where=accounts.c.currency == currency,
-        ).returning(accounts.c.customer_id)
-    )
-    if seeded.first() is None:
+    if not await conn.fetchval(_SEED_CUSTOMER, customer_id, cents, currency):
         raise ValueError(f"the account of {customer_id} is not in {currency}")
-    await conn.execute(
-        sa.insert(payment_ledger).values(
-            customer_id=customer_id, order_id=None, kind="seed", amount=cents
-        )
-    )

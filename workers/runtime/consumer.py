@@ -19,8 +19,8 @@ import logging
 from collections import Counter
 from datetime import UTC, datetime
 
+import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import ContractError, Envelope, registry
 from db import inbox
@@ -50,13 +50,13 @@ class Consumer:
     def __init__(
         self,
         settings: Settings,
-        engine: AsyncEngine,
+        pool: asyncpg.Pool,
         publisher: ConfirmedPublisher,
         service: str,
         section: ServiceSettings | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = engine
+        self.pool = pool
         self.publisher = publisher
         self.service = service
         self.section = section  # the service's own settings, for handlers that take them
@@ -93,7 +93,7 @@ class Consumer:
 
         try:
             async with unit_of_work(
-                self.engine,
+                self.pool,
                 producer=self.service,
                 namespace=self.settings.namespace,
                 received=Received(envelope, dict(raw.headers or {})),

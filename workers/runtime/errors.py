@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from sqlalchemy import exc as sa_exc
 
 from db.event_store import ConcurrencyConflict
 
@@ -35,11 +34,13 @@ _TRANSIENT_SQLSTATE_PREFIXES = ("08", "28", "3D000", "40", "53", "55", "57P")
 
 
 def _sqlstate(error: BaseException) -> str | None:
-    while error is not None:
-        state = getattr(error, "sqlstate", None)
+    """The SQLSTATE of asyncpg's error, or of the one it was raised from."""
+    current: BaseException | None = error
+    while current is not None:
+        state = getattr(current, "sqlstate", None)
         if isinstance(state, str):
             return state
-        error = getattr(error, "orig", None) or error.__cause__  # type: ignore[assignment]
+        current = current.__cause__
     return None
 
 
@@ -49,13 +50,8 @@ def is_transient(error: BaseException) -> bool:
         return True
     if isinstance(error, PermanentError):
         return False
+    # Refused or lost connections; a pool with no connection free in time (TimeoutError).
     if isinstance(error, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError)):
-        return True
-    if isinstance(error, sa_exc.TimeoutError):  # no pooled connection came free in time
-        return True
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return True
-    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)):
         return True
     state = _sqlstate(error)
     return state is not None and state.startswith(_TRANSIENT_SQLSTATE_PREFIXES)

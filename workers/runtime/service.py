@@ -34,7 +34,7 @@ from workers.runtime.settings import ServiceSettings
 from workers.runtime.topology import QueueSpec
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    import asyncpg
 
     from workers.runtime.settings import Settings
 
@@ -43,9 +43,9 @@ HandlerFunction = Callable[..., Awaitable[None]]
 MessageFilter = Callable[[Message], bool]
 # Work a service does besides handling messages (the orchestrator's deadline watcher): runs
 # from the worker's start until ``stop`` is set, given the settings, the service's own
-# section (None when it declares none) and the engine of its database.
+# section (None when it declares none) and the pool of its database's connections.
 BackgroundTask = Callable[
-    ["Settings", Any, "AsyncEngine", asyncio.Event], Coroutine[Any, Any, None]
+    ["Settings", Any, "asyncpg.Pool", asyncio.Event], Coroutine[Any, Any, None]
 ]
 
 

@@ -18,7 +18,7 @@ from faststream import AckPolicy
 from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 
-from db.engine import create_engine
+from db.engine import create_pool
 from workers.runtime import topology
 from workers.runtime.consumer import Consumer
 from workers.runtime.publisher import ConfirmedPublisher
@@ -106,17 +106,16 @@ class Worker:
 
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
         settings = self.settings
-        engine = create_engine(
-            settings.database_url(self.service.name), pool_size=settings.db_pool_size
+        # Connects now: a worker without its database fails at start, not on every message.
+        pool = await create_pool(
+            settings.database_url(self.service.name), size=settings.db_pool_size
         )
         publisher = await ConfirmedPublisher.connect(settings.amqp_url)
         try:
-            async with engine.connect():  # fail at start, not on every message, without a database
-                pass
             await topology.declare(
                 await publisher.channel(), settings, self.service.queue_specs(settings.namespace)
             )
-            self.consumer = Consumer(settings, engine, publisher, self.service.name, self.section)
+            self.consumer = Consumer(settings, pool, publisher, self.service.name, self.section)
             broker = build_broker(settings, self.service, self.consumer)
             relay_stop = asyncio.Event()  # stops the relay and background tasks, after consumers
             relay_task: asyncio.Task[None] | None = None
@@ -124,7 +123,7 @@ class Worker:
                 self.relay = Relay(settings, self.service.name, publisher)
                 relay_task = asyncio.create_task(self.relay.run(relay_stop))
             background = [
-                asyncio.create_task(task(settings, self.section, engine, relay_stop))
+                asyncio.create_task(task(settings, self.section, pool, relay_stop))
                 for task in self.service.background
             ]
             try:
@@ -146,5 +145,5 @@ class Worker:
                     await relay_task
         finally:
             await publisher.close()
-            await engine.dispose()
+            await pool.close()
         log.info("%s worker stopped", self.service.name)

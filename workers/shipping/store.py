@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workers.shipping.domain import Shipment
 
@@ -36,54 +36,42 @@ shipments = sa.Table(
 )
 
 
-# --- Reads and writes, in the caller's transaction. -----------------------------------
+# --- Reads and writes, in the caller's transaction (asyncpg, one round trip each). -----
 
 
-async def load_shipment(conn: AsyncConnection, order_id: str) -> Shipment | None:
-    row = (await conn.execute(sa.select(shipments).where(shipments.c.order_id == order_id))).first()
-    if row is None:
-        return None
-    return Shipment(
-        order_id=row.order_id,
-        shipment_id=row.shipment_id,
-        tracking_number=row.tracking_number,
-        country=row.country,
-        status=row.status,
-        reason=row.reason,
+async def load_shipment(conn: asyncpg.Connection, order_id: str) -> Shipment | None:
+    row = await conn.fetchrow(
+        "SELECT order_id, shipment_id, tracking_number, country, status, reason"
+        " FROM shipments WHERE order_id = $1",
+        order_id,
     )
+    return None if row is None else Shipment(**dict(row))
+
+
+_INSERT = """
+INSERT INTO shipments (order_id, shipment_id, tracking_number, country, status, reason)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
 
 
 async def create(
-    conn: AsyncConnection, order_id: str, shipment_id: str, tracking_number: str, country: str
+    conn: asyncpg.Connection, order_id: str, shipment_id: str, tracking_number: str, country: str
 ) -> None:
+    await conn.execute(_INSERT, order_id, shipment_id, tracking_number, country, "created", None)
+
+
+async def refuse(conn: asyncpg.Connection, order_id: str, country: str, reason: str) -> None:
+    await conn.execute(_INSERT, order_id, None, None, country, "refused", reason)
+
+
+async def cancel(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
     await conn.execute(
-        sa.insert(shipments).values(
-            order_id=order_id,
-            shipment_id=shipment_id,
-            tracking_number=tracking_number,
-            country=country,
-            status="created",
-        )
+        "UPDATE shipments SET status = 'cancelled', reason = $2, updated_at = now()"
+        " WHERE order_id = $1",
+        order_id,
+        reason,
     )
 
 
-async def refuse(conn: AsyncConnection, order_id: str, country: str, reason: str) -> None:
-    await conn.execute(
-        sa.insert(shipments).values(
-            order_id=order_id, country=country, status="refused", reason=reason
-        )
-    )
-
-
-async def cancel(conn: AsyncConnection, order_id: str, reason: str) -> None:
-    await conn.execute(
-        sa.update(shipments)
-        .where(shipments.c.order_id == order_id)
-        .values(status="cancelled", reason=reason, updated_at=sa.func.now())
-    )
-
-
-async def leave_tombstone(conn: AsyncConnection, order_id: str, reason: str) -> None:
-    await conn.execute(
-        sa.insert(shipments).values(order_id=order_id, status="cancelled", reason=reason)
-    )
+async def leave_tombstone(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
+    await conn.execute(_INSERT, order_id, None, None, None, "cancelled", reason)
