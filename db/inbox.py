@@ -19,3 +19,19 @@ DELETE_EXPIRED = "DELETE FROM inbox WHERE received_at < now() - make_interval(se
 async def record(conn: asyncpg.Connection, consumer: str, message_id: str, type_: str) -> bool:
     """True if this is the first time ``consumer`` sees ``message_id``."""
     return bool(await conn.fetchval(_RECORD, consumer, message_id, type_))
+
+
+_RECORD_MANY = (
+    "INSERT INTO inbox (consumer, message_id, type)"
+    " SELECT $1, message_id, type FROM unnest($2::text[], $3::text[]) AS i(message_id, type)"
+    " ON CONFLICT DO NOTHING RETURNING message_id"
+)
+
+
+async def record_many(
+    conn: asyncpg.Connection, consumer: str, messages: dict[str, str]
+) -> set[str]:
+    """Record ``messages`` (message id -> type) in one statement; the ids ``consumer`` sees
+    for the first time."""
+    rows = await conn.fetch(_RECORD_MANY, consumer, list(messages), list(messages.values()))
+    return {row["message_id"] for row in rows}

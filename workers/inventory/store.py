@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import asyncpg
 import sqlalchemy as sa
 
@@ -88,36 +86,20 @@ async def lock_available(conn: asyncpg.Connection, skus: list[str]) -> dict[str,
     return {row["sku"]: row["available"] for row in rows}
 
 
-# Stock moves by the lines' quantities, each move written to the ledger, in one statement.
-_MOVE_STOCK = """
-WITH moves AS (
-    SELECT * FROM unnest($2::text[], $3::int[]) AS m(sku, delta)
-), moved AS (
-    UPDATE stock SET available = available + moves.delta FROM moves WHERE stock.sku = moves.sku
-)
-INSERT INTO stock_ledger (sku, order_id, delta, reason) SELECT sku, $1, delta, $4 FROM moves
-"""
-
-
-async def _move_stock(
-    conn: asyncpg.Connection, order_id: str, lines: Iterable[Line], sign: int, reason: str
-) -> None:
-    lines = list(lines)
-    await conn.execute(
-        _MOVE_STOCK,
-        order_id,
-        [line.sku for line in lines],
-        [sign * line.quantity for line in lines],
-        reason,
-    )
-
-
+# A reservation, its lines, the stock it takes and the ledger's entries: one statement.
 _RESERVE = """
-WITH reservation AS (
+WITH wanted AS (
+    SELECT * FROM unnest($2::text[], $3::int[]) AS w(sku, quantity)
+), reservation AS (
     INSERT INTO reservations (order_id, status) VALUES ($1, 'reserved')
+), lines AS (
+    INSERT INTO reservation_lines (order_id, sku, quantity) SELECT $1, sku, quantity FROM wanted
+), taken AS (
+    UPDATE stock SET available = stock.available - wanted.quantity
+    FROM wanted WHERE stock.sku = wanted.sku
 )
-INSERT INTO reservation_lines (order_id, sku, quantity)
-SELECT $1, sku, quantity FROM unnest($2::text[], $3::int[]) AS l(sku, quantity)
+INSERT INTO stock_ledger (sku, order_id, delta, reason)
+SELECT sku, $1, -quantity, 'reserved' FROM wanted
 """
 
 
@@ -125,7 +107,6 @@ async def reserve(conn: asyncpg.Connection, order_id: str, lines: tuple[Line, ..
     await conn.execute(
         _RESERVE, order_id, [line.sku for line in lines], [line.quantity for line in lines]
     )
-    await _move_stock(conn, order_id, lines, -1, "reserved")
 
 
 async def refuse(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
@@ -136,15 +117,27 @@ async def refuse(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
     )
 
 
+# The stock given back, the ledger's entries and the reservation marked: one statement.
+_RELEASE = """
+WITH held AS (
+    SELECT * FROM unnest($2::text[], $3::int[]) AS h(sku, quantity)
+), given_back AS (
+    UPDATE stock SET available = stock.available + held.quantity
+    FROM held WHERE stock.sku = held.sku
+), ledger AS (
+    INSERT INTO stock_ledger (sku, order_id, delta, reason)
+    SELECT sku, $1, quantity, 'released' FROM held
+)
+UPDATE reservations SET status = 'released', reason = $4, updated_at = now()
+WHERE order_id = $1
+"""
+
+
 async def release(
     conn: asyncpg.Connection, order_id: str, lines: tuple[Line, ...], reason: str
 ) -> None:
-    await _move_stock(conn, order_id, lines, +1, "released")
     await conn.execute(
-        "UPDATE reservations SET status = 'released', reason = $2, updated_at = now()"
-        " WHERE order_id = $1",
-        order_id,
-        reason,
+        _RELEASE, order_id, [line.sku for line in lines], [line.quantity for line in lines], reason
     )
 
 

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # Deliveries of one message (crashes before ack included) before the broker dead-letters it.
     delivery_limit: int = 10
     prefetch: int = 20
+    # Deliveries of one queue that share a transaction: up to batch_size, or what arrived
+    # within batch_wait_ms of the first. 1: a transaction per delivery.
+    batch_size: int = Field(default=10, ge=1)
+    batch_wait_ms: float = Field(default=2.0, ge=0)
     # A worker's database connections: this many pooled, as many again in bursts. Handlers
     # beyond that wait for one (back-pressure), so a fleet stays under max_connections.
     db_pool_size: int = 4

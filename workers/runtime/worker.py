@@ -3,8 +3,9 @@
     worker = Worker(settings, service)
     await worker.run(stop)      # until stop is set, then drains in-flight messages
 
-The broker consumes with manual acks: ``Consumer.process`` decides the fate of each
-delivery and the subscriber acks only after that decision is durable (committed, or
+The broker consumes with manual acks. Each queue's deliveries are gathered into batches
+(``Batches``, ``FLEET_BATCH_SIZE``); ``Consumer.process_batch`` decides the fate of each, and
+the subscriber acks a delivery only after that decision is durable (committed, or
 republished to a retry or dead-letter queue with a confirm).
 """
 
@@ -14,13 +15,15 @@ import asyncio
 import logging
 from typing import Any
 
+from aio_pika.abc import AbstractIncomingMessage
 from faststream import AckPolicy
 from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 
 from db.engine import create_pool
 from workers.runtime import topology
-from workers.runtime.consumer import Consumer
+from workers.runtime.batches import Batches
+from workers.runtime.consumer import Consumer, Result
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.relay import Relay
 from workers.runtime.service import Handler, Service
@@ -63,9 +66,17 @@ def _subscribe(
         declare=False,  # declared by workers.runtime.topology with all its arguments
     )
 
+    batches: Batches[AbstractIncomingMessage, Result] = Batches(
+        lambda raws: consumer.process_batch(handler, raws),
+        size=settings.batch_size,
+        wait=settings.batch_wait_ms / 1000,
+    )
+
     async def consume(body: bytes, message: RabbitMessage) -> None:
         try:
-            await consumer.process(handler, message.raw_message)
+            result = await batches.submit(message.raw_message)
+            if isinstance(result, BaseException):
+                raise result
         except BaseException:
             # Not even the retry or dead-letter publish went through: give the delivery
             # back to the queue (the delivery limit bounds how often this can happen).
