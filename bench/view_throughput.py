@@ -59,7 +59,7 @@ from contracts import (
     registry,
 )
 from contracts.envelope import STREAM_VERSION_HEADER
-from db.engine import asyncpg_url, connect_once
+from db.engine import asyncpg_url
 from workers.operations.rebuild import run_rebuild
 from workers.runtime import catalog
 from workers.runtime.settings import Settings
@@ -190,13 +190,16 @@ async def seed_event_store(settings: Settings, orders: int) -> int:
                     json.dumps(metadata),
                 )
             )
-    async with connect_once(settings.database_url("order")) as conn:
-        # COPY takes jsonb as text.
+    # A plain connection: COPY is binary, and asyncpg's own jsonb codec takes the JSON text.
+    conn = await asyncpg.connect(asyncpg_url(settings.database_url("order")))
+    try:
         await conn.copy_records_to_table(
             "events",
             records=rows,
             columns=["stream_id", "version", "type", "contract_version", "data", "metadata"],
         )
+    finally:
+        await conn.close()
     return len(rows)
 
 

@@ -13,11 +13,14 @@
 
 Deliveries come in batches (``workers.runtime.batches``): the deliveries of one batch that
 reach step 4 share one transaction, one inbox statement and one outbox statement, and are
-acked after its commit. If one of them fails, the transaction is rolled back: the one that
-failed takes the retry or dead-letter path for its error, and each of the others is applied
-again in a transaction of its own. So a commit carries many messages when all goes well,
-and a failure costs what it would have cost alone. (A savepoint per message would keep the
-others' work instead, but at two more round trips per message: more than a batch saves.)
+acked after its commit. If one of them fails, the transaction is rolled back and each is
+applied again in a transaction of its own, but for one that failed for good (a permanent
+error would only fail again): it takes the dead-letter path at once. A transient failure
+may have been the batch's doing (a lock another transaction holds), so that message is
+tried alone like the others, and takes the retry path only if it fails there too. So a
+commit carries many messages when all goes well, and a failure costs about what it would
+have cost alone. (A savepoint per message would keep the others' work, but at two more
+round trips per message: more than a batch saves.)
 """
 
 from __future__ import annotations
@@ -219,11 +222,12 @@ class Consumer:
                 await outbox.append(conn, emitted)
         except _FailedInBatch as failed:
             self.fallbacks += 1
-            index = next(i for i, d in ready.items() if d is failed.delivery)
-            try:
-                results[index] = await self._failed(handler, failed.delivery, failed.error)
-            except Exception as error:  # its retry or dead letter could not be published
-                results[index] = error
+            if not is_transient(failed.error):  # it would only fail again alone
+                index = next(i for i, d in ready.items() if d is failed.delivery)
+                try:
+                    results[index] = await self._failed(handler, failed.delivery, failed.error)
+                except Exception as error:  # its dead letter could not be published
+                    results[index] = error
             return
         except Exception as error:  # the batch as a whole: each is tried alone instead
             self.fallbacks += 1
