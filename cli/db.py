@@ -52,7 +52,7 @@ def teardown(
 ) -> None:
     """Remove a namespace: queues, exchanges, databases, roles.
 
-    For good, messages and data with them; the retry queues removed are those that
+    For good, messages and data with them; the delay tiers removed are those that
     FLEET_RETRY_DELAYS_MS names.
     """
     if not yes:

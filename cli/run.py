@@ -69,7 +69,7 @@ def relay(
 def topology(as_json: bool = JsonOption) -> None:
     """Declare the exchanges and every service's queues.
 
-    With their retry queues and DLQs; safe to repeat.
+    With their DLQs and the namespace's delay tiers; safe to repeat.
     """
     from workers.runtime import catalog
     from workers.runtime.settings import get_settings
@@ -83,7 +83,8 @@ def topology(as_json: bool = JsonOption) -> None:
         print_json({"namespace": settings.namespace, "queues": queues})
     else:
         typer.echo(
-            f"declared {len(queues)} queue(s), their retry queues and DLQs in {settings.namespace}"
+            f"declared {len(queues)} queue(s), their DLQs and the delay tiers"
+            f" in {settings.namespace}"
         )
 
 

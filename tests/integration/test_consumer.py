@@ -246,6 +246,68 @@ async def test_a_transient_failure_succeeds_on_a_delayed_retry(fleet: Fleet) -> 
     assert await _in_dlq(fleet, queue, order_id) is None
 
 
+async def test_a_retry_left_in_a_retry_queue_of_before_the_delay_tiers_still_comes_back(
+    stocked: Fleet,
+) -> None:
+    """Namespaces made before the shared delay tiers had a retry queue per handler and
+    delay; what waits in one when a worker of today starts is applied all the same."""
+    fleet = stocked
+    queue = reserve_queue(fleet)
+    legacy = topology.legacy_retry_queue(queue, fleet.settings.retry_delays_ms[0])
+    order_id = new_id()
+    connection = await aio_pika.connect(fleet.settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(
+            legacy,
+            durable=True,
+            arguments={  # as they were declared, with their TTL and their way back
+                "x-queue-type": "quorum",
+                "x-message-ttl": fleet.settings.retry_delays_ms[0],
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+    finally:
+        await connection.close()
+    async with fleet.publisher() as publisher:
+        await publisher.publish(outgoing(reserve_command(order_id, ("sku-a", 1)), queue=legacy))
+    async with fleet.worker(catalog.load("inventory"), with_relay=False):
+        await wait_for(lambda: _reserved(fleet, order_id))
+    assert await fleet.queue_depth(legacy) == 0
+    assert await reserved_quantity(fleet, order_id) == 1
+
+
+async def _reserved(fleet: Fleet, order_id: str) -> bool:
+    return await reserved_quantity(fleet, order_id) == 1
+
+
+async def test_a_retry_whose_queue_is_gone_is_kept_unrouted_and_holds_back_no_other(
+    stocked: Fleet,
+) -> None:
+    """A delay tier is shared: a retry that cannot go back (its queue was deleted) must not
+    stay at the tier's head, where it would hold back every retry after it."""
+    fleet = stocked
+    tier = topology.delay_tier(fleet.ns, fleet.settings.retry_delays_ms[0])
+    order_id = new_id()
+    lost = outgoing(reserve_command(new_id(), ("sku-a", 1)), exchange=tier)
+    back = outgoing(reserve_command(order_id, ("sku-a", 1)), exchange=tier)
+    async with fleet.publisher() as publisher:
+        await publisher.publish(dataclasses.replace(lost, routing_key=f"{fleet.ns}.no.such.queue"))
+        await publisher.publish(dataclasses.replace(back, routing_key=reserve_queue(fleet)))
+    async with fleet.worker(catalog.load("inventory"), with_relay=False):
+        await wait_for(lambda: _reserved(fleet, order_id))
+
+    async def kept_unrouted() -> bool:
+        letters = await dead_letters.browse(fleet.settings, topology.unrouted_queue(fleet.ns), 1000)
+        return any(letter.message_id == lost.message_id for letter in letters)
+
+    await wait_for(kept_unrouted)
+    assert await fleet.queue_depth(tier) == 0
+
+
 async def test_a_permanent_failure_lands_in_the_dlq_with_its_reason(fleet: Fleet) -> None:
     order_id = new_id()
     probes.script.permanent.add(order_id)

@@ -42,7 +42,8 @@ async def test_teardown_refuses_without_yes_and_then_removes_everything(
     ns = settings.namespace
     before = await leftovers([settings])
     assert kinds(before) == {"queue", "exchange", "database", "role"}
-    assert f"exchange {topology.exchanges(ns)[2]}" in before  # the replays exchange too
+    assert f"exchange {ns}.replays" in before
+    assert f"queue {topology.delay_tier(ns, settings.retry_delays_ms[0])}" in before
     assert f"database {settings.database_name('order_view')}" in before
 
     code, output = await fleet.cli("teardown", "--namespace", ns)
@@ -53,7 +54,7 @@ async def test_teardown_refuses_without_yes_and_then_removes_everything(
     assert code == 0, output
     removed = json.loads(output)
     assert removed["namespace"] == ns
-    assert set(removed["exchanges"]) == set(topology.exchanges(ns))
+    assert set(removed["exchanges"]) == set(topology.exchanges(settings))
     assert set(removed["databases"]) == {settings.database_name(s) for s in catalog.SERVICES}
     assert len(removed["queues"]) == len(namespace.queue_names(settings, catalog.load_all()))
     assert await leftovers([settings]) == []

@@ -102,6 +102,7 @@ def test_queue_names() -> None:
     assert topology.original_queue("fleet.inventory.reserve_stock.dlq") == (
         "fleet.inventory.reserve_stock"
     )
-    assert topology.retry_queue("q", 500) == "q.retry.500ms"
+    assert topology.delay_tier("fleet", 500) == "fleet.delay.500ms"
+    assert topology.legacy_retry_queue("q", 500) == "q.retry.500ms"
     with pytest.raises(ValueError, match="not a dead-letter queue"):
         topology.original_queue("fleet.inventory.reserve_stock")

@@ -5,8 +5,9 @@ service's queues, set up together and torn down together.
     removed = await tear_down(settings)     # fleet teardown --namespace NS --yes
 
 AMQP cannot list queues, so tearing down removes the names the namespace's declarations
-give (every service's queues, with the retry queues of ``FLEET_RETRY_DELAYS_MS``, and the
-DLQs), plus any ``extra_queues`` the caller made itself. A name that is not there is
+give (every service's queues and DLQs, the delay tiers of ``FLEET_RETRY_DELAYS_MS``, and
+the handlers' own retry queues of before the tiers), plus any ``extra_queues`` the caller
+made itself. A name that is not there is
 skipped, so a namespace set up only in part is torn down all the same.
 """
 
@@ -56,15 +57,25 @@ async def set_up(settings: Settings) -> list[ProvisionResult]:
 
 
 def queue_names(settings: Settings, services: Iterable[Service]) -> list[str]:
-    """The queues the namespace's declarations give: each handler's queue, its retry queues
-    and its DLQ, and the DLQ of unroutable messages."""
+    """The queues the namespace's declarations give: each handler's queue and its DLQ, the
+    delay tiers, and the DLQ of unroutable messages."""
     names = [
         name
         for service in services
         for spec in service.queue_specs(settings.namespace)
         for name in topology.queues_of(settings, spec)
     ]
-    return [*names, topology.unrouted_queue(settings.namespace)]
+    return [*names, *topology.delay_tiers(settings), topology.unrouted_queue(settings.namespace)]
+
+
+def legacy_queue_names(settings: Settings, services: Iterable[Service]) -> list[str]:
+    """The handlers' own retry queues, which namespaces had before the shared delay tiers."""
+    return [
+        name
+        for service in services
+        for spec in service.queue_specs(settings.namespace)
+        for name in topology.legacy_retry_queues(settings, spec)
+    ]
 
 
 @dataclass
@@ -85,14 +96,15 @@ async def tear_down(
     skipped. ``extra_services``: services declared outside the catalog (the tests' probes),
     whose queues go too; ``extra_queues``: queues the caller declared by itself."""
     removed = Removed(settings.namespace)
-    queues = queue_names(settings, [*catalog.load_all(), *extra_services])
+    services = [*catalog.load_all(), *extra_services]
+    queues = [*queue_names(settings, services), *legacy_queue_names(settings, services)]
     connection = await aio_pika.connect(settings.amqp_url)
     try:
         present = await topology.queue_states(connection, dict.fromkeys([*queues, *extra_queues]))
         for name, state in present.items():
             if state is not None and await _delete(connection, "queue_delete", name):
                 removed.queues.append(name)
-        for name in topology.exchanges(settings.namespace):
+        for name in topology.exchanges(settings):
             if await _exchange_exists(connection, name) and await _delete(
                 connection, "exchange_delete", name
             ):

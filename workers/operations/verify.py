@@ -149,15 +149,14 @@ async def check_messages(settings: Settings) -> Check:
         if count:
             check.fail(f"{service}: {count} outbox row(s) not yet published")
     loaded = catalog.load_all()
+    # Every handler queue, the delay tiers, and what is left of the retry queues namespaces
+    # had before the tiers (None, not counted, where there are none).
     queues = [
         name
         for service in loaded
         for spec in service.queue_specs(settings.namespace)
-        for name in (
-            spec.name,
-            *(topology.retry_queue(spec.name, delay) for delay in settings.retry_delays_ms),
-        )
-    ]
+        for name in (spec.name, *topology.legacy_retry_queues(settings, spec))
+    ] + topology.delay_tiers(settings)
     waiting = await dead_letters.depths(settings, queues)
     for name, depth in waiting.items():
         if depth:

@@ -62,14 +62,12 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
 
 
 def lag_queues(settings: Settings) -> list[str]:
-    """The view's queues and their retry queues: what waits there is not projected yet."""
+    """The view's queues: what waits there is not projected yet. (A view event waiting in
+    a delay tier for its retry is not counted: the tiers are shared by every handler.)"""
     return [
         name
         for spec in service.queue_specs(settings.namespace)
-        for name in (
-            spec.name,
-            *(topology.retry_queue(spec.name, delay) for delay in settings.retry_delays_ms),
-        )
+        for name in (spec.name, *topology.legacy_retry_queues(settings, spec))
     ]
 
 

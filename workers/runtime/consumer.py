@@ -6,10 +6,11 @@
    with no transaction and no inbox row;
 4. in one transaction: record it in the inbox (a duplicate stops here), apply the handler,
    write the outbox rows it emitted; commit;
-5. only then ack. A transient failure is republished, confirmed, to a delayed retry queue
-   and then acked; a permanent one to ``<queue>.dlq`` with the reason in headers, then acked.
-   If even that publish fails, the delivery is nacked back to its queue (the broker's
-   delivery limit bounds how often).
+5. only then ack. A transient failure is republished, confirmed, to the namespace's delay
+   tier for its attempt (which sends it back to its queue when due), then acked; a
+   permanent one to ``<queue>.dlq`` with the reason in headers, then acked. If even that
+   publish fails, the delivery is nacked back to its queue (the broker's delivery limit
+   bounds how often).
 
 Deliveries come in batches (``workers.runtime.batches``): the deliveries of one batch that
 reach step 4 share one transaction, one inbox statement and one outbox statement, and are
@@ -43,7 +44,7 @@ from workers.runtime.errors import is_transient
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
 from workers.runtime.service import Handler
 from workers.runtime.settings import ServiceSettings, Settings
-from workers.runtime.topology import dead_letter_exchange, dead_letter_queue, retry_queue
+from workers.runtime.topology import dead_letter_exchange, dead_letter_queue, delay_tier
 
 log = logging.getLogger("fleet.consumer")
 
@@ -261,7 +262,13 @@ class Consumer:
         )
         headers = {**(raw.headers or {}), ATTEMPTS_HEADER: attempts}
         await self.publisher.publish(
-            sent_on(raw, exchange="", routing_key=retry_queue(queue, delay), headers=headers)
+            # Its routing key is its queue's name: the tier sends it back there when due.
+            sent_on(
+                raw,
+                exchange=delay_tier(self.settings.namespace, delay),
+                routing_key=queue,
+                headers=headers,
+            )
         )
 
     async def _dead_letter(

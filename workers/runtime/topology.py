@@ -1,20 +1,32 @@
-"""The broker topology: exchanges, one queue per handler, its retry queues and its DLQ.
+"""The broker topology: exchanges, one queue per handler and its DLQ, shared delay tiers.
 
     <ns>.events / <ns>.commands   topic exchanges the relay publishes to
     <ns>.replays                  direct exchange for event-store replays, keyed by read model
     <ns>.<service>.<handler>      a handler's quorum queue, bound to the types it handles
-    <queue>.retry.<delay>ms       delayed retry: a TTL queue that dead-letters back to <queue>
     <queue>.dlq                   messages that cannot succeed, with the reason in headers
     <ns>.dlx                      direct exchange routing dead letters to their <queue>.dlq
+    <ns>.delay.<delay>ms          a delay tier: a fanout exchange and its TTL quorum queue,
+                                  one per delay for the whole namespace
+    <ns>.retries                  direct exchange the tiers dead-letter into: every handler
+                                  queue is bound to it by its own name
     <ns>.unrouted.dlq             what reached an exchange with no queue bound for it
 
-Both topic exchanges have ``<ns>.unrouted`` as their alternate exchange: an event nobody
-subscribes to yet (or a command for a service never started) is kept there instead of
-being returned, which would block the relay on it forever or lose it.
+A retry is published to its tier's exchange with the routing key of its queue's name; when
+its delay has passed the tier dead-letters it, under that same routing key, to
+``<ns>.retries``, which routes it back to its queue (NServiceBus's delay levels work so).
+A delay is one queue for every handler, not one per handler: a namespace has a third of
+the quorum queues it would otherwise. ``<ns>.retries`` and both topic exchanges have
+``<ns>.unrouted`` as their alternate exchange: an event nobody subscribes to yet, a
+command for a service never started, or a retry whose queue is gone, is kept there instead
+of being returned (which would block the relay on it forever), lost, or left at the head
+of its tier, holding back every retry behind it.
 
 Queue arguments are fixed when a queue is first declared (RabbitMQ refuses a redeclaration
-with other arguments), so every argument is chosen here, once. Retry queues are named by
-their delay, so changing the delays makes new queues instead of clashing with old ones.
+with other arguments), so every argument is chosen here, once. Tiers are named by their
+delay, so changing the delays makes new tiers instead of clashing with old ones. Before the
+tiers, each handler queue had a retry queue per delay (``<queue>.retry.<delay>ms``); one
+that still exists drains by itself (it dead-letters straight back to its queue), is no
+longer declared or published to, and goes at teardown.
 
 What a queue holds now, and who consumes it, is read with passive declares: AMQP alone,
 no management plugin (``queue_states``).
@@ -54,14 +66,30 @@ def unrouted_queue(namespace: str) -> str:
     return dead_letter_queue(unrouted_exchange(namespace))
 
 
-def exchanges(namespace: str) -> list[str]:
+def delay_tier(namespace: str, delay_ms: int) -> str:
+    """The exchange and the queue of one delay (one name for both)."""
+    return f"{namespace}.delay.{delay_ms}ms"
+
+
+def retries_exchange(namespace: str) -> str:
+    return f"{namespace}.retries"
+
+
+def delay_tiers(settings: Settings) -> list[str]:
+    return [delay_tier(settings.namespace, d) for d in sorted(set(settings.retry_delays_ms))]
+
+
+def exchanges(settings: Settings) -> list[str]:
     """Every exchange of a namespace, the ones others route to first."""
+    ns = settings.namespace
     return [
-        events_exchange(namespace),
-        commands_exchange(namespace),
-        replays_exchange(namespace),
-        dead_letter_exchange(namespace),
-        unrouted_exchange(namespace),
+        events_exchange(ns),
+        commands_exchange(ns),
+        replays_exchange(ns),
+        dead_letter_exchange(ns),
+        *delay_tiers(settings),
+        retries_exchange(ns),
+        unrouted_exchange(ns),
     ]
 
 
@@ -69,7 +97,8 @@ def dead_letter_queue(queue: str) -> str:
     return f"{queue}.dlq"
 
 
-def retry_queue(queue: str, delay_ms: int) -> str:
+def legacy_retry_queue(queue: str, delay_ms: int) -> str:
+    """A handler's own retry queue, as namespaces had them before the shared tiers."""
     return f"{queue}.retry.{delay_ms}ms"
 
 
@@ -96,14 +125,14 @@ def handler_queue_arguments(settings: Settings, queue: str) -> dict[str, Any]:
     }
 
 
-def retry_queue_arguments(queue: str, delay_ms: int) -> dict[str, Any]:
-    # Expired messages go through the default exchange straight back to their queue; one
-    # queue per delay, because messages only expire at the head of a queue.
+def delay_tier_arguments(namespace: str, delay_ms: int) -> dict[str, Any]:
+    # Expired messages go, under their own routing key (their queue's name), to the retries
+    # exchange and so back to their queue; one queue per delay, because messages only
+    # expire at the head of a queue.
     return {
         "x-queue-type": "quorum",
         "x-message-ttl": delay_ms,
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": queue,
+        "x-dead-letter-exchange": retries_exchange(namespace),
         **_AT_LEAST_ONCE,
     }
 
@@ -114,9 +143,12 @@ DLQ_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
 
 
 def queues_of(settings: Settings, spec: QueueSpec) -> list[str]:
-    """A handler's queue, its retry queues and its DLQ."""
-    delays = sorted(set(settings.retry_delays_ms))
-    return [spec.name, *(retry_queue(spec.name, d) for d in delays), dead_letter_queue(spec.name)]
+    """A handler's queue and its DLQ."""
+    return [spec.name, dead_letter_queue(spec.name)]
+
+
+def legacy_retry_queues(settings: Settings, spec: QueueSpec) -> list[str]:
+    return [legacy_retry_queue(spec.name, d) for d in sorted(set(settings.retry_delays_ms))]
 
 
 async def declare(
@@ -147,6 +179,20 @@ async def declare(
     dlx = await channel.declare_exchange(
         dead_letter_exchange(ns), aio_pika.ExchangeType.DIRECT, durable=True
     )
+    retries = await channel.declare_exchange(
+        retries_exchange(ns),
+        aio_pika.ExchangeType.DIRECT,
+        durable=True,
+        arguments={"alternate-exchange": unrouted_exchange(ns)},
+    )
+    for delay in sorted(set(settings.retry_delays_ms)):
+        tier_exchange = await channel.declare_exchange(
+            delay_tier(ns, delay), aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        tier = await channel.declare_queue(
+            delay_tier(ns, delay), durable=True, arguments=delay_tier_arguments(ns, delay)
+        )
+        await tier.bind(tier_exchange)
     for spec in queues:
         dlq = await channel.declare_queue(
             dead_letter_queue(spec.name), durable=True, arguments=DLQ_ARGUMENTS
@@ -157,12 +203,7 @@ async def declare(
         )
         for exchange, routing_key in spec.bindings:
             await queue.bind(exchange, routing_key)
-        for delay in sorted(set(settings.retry_delays_ms)):
-            await channel.declare_queue(
-                retry_queue(spec.name, delay),
-                durable=True,
-                arguments=retry_queue_arguments(spec.name, delay),
-            )
+        await queue.bind(retries, spec.name)  # where its retries come back from
 
 
 @dataclass(frozen=True)
