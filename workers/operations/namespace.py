@@ -63,7 +63,7 @@ def queue_names(settings: Settings, services: Iterable[Service]) -> list[str]:
         name
         for service in services
         for spec in service.queue_specs(settings.namespace)
-        for name in topology.queues_of(settings, spec)
+        for name in topology.queues_of(spec)
     ]
     return [*names, *topology.delay_tiers(settings), topology.unrouted_queue(settings.namespace)]
 

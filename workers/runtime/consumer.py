@@ -76,8 +76,8 @@ class Decoded:
 
 
 class _FailedInBatch(Exception):
-    def __init__(self, delivery: Decoded, error: Exception) -> None:
-        self.delivery = delivery
+    def __init__(self, index: int, error: Exception) -> None:
+        self.index = index  # the failed delivery's place in its batch
         self.error = error
 
 
@@ -107,13 +107,6 @@ class Consumer:
         # one transaction each because one of them failed.
         self.batched = 0
         self.fallbacks = 0
-
-    async def process(self, handler: Handler, raw: AbstractIncomingMessage) -> Outcome:
-        """Handle one delivery; the caller acks after this returns (and nacks if it raises)."""
-        [result] = await self.process_batch(handler, [raw])
-        if isinstance(result, BaseException):
-            raise result
-        return result
 
     async def process_batch(
         self, handler: Handler, raws: Sequence[AbstractIncomingMessage]
@@ -190,8 +183,9 @@ class Consumer:
     async def _apply_together(
         self, handler: Handler, ready: dict[int, Decoded], results: dict[int, Result]
     ) -> None:
-        """Apply ``ready`` in one transaction and put their outcomes in ``results``; if it
-        cannot commit, leave every one out but the one that failed (applied alone next)."""
+        """Apply ``ready`` in one transaction and put their outcomes in ``results``. If it
+        cannot commit, leave them out, to be applied alone next: all but one that failed
+        for good, which is dead-lettered here."""
         outcomes: dict[int, Outcome] = {}
         try:
             async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
@@ -217,18 +211,18 @@ class Consumer:
                     try:
                         await handler.apply(uow, delivery.message, self.section)
                     except Exception as error:
-                        raise _FailedInBatch(delivery, error) from error
+                        raise _FailedInBatch(index, error) from error
                     emitted += uow.emitted
                     outcomes[index] = Outcome.APPLIED
                 await outbox.append(conn, emitted)
         except _FailedInBatch as failed:
             self.fallbacks += 1
             if not is_transient(failed.error):  # it would only fail again alone
-                index = next(i for i, d in ready.items() if d is failed.delivery)
+                delivery = ready[failed.index]
                 try:
-                    results[index] = await self._failed(handler, failed.delivery, failed.error)
+                    results[failed.index] = await self._failed(handler, delivery, failed.error)
                 except Exception as error:  # its dead letter could not be published
-                    results[index] = error
+                    results[failed.index] = error
             return
         except Exception as error:  # the batch as a whole: each is tried alone instead
             self.fallbacks += 1

@@ -142,7 +142,7 @@ def delay_tier_arguments(namespace: str, delay_ms: int) -> dict[str, Any]:
 DLQ_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
 
 
-def queues_of(settings: Settings, spec: QueueSpec) -> list[str]:
+def queues_of(spec: QueueSpec) -> list[str]:
     """A handler's queue and its DLQ."""
     return [spec.name, dead_letter_queue(spec.name)]
 
