@@ -9,6 +9,7 @@ async with bench_namespace(Settings(namespace=fresh_namespace())) as ns:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -18,7 +19,7 @@ import signal
 import statistics
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +29,26 @@ from rich.table import Table
 
 from contracts import Money, OrderLine, ReserveStock, StockReserved, encode_message
 from workers.operations import namespace
+from workers.runtime import loop
 from workers.runtime.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def add_loop_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default=Settings().event_loop,
+        help="the event loop of this process and the fleet processes it starts "
+        "(default: the fleet's, FLEET_EVENT_LOOP)",
+    )
+
+
+def run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """``main`` on the event loop chosen, which fleet processes started from it use too."""
+    os.environ["FLEET_EVENT_LOOP"] = event_loop  # read by every Settings() from here on
+    loop.run(main, Settings())
 
 
 def fleet_env(settings: Settings) -> dict[str, str]:

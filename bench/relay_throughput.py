@@ -42,9 +42,11 @@ import aio_pika
 import asyncpg
 from _support import (
     BenchNamespace,
+    add_loop_option,
     bench_namespace,
     fresh_namespace,
     median,
+    run,
     show,
     stock_reserved_body,
 )
@@ -252,10 +254,11 @@ def cli() -> None:
         "--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_loop_option(parser)
     args = parser.parse_args()
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     try:
-        asyncio.run(main(args.messages, args.runs, sizes, args.json))
+        run(main(args.messages, args.runs, sizes, args.json), args.loop)
     except KeyboardInterrupt:
         sys.exit(130)  # cleaned up already (see _support.bench_namespace)
 

@@ -33,7 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from _support import bench_namespace, fresh_namespace, show, start_fleet_process
+from _support import (
+    add_loop_option,
+    bench_namespace,
+    fresh_namespace,
+    run,
+    show,
+    start_fleet_process,
+)
 from consumer_throughput import time_bare
 
 from db.engine import asyncpg_url
@@ -176,9 +183,10 @@ def cli() -> None:
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--json", action="store_true")
+    add_loop_option(parser)
     args = parser.parse_args()
     try:
-        asyncio.run(main(args.orders, args.concurrency, args.json))
+        run(main(args.orders, args.concurrency, args.json), args.loop)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -37,8 +37,10 @@ from typing import Any
 import asyncpg
 from _support import (
     BenchNamespace,
+    add_loop_option,
     bench_namespace,
     fresh_namespace,
+    run,
     show,
     start_fleet_process,
 )
@@ -276,9 +278,10 @@ def cli() -> None:
     parser.add_argument("--rebuild-orders", type=int, default=10_000)
     parser.add_argument("--live-orders", type=int, default=2_500)
     parser.add_argument("--json", action="store_true")
+    add_loop_option(parser)
     args = parser.parse_args()
     try:
-        asyncio.run(main(args.rebuild_orders, args.live_orders, args.json))
+        run(main(args.rebuild_orders, args.live_orders, args.json), args.loop)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -21,14 +21,17 @@ def _serve(work: Callable[[asyncio.Event], Coroutine[Any, Any, None]], as_json: 
     if as_json:
         log_as_json()
 
+    from workers.runtime import loop
+    from workers.runtime.settings import get_settings
+
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            running.add_signal_handler(signum, stop.set)
         await work(stop)
 
-    asyncio.run(main())
+    loop.run(main(), get_settings())
 
 
 def worker(

@@ -10,7 +10,7 @@ without handlers passing ids around.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Set
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,11 +42,13 @@ class UnitOfWork:
         producer: str,
         namespace: str,
         received: Received | None = None,
+        locked: Set[str] = frozenset(),
     ) -> None:
         self.conn = conn
         self.producer = producer
         self.namespace = namespace
         self.received = received
+        self.locked = locked  # keys this transaction holds already (see lock_keys)
         self.emitted: list[OutgoingMessage] = []
 
     def emit(
@@ -92,11 +94,24 @@ class UnitOfWork:
         """Serialise every decision about ``key`` (an order id) until this transaction ends:
         a second handler deciding about the same order waits here, then sees the first's
         outcome (a reservation racing its release, a charge racing its refund)."""
-        await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
+        if key not in self.locked:
+            await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
 
     async def flush(self) -> None:
         await outbox.append(self.conn, self.emitted)
         self.emitted = []
+
+
+async def lock_keys(conn: asyncpg.Connection, keys: Collection[str]) -> frozenset[str]:
+    """Take the locks of ``UnitOfWork.lock`` for all ``keys`` at once, until the transaction
+    ends: one round trip for a batch, not one per message. In the order of their lock ids,
+    so that two transactions locking several keys each never deadlock over them."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(id) FROM"
+        " (SELECT DISTINCT hashtext(key) AS id FROM unnest($1::text[]) AS key ORDER BY id) ids",
+        list(keys),
+    )
+    return frozenset(keys)
 
 
 @asynccontextmanager

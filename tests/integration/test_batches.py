@@ -9,6 +9,7 @@ that they did (a fallback when one of them failed)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import pytest
@@ -22,6 +23,7 @@ from contracts import (
     PaymentCompleted,
     StockReserved,
 )
+from db.unit_of_work import lock_keys
 from tests.integration import probes
 from tests.integration.support import Fleet, new_id, outgoing, reserve_command, scalar, wait_for
 from workers.inventory import store as inventory_store
@@ -239,3 +241,23 @@ async def test_a_batch_applies_one_sagas_replies_in_their_order(
 
 async def _equals(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
+
+
+async def test_the_locks_a_batch_takes_first_hold_off_a_handler_of_the_same_order(
+    fleet: Fleet,
+) -> None:
+    """A batch locks its messages' orders in one statement before any handler runs; a
+    handler deciding about one of those orders elsewhere waits until the batch commits."""
+    first, second = new_id(), new_id()
+    async with fleet.connection("inventory") as batch_conn, fleet.unit_of_work("inventory") as uow:
+        batch = batch_conn.transaction()
+        await batch.start()
+        try:
+            locked = await lock_keys(batch_conn, {first, second})
+            assert locked == {first, second}
+            waiting = asyncio.create_task(uow.lock(second))
+            done, _ = await asyncio.wait({waiting}, timeout=0.5)
+            assert not done, "the handler's lock went through while the batch held it"
+        finally:
+            await batch.commit()
+        await asyncio.wait_for(waiting, timeout=10)

@@ -28,12 +28,9 @@ async def reserve_stock(uow: UnitOfWork, command: ReserveStock | OrderPlacedV2) 
     In choreography the reservation follows ``order.placed``; an orchestrated order waits
     for the orchestrator's command."""
     await uow.lock(command.order_id)
-    existing = await store.load_reservation(uow.conn, command.order_id)
     lines = domain.merge_lines(domain.Line(item.sku, item.quantity) for item in command.items)
-    available = (
-        await store.lock_available(uow.conn, [line.sku for line in lines])
-        if existing is None
-        else {}
+    existing, available = await store.load_for_reserving(
+        uow.conn, command.order_id, [line.sku for line in lines]
     )
     decision = domain.decide_reservation(existing, available, lines)
     if isinstance(decision, domain.Refuse):

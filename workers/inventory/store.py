@@ -71,19 +71,40 @@ async def load_reservation(conn: asyncpg.Connection, order_id: str) -> Reservati
         " LEFT JOIN reservation_lines l USING (order_id) WHERE r.order_id = $1 ORDER BY l.sku",
         order_id,
     )
-    if not rows:
-        return None
+    return _reservation(order_id, rows) if rows else None
+
+
+# The order's reservation and, if it has none yet, the stock of the SKUs it wants, rows
+# locked in SKU order (so two reservations never deadlock): one round trip for both.
+_LOAD_FOR_RESERVING = """
+WITH existing AS (
+    SELECT r.status, r.reason, l.sku, l.quantity FROM reservations r
+    LEFT JOIN reservation_lines l USING (order_id) WHERE r.order_id = $1
+), stock_rows AS (
+    SELECT sku, available FROM stock
+    WHERE sku = ANY($2::text[]) AND NOT EXISTS (SELECT FROM reservations WHERE order_id = $1)
+    ORDER BY sku FOR UPDATE
+)
+SELECT true AS reserved_before, status, reason, sku, quantity FROM existing
+UNION ALL
+SELECT false, NULL, NULL, sku, available FROM stock_rows
+"""
+
+
+async def load_for_reserving(
+    conn: asyncpg.Connection, order_id: str, skus: list[str]
+) -> tuple[Reservation | None, dict[str, int]]:
+    """The order's reservation, or None and the available stock of the SKUs that exist."""
+    rows = await conn.fetch(_LOAD_FOR_RESERVING, order_id, skus)
+    before = [row for row in rows if row["reserved_before"]]
+    if before:
+        return _reservation(order_id, before), {}
+    return None, {row["sku"]: row["quantity"] for row in rows}
+
+
+def _reservation(order_id: str, rows: list[asyncpg.Record]) -> Reservation:
     lines = tuple(Line(row["sku"], row["quantity"]) for row in rows if row["sku"] is not None)
     return Reservation(order_id, rows[0]["status"], rows[0]["reason"], lines)
-
-
-async def lock_available(conn: asyncpg.Connection, skus: list[str]) -> dict[str, int]:
-    """Available stock of the SKUs that exist, rows locked in SKU order (no deadlocks)."""
-    rows = await conn.fetch(
-        "SELECT sku, available FROM stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
-        skus,
-    )
-    return {row["sku"]: row["available"] for row in rows}
 
 
 # A reservation, its lines, the stock it takes and the ledger's entries: one statement.

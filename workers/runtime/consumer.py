@@ -39,7 +39,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from contracts import ContractError, Envelope, Message, OutgoingMessage, registry
 from db import inbox, outbox
 from db.engine import ACQUIRE_TIMEOUT
-from db.unit_of_work import Received, UnitOfWork, unit_of_work
+from db.unit_of_work import Received, UnitOfWork, lock_keys, unit_of_work
 from workers.runtime.errors import is_transient
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
 from workers.runtime.service import Handler
@@ -189,6 +189,9 @@ class Consumer:
         outcomes: dict[int, Outcome] = {}
         try:
             async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
+                # Handlers lock the order they decide about, and a message's correlation id
+                # is its order: take those locks together, first.
+                locked = await lock_keys(conn, {d.envelope.correlation_id for d in ready.values()})
                 fresh = await inbox.record_many(
                     conn,
                     handler.consumer,
@@ -207,6 +210,7 @@ class Consumer:
                         producer=self.service,
                         namespace=self.settings.namespace,
                         received=delivery.received,
+                        locked=locked,
                     )
                     try:
                         await handler.apply(uow, delivery.message, self.section)

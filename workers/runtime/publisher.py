@@ -96,8 +96,13 @@ class ConfirmedPublisher:
         Raises the first failure after all have settled, so the caller knows the batch as a
         whole did not get through (and publishes it again: consumers are idempotent).
         """
+        exchanges = {name: await self._exchange(name) for name in {m.exchange for m in messages}}
         results = await asyncio.gather(
-            *(self.publish(message) for message in messages), return_exceptions=True
+            *(
+                exchanges[m.exchange].publish(to_amqp_message(m), m.routing_key, mandatory=True)
+                for m in messages
+            ),
+            return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
@@ -46,6 +47,9 @@ class Settings(BaseSettings):
     # A worker's database connections: this many pooled, as many again in bursts. Handlers
     # beyond that wait for one (back-pressure), so a fleet stays under max_connections.
     db_pool_size: int = 4
+    # The event loop of workers and relays: uvloop costs less CPU per message (see README,
+    # Performance); asyncio where uvloop is not installed (Windows) or to compare.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     relay_batch_size: int = 500
     relay_poll_interval: float = 5.0

@@ -1,92 +1,32 @@
-"""Running one service: its queues, its FastStream subscribers and its outbox relay.
+"""Running one service: its queues, a subscription per handler and its outbox relay.
 
     worker = Worker(settings, service)
-    await worker.run(stop)      # until stop is set, then drains in-flight messages
+    await worker.run(stop)      # until stop is set, then settles in-flight messages
 
-The broker consumes with manual acks. Each queue's deliveries are gathered into batches
-(``Batches``, ``FLEET_BATCH_SIZE``); ``Consumer.process_batch`` decides the fate of each, and
-the subscriber acks a delivery only after that decision is durable (committed, or
-republished to a retry or dead-letter queue with a confirm).
+Each handler's queue is consumed with manual acks by a ``Subscription``, which gathers its
+deliveries into batches (``FLEET_BATCH_SIZE``); ``Consumer.process_batch`` decides the fate
+of each, and a delivery is acked only after that decision is durable (committed, or
+republished to a retry or dead-letter queue with a confirm). Consuming has a connection of
+its own: publishing under the broker's flow control must not hold up acks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
-from faststream import AckPolicy
-from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
-from faststream.rabbit.annotations import RabbitMessage
+import aio_pika
 
 from db.engine import create_pool
 from workers.runtime import topology
-from workers.runtime.batches import Batches
-from workers.runtime.consumer import Consumer, Result
+from workers.runtime.consumer import Consumer
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.relay import Relay
-from workers.runtime.service import Handler, Service
+from workers.runtime.service import Service
 from workers.runtime.settings import ServiceSettings, Settings
+from workers.runtime.subscription import Subscription
 
 log = logging.getLogger("fleet.worker")
-
-
-async def _raw_body(message: Any) -> bytes:
-    # The consumer decodes bodies against the contracts itself; FastStream must not try
-    # (a body that is not JSON would fail before the consumer could dead-letter it).
-    # async: FastStream runs a plain function decoder in a worker thread.
-    body: bytes = message.body
-    return body
-
-
-def build_broker(settings: Settings, service: Service, consumer: Consumer) -> RabbitBroker:
-    broker = RabbitBroker(
-        settings.amqp_url,
-        # Bounded prefetch: at most this many unacked deliveries (and handler tasks) at once.
-        default_channel=Channel(
-            prefetch_count=settings.prefetch, publisher_confirms=True, on_return_raises=True
-        ),
-        app_id=service.name,
-        ack_policy=AckPolicy.MANUAL,
-        graceful_timeout=30.0,
-        log_level=logging.DEBUG,
-    )
-    for handler in service.handlers:
-        _subscribe(broker, settings, handler, consumer)
-    return broker
-
-
-def _subscribe(
-    broker: RabbitBroker, settings: Settings, handler: Handler, consumer: Consumer
-) -> None:
-    queue = RabbitQueue(
-        handler.queue(settings.namespace),
-        queue_type=QueueType.QUORUM,
-        declare=False,  # declared by workers.runtime.topology with all its arguments
-    )
-
-    batches: Batches[AbstractIncomingMessage, Result] = Batches(
-        lambda raws: consumer.process_batch(handler, raws),
-        size=settings.batch_size,
-        wait=settings.batch_wait_ms / 1000,
-    )
-
-    async def consume(body: bytes, message: RabbitMessage) -> None:
-        try:
-            result = await batches.submit(message.raw_message)
-            if isinstance(result, BaseException):
-                raise result
-        except BaseException:
-            # Not even the retry or dead-letter publish went through: give the delivery
-            # back to the queue (the delivery limit bounds how often this can happen).
-            await message.nack(requeue=True)
-            raise
-        await message.ack()
-
-    consume.__name__ = handler.name
-    consume.__doc__ = f"{handler.consumer}: {', '.join(handler.types)}"
-    broker.subscriber(queue, decoder=_raw_body, title=handler.queue(settings.namespace))(consume)
 
 
 async def declare_topology(settings: Settings, services: list[Service]) -> None:
@@ -122,12 +62,18 @@ class Worker:
             settings.database_url(self.service.name), size=settings.db_pool_size
         )
         publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+        consuming = await aio_pika.connect_robust(
+            settings.amqp_url, client_properties={"connection_name": self.service.name}
+        )
         try:
             await topology.declare(
                 await publisher.channel(), settings, self.service.queue_specs(settings.namespace)
             )
             self.consumer = Consumer(settings, pool, publisher, self.service.name, self.section)
-            broker = build_broker(settings, self.service, self.consumer)
+            subscriptions = [
+                Subscription(consuming, settings, handler, self.consumer)
+                for handler in self.service.handlers
+            ]
             relay_stop = asyncio.Event()  # stops the relay and background tasks, after consumers
             relay_task: asyncio.Task[None] | None = None
             if self.with_relay:
@@ -138,23 +84,23 @@ class Worker:
                 for task in self.service.background
             ]
             try:
-                await broker.start()
-                log.info(
-                    "%s worker consuming %d queue(s)", self.service.name, len(self.service.handlers)
-                )
+                for subscription in subscriptions:
+                    await subscription.start()
+                log.info("%s worker consuming %d queue(s)", self.service.name, len(subscriptions))
                 if started is not None:
                     started.set()
                 await stop.wait()
             finally:
-                # Stop consuming and wait for in-flight handlers; then stop the relay (what
+                # Stop consuming and settle what was delivered; then stop the relay (what
                 # they emitted waits in the outbox for the next relay if it is not out yet).
-                await broker.stop()
+                await asyncio.gather(*(subscription.stop() for subscription in subscriptions))
                 relay_stop.set()
                 for task in background:
                     await task
                 if relay_task is not None:
                     await relay_task
         finally:
+            await consuming.close()
             await publisher.close()
             await pool.close()
         log.info("%s worker stopped", self.service.name)

@@ -1,0 +1,151 @@
+"""Consuming one handler's queue: deliveries in, batches through the consumer, acks out.
+
+    subscription = Subscription(connection, settings, handler, consumer)
+    await subscription.start()       # basic.consume on the handler's queue, own channel
+    await subscription.stop()        # basic.cancel, wait for what was delivered, close
+
+Straight on aio-pika rather than through FastStream's subscriber: FastStream resolves its
+dependency injection for every delivery (a context field runs in a worker thread, one hop
+per message) and logs each one, which cost more CPU per message than the fleet's own work.
+FastStream still writes the AsyncAPI document (``workers.runtime.asyncapi``).
+
+Each queue has a channel of its own, with the prefetch count as its QoS, and its batches go
+one at a time (``Batches``). So a batch's delivery tags are the lowest unsettled ones of its
+channel, and a batch whose deliveries all ended well is acked with one ``multiple`` ack. A
+delivery is acked only after its outcome is durable (``Consumer.process_batch``); one whose
+retry or dead letter could not even be published is nacked back to its queue.
+
+The connection is robust: after a broker restart aio-pika reopens the channel and the
+consumer. A delivery of the old channel can no longer be acked (aio-pika refuses, since its
+tag means nothing on the new channel); the broker has requeued it, and the inbox makes its
+second delivery a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import ChannelInvalidStateError
+from aiormq.exceptions import AMQPError
+
+from workers.runtime.batches import Batches
+from workers.runtime.consumer import Consumer, Outcome, Result
+from workers.runtime.service import Handler
+from workers.runtime.settings import Settings
+
+log = logging.getLogger("fleet.subscription")
+
+# How long a stopping worker waits for the deliveries it holds to be settled.
+GRACEFUL_TIMEOUT = 30.0
+
+
+class Subscription:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        settings: Settings,
+        handler: Handler,
+        consumer: Consumer,
+    ) -> None:
+        self.queue_name = handler.queue(settings.namespace)
+        self._connection = connection
+        self._prefetch = settings.prefetch
+        self._handler = handler
+        self._consumer = consumer
+        self._batches: Batches[AbstractIncomingMessage, Result] = Batches(
+            self._process, size=settings.batch_size, wait=settings.batch_wait_ms / 1000
+        )
+        self._channel: AbstractChannel | None = None
+        self._consumer_tag: str | None = None
+        self._held: set[asyncio.Task[None]] = set()  # one per delivery not yet settled
+
+    async def start(self) -> None:
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        # declared by workers.runtime.topology with all its arguments; this only looks it up
+        queue = await self._channel.get_queue(self.queue_name, ensure=False)
+        self._consumer_tag = await queue.consume(self._on_delivery)
+
+    async def stop(self) -> None:
+        """Stop consuming, settle what was delivered (up to GRACEFUL_TIMEOUT), close."""
+        if self._channel is None:
+            return
+        channel, self._channel = self._channel, None
+        try:
+            if self._consumer_tag is not None and not channel.is_closed:
+                queue = await channel.get_queue(self.queue_name, ensure=False)
+                await queue.cancel(self._consumer_tag)
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as error:
+            log.warning("%s: could not cancel the consumer: %s", self.queue_name, error)
+        if self._held:
+            _, pending = await asyncio.wait(self._held, timeout=GRACEFUL_TIMEOUT)
+            if pending:
+                log.warning(
+                    "%s: %d deliveries not settled after %.0f s; the broker requeues them",
+                    self.queue_name,
+                    len(pending),
+                    GRACEFUL_TIMEOUT,
+                )
+        if not channel.is_closed:
+            await channel.close()
+
+    async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
+        # aio-pika runs this in a task of its own per delivery; the batch settles it.
+        task = asyncio.current_task()
+        assert task is not None
+        self._held.add(task)
+        try:
+            await self._batches.submit(message)
+        except Exception:
+            log.exception("%s: a batch failed before settling its deliveries", self.queue_name)
+        finally:
+            self._held.discard(task)
+
+    async def _process(self, deliveries: Sequence[AbstractIncomingMessage]) -> list[Result]:
+        try:
+            results = await self._consumer.process_batch(self._handler, deliveries)
+        except BaseException:
+            # Not even a decision: every delivery goes back to the queue.
+            await _settle_each(deliveries, [RuntimeError("batch failed")] * len(deliveries))
+            raise
+        if all(isinstance(result, Outcome) for result in results):
+            await _ack_all(deliveries)
+        else:
+            await _settle_each(deliveries, results)
+        return results
+
+
+async def _ack_all(deliveries: Sequence[AbstractIncomingMessage]) -> None:
+    """One multiple ack per channel: the last delivery's tag covers the batch."""
+    last_of_channel: dict[int, AbstractIncomingMessage] = {}
+    for delivery in deliveries:
+        try:
+            last_of_channel[id(delivery.channel)] = delivery
+        except ChannelInvalidStateError:
+            continue  # delivered on a channel that is gone: the broker has requeued it
+    for delivery in last_of_channel.values():
+        await _settle(delivery, ack=True, multiple=True)
+
+
+async def _settle_each(
+    deliveries: Sequence[AbstractIncomingMessage], results: Sequence[Result]
+) -> None:
+    for delivery, result in zip(deliveries, results, strict=True):
+        await _settle(delivery, ack=isinstance(result, Outcome))
+
+
+async def _settle(delivery: AbstractIncomingMessage, *, ack: bool, multiple: bool = False) -> None:
+    try:
+        if ack:
+            await delivery.ack(multiple=multiple)
+        else:
+            # Not even the retry or dead-letter publish went through: back to the queue
+            # (the queue's delivery limit bounds how often this can happen).
+            await delivery.nack(requeue=True)
+    except (AMQPError, ChannelInvalidStateError, ConnectionError) as error:
+        # The channel closed under us: the broker requeues the delivery, the inbox makes
+        # its redelivery a duplicate.
+        log.warning("could not settle delivery %s: %s", delivery.message_id, error)
