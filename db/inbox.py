@@ -35,3 +35,9 @@ async def record_many(
     for the first time."""
     rows = await conn.fetch(_RECORD_MANY, consumer, list(messages), list(messages.values()))
     return {row["message_id"] for row in rows}
+
+
+async def row_count(conn: asyncpg.Connection) -> int:
+    """Inbox entries kept for duplicate detection (every consumer of the database)."""
+    count: int = await conn.fetchval("SELECT count(*) FROM inbox")
+    return count

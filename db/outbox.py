@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -70,6 +71,44 @@ DELETE_PUBLISHED = (
     "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1::float8)"
 )
 COUNT_UNPUBLISHED = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+
+# The relay's session lock: one relay per service database publishes at a time.
+RELAY_LOCK_KEY = "fleet.outbox.relay"
+TRY_RELAY_LOCK = f"SELECT pg_try_advisory_lock(hashtext('{RELAY_LOCK_KEY}'))"
+# Whether some session of this database holds it (a one-key advisory lock's 64 bits are
+# classid and objid in pg_locks).
+_RELAY_ACTIVE = f"""
+SELECT EXISTS (
+    SELECT FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 1
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND ((classid::bigint << 32) | objid::bigint) = hashtext('{RELAY_LOCK_KEY}')::bigint
+)
+"""
+_BACKLOG = """
+SELECT count(*) AS rows, extract(epoch FROM now() - min(occurred_at))::float8 AS oldest
+FROM outbox WHERE published_at IS NULL
+"""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Outbox rows not published yet, and how long the oldest has waited (None: none)."""
+
+    rows: int
+    oldest_age_seconds: float | None
+
+
+async def backlog(conn: asyncpg.Connection) -> Backlog:
+    row = await conn.fetchrow(_BACKLOG)
+    oldest = row["oldest"]
+    return Backlog(row["rows"], None if oldest is None else max(0.0, oldest))
+
+
+async def relay_active(conn: asyncpg.Connection) -> bool:
+    """True while a relay of this database holds the publishing lock."""
+    active: bool = await conn.fetchval(_RELAY_ACTIVE)
+    return active
 
 
 # For operators: what each service emitted for one correlation (an order), oldest first.

@@ -171,3 +171,18 @@ async def step_log(conn: asyncpg.Connection, order_id: str) -> list[dict[str, An
         "SELECT at, status, step, entry FROM saga_log WHERE order_id = $1 ORDER BY id", order_id
     )
     return [dict(row) for row in rows]
+
+
+async def counts_by_status(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM sagas GROUP BY status")
+    return {row["status"]: row["n"] for row in rows}
+
+
+async def overdue_count(conn: asyncpg.Connection, now: datetime) -> int:
+    """Sagas still waiting whose deadline has passed (the deadline watcher acts on them)."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM sagas WHERE status IN ('running', 'compensating')"
+        " AND deadline_at <= $1",
+        now,
+    )
+    return count

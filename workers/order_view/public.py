@@ -5,6 +5,7 @@ view's side of ``fleet view rebuild`` (emptying it, following the rebuild's prog
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import aio_pika
@@ -26,7 +27,9 @@ __all__ = [
     "Summary",
     "known_order",
     "lag_queues",
+    "lag_seconds",
     "order_count",
+    "orders_by_saga_and_status",
     "ping",
     "read_view",
     "rebuild_status",
@@ -90,6 +93,20 @@ async def view_lag(
         "messages_waiting": sum(depth or 0 for depth in depths.values()),
         "last_update": last_update,
     }
+
+
+def lag_seconds(lag: dict[str, Any], now: datetime) -> float:
+    """The view's lag in seconds, from ``view_lag``: 0 when nothing waits for it, else how
+    long since it last applied an event (it is that far behind at least)."""
+    last_update = lag["last_update"]
+    if not lag["messages_waiting"] or last_update is None:
+        return 0.0
+    return max(0.0, float((now - last_update).total_seconds()))
+
+
+async def orders_by_saga_and_status(conn: asyncpg.Connection) -> dict[tuple[str, str], int]:
+    """Over a connection to the view's database: orders by saga style and status."""
+    return await store.counts_by_saga_and_status(conn)
 
 
 async def known_order(conn: asyncpg.Connection, order_id: str) -> Summary | None:

@@ -134,6 +134,15 @@ async def last_update(conn: asyncpg.Connection) -> datetime | None:
     return at
 
 
+async def counts_by_saga_and_status(conn: asyncpg.Connection) -> dict[tuple[str, str], int]:
+    """Orders by saga style and status (an order seen only through a late event has none)."""
+    rows = await conn.fetch(
+        "SELECT coalesce(saga, 'unknown') AS saga, coalesce(status, 'unknown') AS status,"
+        " count(*) AS n FROM order_summaries GROUP BY 1, 2"
+    )
+    return {(row["saga"], row["status"]): row["n"] for row in rows}
+
+
 # --- Rebuilds. -------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from workers.runtime.settings import Settings
 
 log = logging.getLogger("fleet.relay")
 
-LOCK = "SELECT pg_try_advisory_lock(hashtext('fleet.outbox.relay'))"
+LOCK = outbox.TRY_RELAY_LOCK
 
 
 async def run_relay(settings: Settings, service: str, stop: asyncio.Event) -> None:
