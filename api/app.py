@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import routes
+from api import routes, telemetry
 from api.resources import BrokerUnavailable, Resources, ViewUnavailable
 from workers.runtime.settings import Settings
 
@@ -23,6 +23,7 @@ DESCRIPTION = """Orders of the fleet over HTTP.
 * `GET /orders/{order_id}` and `GET /orders` read the read model (order_view), which follows
   the write side within moments; each answer says how far behind it is.
 * `GET /health` asks RabbitMQ and the view's database now.
+* `GET /metrics`: Prometheus metrics of the API (`fleet_http_*`).
 """
 
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(routes.router)
+    telemetry.instrument(app)
 
     async def unavailable(request: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=503)

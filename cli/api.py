@@ -44,9 +44,11 @@ def api(
     Requests in flight when it is told to stop are let finish.
     """
     from api.server import serve
+    from workers.runtime import tracing
     from workers.runtime.settings import get_settings
 
     settings = get_settings()
+    tracing.configure("api")
     sock = listen(host, port)
     # aiormq stays quiet (see main): the API's own lines say why RabbitMQ cannot be used.
     for name in ("fleet", "uvicorn"):

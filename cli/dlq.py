@@ -77,8 +77,10 @@ def replay(
     """
     chosen = _one_or_all(message_id, every)
     from workers.operations import dead_letters
+    from workers.runtime import tracing
     from workers.runtime.settings import get_settings
 
+    tracing.configure("fleet-cli")
     replayed = asyncio.run(dead_letters.replay(get_settings(), queue, chosen))
     if as_json:
         print_json({"queue": queue, "replayed": replayed})

@@ -16,9 +16,9 @@ import sys
 import typer
 
 from cli import db as db_commands
-from cli import dlq, docs, load, orders, run, up, view
+from cli import dlq, docs, load, orders, run, status, up, view
 from cli.api import api
-from cli.output import PLAIN_HELP, CliError
+from cli.output import PLAIN_HELP, CliError, PlainLogFormatter
 
 app = typer.Typer(
     help="A worker fleet over RabbitMQ: order processing with outbox, inbox, sagas and DLQs.",
@@ -38,6 +38,7 @@ app.add_typer(orders.order_app, name="order")
 app.add_typer(orders.saga_app, name="saga")
 app.add_typer(orders.orders_app, name="orders")
 app.command()(orders.verify)
+app.command()(status.status)
 app.command()(load.load)
 app.command()(api)
 
@@ -80,9 +81,9 @@ def _one_line(error: BaseException) -> tuple[str, int]:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(PlainLogFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     # One-shot commands report a failure in their one line; the long-running ones (worker,
     # relay) turn the driver's own logging back on.
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)

@@ -80,7 +80,10 @@ def place(
         )
     except Exception as error:  # pydantic's ValidationError
         fail(f"invalid order: {first_error(error)}", 2)
+    from workers.runtime import tracing
+
     settings = get_settings()
+    tracing.configure("fleet-cli")
     order_id = asyncio.run(place_order(settings, command))
     status = asyncio.run(wait_until_final(settings, order_id, wait)) if wait is not None else None
     if as_json:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
+from workers.runtime import log_context
+
 if TYPE_CHECKING:
     from workers.operations import Progress
 
@@ -99,19 +101,9 @@ def progress_bars(enabled: bool = True) -> Iterator[Progress]:
         yield report
 
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per log line, for log shippers (``--json`` on long-running commands)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": self.formatTime(record),
-            "logger": record.name,
-            "level": record.levelname,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line)
+# The log formatters live with the log context they read (a library, not the CLI).
+PlainLogFormatter = log_context.PlainLogFormatter
+JsonLogFormatter = log_context.JsonLogFormatter
 
 
 def log_as_json() -> None:

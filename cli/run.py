@@ -14,12 +14,19 @@ from cli.output import JsonOption, fail, log_as_json, print_json
 from workers.runtime.catalog import SERVICES
 
 
-def _serve(work: Callable[[asyncio.Event], Coroutine[Any, Any, None]], as_json: bool) -> None:
+def _serve(
+    work: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    as_json: bool,
+    *,
+    service: str,
+    metrics_port: int | None = None,
+) -> None:
     """Run ``work`` until SIGINT or SIGTERM, which sets its stop event (then it drains)."""
     logging.getLogger("fleet").setLevel(logging.INFO)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     if as_json:
         log_as_json()
+    _observe(service, metrics_port)
 
     from workers.runtime import loop
     from workers.runtime.settings import get_settings
@@ -38,10 +45,14 @@ def worker(
     service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)}."),
     no_relay: bool = typer.Option(False, "--no-relay", help="Consume only; run the relay apart."),
     as_json: bool = typer.Option(False, "--json", help="Log JSON lines."),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", min=0, max=65535, help="Serve Prometheus /metrics on this port."
+    ),
 ) -> None:
     """Run one service's consumers and its outbox relay.
 
     Until Ctrl-C or SIGTERM, which stop consuming and let what is in flight finish.
+    Traces go where the OTEL_* variables say (nowhere without them).
     """
     from workers.runtime import catalog
     from workers.runtime.settings import get_settings
@@ -49,7 +60,20 @@ def worker(
 
     runnable = catalog.load(service)
     worker = Worker(get_settings(), runnable, with_relay=not no_relay)
-    _serve(worker.run, as_json)
+    _serve(worker.run, as_json, service=service, metrics_port=metrics_port)
+
+
+def _observe(service: str, metrics_port: int | None) -> None:
+    """Tracing from the OTEL_* variables, and /metrics when a port is given."""
+    from workers.runtime import metrics, tracing
+
+    tracing.configure(service)
+    if metrics_port is not None:
+        try:
+            port = metrics.serve(metrics_port)
+        except OSError as error:
+            fail(f"cannot serve metrics on port {metrics_port}: {error.strerror or error}")
+        logging.getLogger("fleet").info("metrics on http://127.0.0.1:%d/metrics", port)
 
 
 def relay(
@@ -66,7 +90,7 @@ def relay(
     from workers.runtime.settings import get_settings
 
     settings = get_settings()
-    _serve(lambda stop: run_relay(settings, service, stop), as_json)
+    _serve(lambda stop: run_relay(settings, service, stop), as_json, service=service)
 
 
 def topology(as_json: bool = JsonOption) -> None:
@@ -121,6 +145,9 @@ def publish(
     message = test_messages.prepare(
         settings, type_, data, version=version, raw=raw, exchange=exchange
     )
+    from workers.runtime import tracing
+
+    tracing.configure("fleet-cli")
     sent = asyncio.run(
         test_messages.publish(
             settings, message, count=count, correlation_id=correlation_id, message_id=message_id

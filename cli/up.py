@@ -19,7 +19,8 @@ def up(
     """Run every service as its own process.
 
     Databases and topology are created first where missing; a worker that dies is
-    restarted; Ctrl-C or SIGTERM stops them all gracefully.
+    restarted; Ctrl-C or SIGTERM stops them all gracefully. Each worker serves /metrics on
+    a port from FLEET_METRICS_PORT (9464) upwards (0: none).
     """
     from workers.operations import namespace
     from workers.operations.supervisor import Supervisor, chosen_services
@@ -28,12 +29,13 @@ def up(
     names = chosen_services(only)
     settings = get_settings()
     asyncio.run(namespace.set_up(settings))
-    supervisor = Supervisor(names, replicas, as_json)
+    supervisor = Supervisor(names, replicas, as_json, settings.metrics_port)
     if as_json:
         print_json(
             {
                 "namespace": settings.namespace,
                 "processes": [label for _, label in supervisor.labels],
+                "metrics_ports": supervisor.metrics_ports,
             }
         )
     asyncio.run(supervisor.run())

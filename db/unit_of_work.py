@@ -4,8 +4,8 @@ The state change, the inbox entry and the outbox rows commit together or not at 
 a handler that fails before commit leaves no trace.
 
 The unit of work of a handler knows the message being handled (``received``), and every
-message emitted in it carries that message's correlation id and names it as its cause,
-without handlers passing ids around.
+message emitted in it carries that message's correlation id, names it as its cause and
+carries the current trace context, without handlers passing ids around.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from opentelemetry import propagate, trace
 
 from contracts import Envelope, Message, OutgoingMessage, encode_message
 from contracts.routing import exchange_for
@@ -79,13 +80,18 @@ class UnitOfWork:
             occurred_at=occurred_at,
         )
         exchange, routing_key = route or (exchange_for(self.namespace, message.KIND), message.TYPE)
+        # The trace context of now (the handler's span), stored with the outbox row and sent
+        # unchanged by the relay: the message continues its cause's trace, not the relay's.
+        trace_context: dict[str, str] = {}
+        if trace.get_current_span().get_span_context().is_valid:
+            propagate.inject(trace_context)
         self.emitted.append(
             OutgoingMessage.of(
                 envelope,
                 encode_message(message),
                 exchange=exchange,
                 routing_key=routing_key,
-                headers=headers,
+                headers={**trace_context, **(headers or {})},
             )
         )
         return envelope

@@ -32,6 +32,8 @@ def namespace_settings(server_urls: tuple[str, str], **overrides: object) -> Set
         "prefetch": 20,
         "relay_poll_interval": 0.5,
         "relay_lock_retry": 0.3,
+        # No fixed /metrics ports: two fleets of tests (or a developer's) must not clash.
+        "metrics_port": 0,
         **overrides,
     }
     settings = Settings(**values)  # type: ignore[arg-type]

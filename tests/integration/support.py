@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -170,14 +170,18 @@ class Fleet:
         async with begin_unit_of_work(pool, producer="tests", namespace=self.ns) as uow:
             yield uow
 
-    async def spawn(self, *args: str, **env: Any) -> FleetProcess:
+    async def spawn(
+        self, *args: str, environment: Mapping[str, str] | None = None, **env: Any
+    ) -> FleetProcess:
+        """``fleet *args`` in this namespace (``env``: settings; ``environment``: other
+        variables, such as OTEL_*)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "cli",
             *args,
             cwd=ROOT,
-            env=self.env(**env),
+            env={**self.env(**env), **(environment or {})},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )

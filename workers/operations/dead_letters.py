@@ -20,7 +20,7 @@ from aiormq.exceptions import ChannelNotFoundEntity, PublishError
 
 from contracts import OutgoingMessage
 from workers.operations import OperatorError
-from workers.runtime import catalog, topology
+from workers.runtime import catalog, topology, tracing
 from workers.runtime.consumer import ATTEMPTS_HEADER, ERROR_HEADERS
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
 from workers.runtime.service import Service
@@ -139,7 +139,16 @@ async def replay(settings: Settings, name: str, message_id: str | None) -> list[
                 continue
             exchange, routing_key = _replay_target(message, name, settings.namespace)
             try:
-                await publisher.publish(_replayed_copy(message, exchange, routing_key))
+                # In the trace of the message's first attempts (its headers carry it).
+                with tracing.span(
+                    f"replay {name}",
+                    parent_headers=message.headers or {},
+                    attributes={
+                        "messaging.message.id": str(message.message_id),
+                        "messaging.rabbitmq.destination.routing_key": routing_key,
+                    },
+                ):
+                    await publisher.publish(_replayed_copy(message, exchange, routing_key))
             except PublishError:
                 raise DeadLetterError(f"cannot replay to {routing_key}: no such queue") from None
             await message.ack()

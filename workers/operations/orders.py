@@ -18,7 +18,7 @@ from db import outbox
 from db.engine import asyncpg_url
 from workers.orchestrator import public as orchestrator
 from workers.order import public as orders
-from workers.runtime import catalog
+from workers.runtime import catalog, tracing
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.settings import Settings
 
@@ -27,9 +27,13 @@ async def place_order(settings: Settings, command: PlaceOrder) -> str:
     """Send PlaceOrder (confirmed) over a connection of its own; return the order's id."""
     publisher = await ConfirmedPublisher.connect(settings.amqp_url)
     try:
-        return await orders.send_place_order(
-            publisher, settings.namespace, command, producer="fleet-cli"
-        )
+        # The root of the order's trace (the saga's spans in every service descend from it).
+        with tracing.span("fleet order place", attributes={"fleet.saga": command.saga}) as span:
+            order_id = await orders.send_place_order(
+                publisher, settings.namespace, command, producer="fleet-cli"
+            )
+            span.set_attribute("fleet.order_id", order_id)
+            return order_id
     finally:
         await publisher.close()
 

@@ -25,12 +25,20 @@ STOP_GRACE_SECONDS = 30.0
 
 
 class Supervisor:
-    def __init__(self, names: list[str], replicas: int, as_json: bool) -> None:
+    def __init__(
+        self, names: list[str], replicas: int, as_json: bool, metrics_port: int = 0
+    ) -> None:
         self.labels = [
             (name, f"{name}.{i}" if replicas > 1 else name)
             for name in names
             for i in range(1, replicas + 1)
         ]
+        # Each process's /metrics port, from metrics_port upwards in the order of labels
+        # (deploy/prometheus.yml lists them); 0: no metrics served.
+        self.metrics_ports = {
+            label: metrics_port + index if metrics_port else 0
+            for index, (_, label) in enumerate(self.labels)
+        }
         self.as_json = as_json
         self.stopping = asyncio.Event()
         self.children: dict[str, asyncio.subprocess.Process] = {}
@@ -60,18 +68,21 @@ class Supervisor:
         backoff = 1.0
         while not self.stopping.is_set():
             started = time.monotonic()
+            port = self.metrics_ports[label]
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "cli",
                 "worker",
                 service,
+                *(["--metrics-port", str(port)] if port else []),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops them
             )
             self.children[label] = process
-            self.say(label, f"started (pid {process.pid})")
+            metrics_note = f"; metrics on http://127.0.0.1:{port}/metrics" if port else ""
+            self.say(label, f"started (pid {process.pid}){metrics_note}")
             assert process.stdout is not None
             async for raw in process.stdout:
                 self.say(label, raw.decode(errors="replace").rstrip())

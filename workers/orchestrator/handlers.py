@@ -10,6 +10,7 @@ import typing
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from aio_pika.abc import AbstractConnection
 
 from contracts import (
     OrderConfirmed,
@@ -30,6 +31,7 @@ from db.unit_of_work import UnitOfWork, unit_of_work
 from workers.orchestrator import domain, store
 from workers.orchestrator.domain import OrderFacts, Transition
 from workers.orchestrator.settings import OrchestratorSettings
+from workers.runtime import metrics, tracing
 from workers.runtime.service import Service
 from workers.runtime.settings import Settings
 
@@ -142,16 +144,35 @@ async def fire_due_deadlines(
         now = _now()
         due = await store.due(uow.conn, now, limit)
         for order_id in due:
-            await uow.lock(order_id)
-            saga = await store.load(uow.conn, order_id)
-            if saga is not None:
-                transition = domain.on_deadline(saga, now, _timeout(section))
-                log.warning("saga %s: %s", order_id, transition.log)
-                await _apply(uow, transition)
+            with tracing.span(
+                f"deadline {order_id}",
+                attributes={
+                    "fleet.order_id": order_id,
+                    "messaging.message.conversation_id": order_id,
+                },
+            ):
+                await uow.lock(order_id)
+                saga = await store.load(uow.conn, order_id)
+                if saga is not None:
+                    transition = domain.on_deadline(saga, now, _timeout(section))
+                    log.warning("saga %s: %s", order_id, transition.log)
+                    await _apply(uow, transition)
     return len(due)
 
 
 service.background.append(watch_deadlines)
+
+
+async def sample(settings: Settings, conn: asyncpg.Connection, broker: AbstractConnection) -> None:
+    """The metrics sampler's gauges of the orchestrator: its sagas by state, and those
+    still waiting past their deadline."""
+    counts = await store.counts_by_status(conn)
+    for status in typing.get_args(domain.Status):
+        metrics.SAGAS.labels("orchestration", status).set(counts.get(status, 0))
+    metrics.DEADLINES_OVERDUE.set(await store.overdue_count(conn, _now()))
+
+
+service.samplers.append(sample)
 
 # The union says which types the queue is bound to; the domain says which it understands.
 if {model.TYPE for model in typing.get_args(Reply)} != set(domain.REPLY_TYPES):

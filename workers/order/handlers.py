@@ -37,6 +37,7 @@ from db import event_store
 from db.unit_of_work import UnitOfWork
 from workers.order import domain, store
 from workers.order.settings import OrderSettings
+from workers.runtime import tracing
 from workers.runtime.errors import PermanentError
 from workers.runtime.service import Service
 
@@ -86,37 +87,46 @@ async def replay_events(
     if expected is None:
         expected = await event_store.count_events(uow.conn, up_to)
     page_size = settings.replay_page_size
-    page = await event_store.all_events(
-        uow.conn, after_position=command.after_position, limit=page_size, up_to_position=up_to
-    )
-    route = (replays_exchange(uow.namespace), command.target)
-    for stored in page:
-        uow.emit(
-            stored.message,
-            message_id=_replay_message_id(command.replay_id, stored),
-            correlation_id=stored.metadata.get("correlation_id") or stored.stream_id,
-            occurred_at=_first_occurred_at(stored),
-            headers={
-                STREAM_VERSION_HEADER: stored.version,
-                REPLAY_ID_HEADER: command.replay_id,
-                REPLAY_EXPECTED_HEADER: expected,
-            },
-            route=route,
+    # A span per page: the replayed events are emitted in it, so the view's side of the
+    # rebuild continues its trace.
+    with tracing.span(
+        "rebuild page",
+        attributes={"fleet.replay_id": command.replay_id, "fleet.replay.sent": command.sent},
+    ) as span:
+        page = await event_store.all_events(
+            uow.conn, after_position=command.after_position, limit=page_size, up_to_position=up_to
         )
-    sent = command.sent + len(page)
-    if len(page) == page_size and page[-1].global_position < up_to:
-        next_page = command.model_copy(
-            update={
-                "after_position": page[-1].global_position,
-                "up_to_position": up_to,
-                "expected": expected,
-                "sent": sent,
-            }
-        )
-        uow.emit(next_page)
-    else:
-        done = OrderEventsReplayed(replay_id=command.replay_id, target=command.target, events=sent)
-        uow.emit(done, route=route)
+        span.set_attribute("fleet.replay.page_events", len(page))
+        route = (replays_exchange(uow.namespace), command.target)
+        for stored in page:
+            uow.emit(
+                stored.message,
+                message_id=_replay_message_id(command.replay_id, stored),
+                correlation_id=stored.metadata.get("correlation_id") or stored.stream_id,
+                occurred_at=_first_occurred_at(stored),
+                headers={
+                    STREAM_VERSION_HEADER: stored.version,
+                    REPLAY_ID_HEADER: command.replay_id,
+                    REPLAY_EXPECTED_HEADER: expected,
+                },
+                route=route,
+            )
+        sent = command.sent + len(page)
+        if len(page) == page_size and page[-1].global_position < up_to:
+            next_page = command.model_copy(
+                update={
+                    "after_position": page[-1].global_position,
+                    "up_to_position": up_to,
+                    "expected": expected,
+                    "sent": sent,
+                }
+            )
+            uow.emit(next_page)
+        else:
+            done = OrderEventsReplayed(
+                replay_id=command.replay_id, target=command.target, events=sent
+            )
+            uow.emit(done, route=route)
     log.info(
         "replay %s to %s: sent %d of %d event(s)%s",
         command.replay_id,

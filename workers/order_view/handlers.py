@@ -12,7 +12,10 @@ give the row, so binding them would only add traffic.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+
+import asyncpg
+from aio_pika.abc import AbstractConnection
 
 from contracts import (
     OrderConfirmed,
@@ -25,8 +28,10 @@ from contracts import (
 from contracts.envelope import REPLAY_EXPECTED_HEADER, REPLAY_ID_HEADER, STREAM_VERSION_HEADER
 from db.unit_of_work import UnitOfWork
 from workers.order_view import domain, store
+from workers.runtime import metrics
 from workers.runtime.errors import PermanentError
 from workers.runtime.service import Service
+from workers.runtime.settings import Settings
 
 service = Service("order_view", emits=())  # a projection: it emits nothing
 
@@ -36,6 +41,11 @@ ProjectedEvent = OrderPlacedV2 | OrderConfirmed | OrderRejected | PaymentComplet
 
 @service.handler()
 async def project(uow: UnitOfWork, event: ProjectedEvent) -> None:
+    before, after = await _project(uow, event)
+    _observe_saga_end(before, after)
+
+
+async def _project(uow: UnitOfWork, event: ProjectedEvent) -> tuple[domain.Summary, domain.Summary]:
     view_event = to_view_event(uow, event)
     await uow.lock(event.order_id)
     existing = await store.load(uow.conn, event.order_id)
@@ -43,6 +53,35 @@ async def project(uow: UnitOfWork, event: ProjectedEvent) -> None:
     after = domain.apply(before, view_event)
     if after != before or existing is None:
         await store.save(uow.conn, after)
+    return before, after
+
+
+def _observe_saga_end(before: domain.Summary, after: domain.Summary) -> None:
+    """A live saga that just ended, in either style: how long it took, placed to decided.
+    (The view sees both styles' ends; a rebuild's replays are history, not observed.)"""
+    ended = after.status in ("CONFIRMED", "REJECTED") and before.status != after.status
+    if ended and after.created_at is not None and after.updated_at is not None:
+        metrics.SAGA_SECONDS.labels(after.saga or "unknown", (after.status or "").lower()).observe(
+            max(0.0, (after.updated_at - after.created_at).total_seconds())
+        )
+
+
+async def sample(settings: Settings, conn: asyncpg.Connection, broker: AbstractConnection) -> None:
+    """The metrics sampler's gauges of the view: choreographed sagas by state (the
+    orchestrator counts orchestrated ones), and how far the view is behind."""
+    from workers.order_view import public  # public imports this module
+
+    counts = await store.counts_by_saga_and_status(conn)
+    for status in domain.STATUSES:
+        metrics.SAGAS.labels("choreography", status.lower()).set(
+            counts.get(("choreography", status), 0)
+        )
+    lag = await public.view_lag(settings, await store.last_update(conn), connection=broker)
+    metrics.VIEW_WAITING.set(lag["messages_waiting"])
+    metrics.VIEW_LAG.set(public.lag_seconds(lag, datetime.now(UTC)))
+
+
+service.samplers.append(sample)
 
 
 ReplayedMessage = OrderPlacedV2 | OrderConfirmed | OrderRejected | OrderEventsReplayed
@@ -60,7 +99,7 @@ async def rebuild(uow: UnitOfWork, message: ReplayedMessage) -> None:
         await store.replay_ended(uow.conn, message.replay_id, message.events)
         return
     replay_id, expected = _replay_headers(uow)
-    await project(uow, message)
+    await _project(uow, message)
     await store.count_applied(uow.conn, replay_id, expected)
 
 

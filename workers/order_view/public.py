@@ -104,6 +104,12 @@ def lag_seconds(lag: dict[str, Any], now: datetime) -> float:
     return max(0.0, float((now - last_update).total_seconds()))
 
 
+async def last_update(conn: asyncpg.Connection) -> datetime | None:
+    """Over a connection to the view's database: when it last applied an order event (None:
+    never), what ``view_lag`` takes (``fleet status`` reads it beside other databases)."""
+    return await store.last_update(conn)
+
+
 async def orders_by_saga_and_status(conn: asyncpg.Connection) -> dict[tuple[str, str], int]:
     """Over a connection to the view's database: orders by saga style and status."""
     return await store.counts_by_saga_and_status(conn)

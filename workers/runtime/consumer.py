@@ -27,7 +27,9 @@ round trips per message: more than a batch saves.)
 from __future__ import annotations
 
 import enum
+import functools
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,11 +37,15 @@ from datetime import UTC, datetime
 
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
+from opentelemetry.trace import Span
+from prometheus_client import Counter as CounterChild
+from prometheus_client import Histogram as HistogramChild
 
 from contracts import ContractError, Envelope, Message, OutgoingMessage, registry
 from db import inbox, outbox
 from db.engine import ACQUIRE_TIMEOUT
 from db.unit_of_work import Received, UnitOfWork, lock_keys, unit_of_work
+from workers.runtime import log_context, metrics, tracing
 from workers.runtime.errors import is_transient
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
 from workers.runtime.service import Handler
@@ -69,6 +75,7 @@ class Decoded:
     envelope: Envelope
     message: Message
     attempts: int  # this one included
+    span: Span  # its ``process`` span: current while its handler runs
 
     @property
     def received(self) -> Received:
@@ -113,11 +120,14 @@ class Consumer:
     ) -> list[Result]:
         """Handle deliveries of one queue together; a result each, in their order. The
         caller acks each delivery whose result is an Outcome, and nacks the others."""
+        started = time.perf_counter()
         results: dict[int, Result] = {}
         ready: dict[int, Decoded] = {}
+        spans = [self._start_span(handler, raw) for raw in raws]
         for index, raw in enumerate(raws):
             try:
-                decoded = await self._decode(handler, raw)
+                with _Handling(spans[index], raw):
+                    decoded = await self._decode(handler, raw, spans[index])
             except Exception as error:  # its dead letter could not be published
                 results[index] = error
                 continue
@@ -134,12 +144,41 @@ class Consumer:
                 except Exception as error:  # its retry or dead letter could not be published
                     results[index] = error
         ordered = [results[index] for index in range(len(raws))]
-        for result in ordered:
+        seconds = time.perf_counter() - started
+        for result, span in zip(ordered, spans, strict=True):
             if isinstance(result, Outcome):
                 self.outcomes[handler.name, result] += 1
+                self._handled(handler.name, result).inc()
+                span.set_attribute("fleet.outcome", result.value)
+                tracing.end(span)
+            else:
+                tracing.end(span, result)
+            self._seconds(handler.name).observe(seconds)
         return ordered
 
-    async def _decode(self, handler: Handler, raw: AbstractIncomingMessage) -> Outcome | Decoded:
+    @functools.cache  # noqa: B019 (one consumer per worker: its few series, looked up once)
+    def _handled(self, handler: str, outcome: Outcome) -> CounterChild:
+        return metrics.HANDLED.labels(self.service, handler, outcome.value)
+
+    @functools.cache  # noqa: B019
+    def _seconds(self, handler: str) -> HistogramChild:
+        return metrics.HANDLING_SECONDS.labels(self.service, handler)
+
+    def _start_span(self, handler: Handler, raw: AbstractIncomingMessage) -> Span:
+        return tracing.start_process(
+            handler.queue(self.settings.namespace),
+            exchange=raw.exchange or "",
+            routing_key=raw.routing_key or "",
+            message_id=raw.message_id,
+            correlation_id=raw.correlation_id,
+            headers=raw.headers,
+            attempt=_attempts(raw) + 1,
+            handler=handler.consumer,
+        )
+
+    async def _decode(
+        self, handler: Handler, raw: AbstractIncomingMessage, span: Span
+    ) -> Outcome | Decoded:
         queue = handler.queue(self.settings.namespace)
         attempts = _attempts(raw) + 1
         try:
@@ -159,25 +198,27 @@ class Consumer:
             return Outcome.DEAD_LETTERED
         if not handler.accepts(message):
             return Outcome.IGNORED
-        return Decoded(raw, envelope, message, attempts)
+        return Decoded(raw, envelope, message, attempts, span)
 
     async def _apply_alone(self, handler: Handler, delivery: Decoded) -> Outcome:
         envelope = delivery.envelope
-        try:
-            async with unit_of_work(
-                self.pool,
-                producer=self.service,
-                namespace=self.settings.namespace,
-                received=delivery.received,
-            ) as uow:
-                if not await inbox.record(
-                    uow.conn, handler.consumer, envelope.message_id, envelope.type
-                ):
-                    _log_duplicate(handler, envelope)
-                    return Outcome.DUPLICATE
-                await handler.apply(uow, delivery.message, self.section)
-        except Exception as error:
-            return await self._failed(handler, delivery, error)
+        with _Handling(delivery.span, delivery.raw):
+            try:
+                with tracing.span(f"transaction {self.service}"):
+                    async with unit_of_work(
+                        self.pool,
+                        producer=self.service,
+                        namespace=self.settings.namespace,
+                        received=delivery.received,
+                    ) as uow:
+                        if not await inbox.record(
+                            uow.conn, handler.consumer, envelope.message_id, envelope.type
+                        ):
+                            _log_duplicate(handler, envelope)
+                            return Outcome.DUPLICATE
+                        await handler.apply(uow, delivery.message, self.section)
+            except Exception as error:
+                return await self._failed(handler, delivery, error)
         return Outcome.APPLIED
 
     async def _apply_together(
@@ -187,6 +228,12 @@ class Consumer:
         cannot commit, leave them out, to be applied alone next: all but one that failed
         for good, which is dead-lettered here."""
         outcomes: dict[int, Outcome] = {}
+        # The one transaction, seen in the trace of each delivery it carries.
+        transaction_spans = tracing.start_children(
+            f"transaction {self.service}",
+            [delivery.span for delivery in ready.values()],
+            {"fleet.batch.size": len(ready)},
+        )
         try:
             async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
                 # Handlers lock the order they decide about, and a message's correlation id
@@ -213,7 +260,8 @@ class Consumer:
                         locked=locked,
                     )
                     try:
-                        await handler.apply(uow, delivery.message, self.section)
+                        with _Handling(delivery.span, delivery.raw):
+                            await handler.apply(uow, delivery.message, self.section)
                     except Exception as error:
                         raise _FailedInBatch(index, error) from error
                     emitted += uow.emitted
@@ -221,24 +269,34 @@ class Consumer:
                 await outbox.append(conn, emitted)
         except _FailedInBatch as failed:
             self.fallbacks += 1
+            for span in transaction_spans:
+                tracing.end(span, failed.error)
             if not is_transient(failed.error):  # it would only fail again alone
                 delivery = ready[failed.index]
                 try:
-                    results[failed.index] = await self._failed(handler, delivery, failed.error)
+                    with _Handling(delivery.span, delivery.raw):
+                        results[failed.index] = await self._failed(handler, delivery, failed.error)
                 except Exception as error:  # its dead letter could not be published
                     results[failed.index] = error
             return
         except Exception as error:  # the batch as a whole: each is tried alone instead
             self.fallbacks += 1
+            for span in transaction_spans:
+                tracing.end(span, error)
             log.info(
                 "%s: a batch of %d failed (%s); one by one", handler.consumer, len(ready), error
             )
             return
+        for span in transaction_spans:
+            tracing.end(span)
         self.batched += len(ready)
         results.update(outcomes)
 
     async def _failed(self, handler: Handler, delivery: Decoded, error: Exception) -> Outcome:
+        """The retry or dead-letter path of a delivery whose handler failed (its span is
+        current)."""
         queue = handler.queue(self.settings.namespace)
+        tracing.failed(delivery.span, error)
         if is_transient(error) and delivery.attempts < self.settings.max_attempts:
             await self._retry(delivery.raw, queue, error, delivery.attempts)
             return Outcome.RETRY
@@ -259,15 +317,24 @@ class Consumer:
             delay,
         )
         headers = {**(raw.headers or {}), ATTEMPTS_HEADER: attempts}
-        await self.publisher.publish(
-            # Its routing key is its queue's name: the tier sends it back there when due.
-            sent_on(
-                raw,
-                exchange=delay_tier(self.settings.namespace, delay),
-                routing_key=queue,
-                headers=headers,
+        metrics.RETRIES.labels(self.service, queue, type(error).__name__).inc()
+        with tracing.span(
+            f"retry {queue}",
+            attributes={
+                "fleet.attempt": attempts,
+                "fleet.retry.delay_ms": delay,
+                "error.type": type(error).__qualname__,
+            },
+        ):
+            await self.publisher.publish(
+                # Its routing key is its queue's name: the tier sends it back there when due.
+                sent_on(
+                    raw,
+                    exchange=delay_tier(self.settings.namespace, delay),
+                    routing_key=queue,
+                    headers=headers,
+                )
             )
-        )
 
     async def _dead_letter(
         self, raw: AbstractIncomingMessage, queue: str, error: Exception, attempts: int
@@ -291,14 +358,19 @@ class Consumer:
             "x-original-queue": queue,
             "x-failed-at": datetime.now(UTC).isoformat(),
         }
-        await self.publisher.publish(
-            sent_on(
-                raw,
-                exchange=dead_letter_exchange(self.settings.namespace),
-                routing_key=dead_letter_queue(queue),
-                headers=headers,
+        metrics.DEAD_LETTERS.labels(self.service, queue, type(error).__name__).inc()
+        with tracing.span(
+            f"dead-letter {queue}",
+            attributes={"fleet.attempt": attempts, "error.type": type(error).__qualname__},
+        ):
+            await self.publisher.publish(
+                sent_on(
+                    raw,
+                    exchange=dead_letter_exchange(self.settings.namespace),
+                    routing_key=dead_letter_queue(queue),
+                    headers=headers,
+                )
             )
-        )
 
 
 def _log_duplicate(handler: Handler, envelope: Envelope) -> None:
@@ -313,3 +385,24 @@ def _log_duplicate(handler: Handler, envelope: Envelope) -> None:
 def _attempts(raw: AbstractIncomingMessage) -> int:
     value = (raw.headers or {}).get(ATTEMPTS_HEADER, 0)
     return value if isinstance(value, int) else 0
+
+
+class _Handling:
+    """While a delivery is handled: its span current (what it emits carries it), and its
+    ids on every log line. A class, not a generator: it is entered several times per
+    message."""
+
+    __slots__ = ("_log_token", "_raw", "_span", "_span_token")
+
+    def __init__(self, span: Span, raw: AbstractIncomingMessage) -> None:
+        self._span, self._raw = span, raw
+
+    def __enter__(self) -> None:
+        raw = self._raw
+        traceparent = (raw.headers or {}).get("traceparent")
+        self._log_token = log_context.enter(raw.message_id, raw.correlation_id, traceparent)
+        self._span_token = tracing.attach(self._span)
+
+    def __exit__(self, *exc_info: object) -> None:
+        tracing.detach(self._span_token)
+        log_context.leave(self._log_token)

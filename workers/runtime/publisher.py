@@ -20,13 +20,17 @@ from aio_pika.abc import (
 )
 
 from contracts import OutgoingMessage
+from workers.runtime import tracing
 
 
-def to_amqp_message(message: OutgoingMessage) -> aio_pika.Message:
-    """The one conversion to what aio-pika sends: always persistent."""
+def to_amqp_message(
+    message: OutgoingMessage, headers: Mapping[str, Any] | None = None
+) -> aio_pika.Message:
+    """The one conversion to what aio-pika sends: always persistent. ``headers`` replace
+    the message's own (the same with the trace context of the send added)."""
     return aio_pika.Message(
         message.body,
-        headers=dict(message.headers),
+        headers=dict(message.headers if headers is None else headers),
         content_type=message.content_type,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=message.message_id,
@@ -88,7 +92,7 @@ class ConfirmedPublisher:
 
     async def publish(self, message: OutgoingMessage) -> None:
         exchange = await self._exchange(message.exchange)
-        await exchange.publish(to_amqp_message(message), message.routing_key, mandatory=True)
+        await self._send(exchange, message)
 
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         """Pipelined: every publish is in flight at once, the confirms awaited together.
@@ -98,15 +102,28 @@ class ConfirmedPublisher:
         """
         exchanges = {name: await self._exchange(name) for name in {m.exchange for m in messages}}
         results = await asyncio.gather(
-            *(
-                exchanges[m.exchange].publish(to_amqp_message(m), m.routing_key, mandatory=True)
-                for m in messages
-            ),
-            return_exceptions=True,
+            *(self._send(exchanges[m.exchange], m) for m in messages), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    async def _send(self, exchange: AbstractExchange, message: OutgoingMessage) -> None:
+        span, headers = tracing.start_send(
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            headers=message.headers,
+        )
+        try:
+            await exchange.publish(
+                to_amqp_message(message, headers), message.routing_key, mandatory=True
+            )
+        except BaseException as error:
+            tracing.end(span, error)
+            raise
+        tracing.end(span)
 
     async def close(self) -> None:
         await self._connection.close()

@@ -21,6 +21,7 @@ import asyncpg
 
 from db import inbox, outbox
 from db.engine import asyncpg_url
+from workers.runtime import metrics
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.settings import Settings
 
@@ -43,7 +44,8 @@ class Relay:
         self.settings = settings
         self.service = service
         self.publisher = publisher
-        self.active = False  # holds the lock and publishes
+        self._active = False
+        self.active = False  # shows 0 until the lock is taken
         self.published = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -59,6 +61,16 @@ class Relay:
                 )
                 self.active = False
                 await _wait(stop, self.settings.relay_lock_retry)
+
+    @property
+    def active(self) -> bool:
+        """Holds the lock and publishes (a standby waits for it)."""
+        return self._active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._active = value
+        metrics.RELAY_ACTIVE.labels(self.service).set(1 if value else 0)
 
     async def _session(self, stop: asyncio.Event) -> None:
         conn: asyncpg.Connection = await asyncpg.connect(
@@ -121,6 +133,7 @@ class Relay:
                     await conn.execute(outbox.MARK_PUBLISHED, confirmed_ids)
                     total += len(confirmed_ids)
                     self.published += len(confirmed_ids)
+                    metrics.RELAY_PUBLISHED.labels(self.service).inc(len(confirmed_ids))
                 if in_flight is None:
                     return total
         finally:

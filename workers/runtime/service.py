@@ -35,6 +35,7 @@ from workers.runtime.topology import QueueSpec
 
 if TYPE_CHECKING:
     import asyncpg
+    from aio_pika.abc import AbstractConnection
 
     from workers.runtime.settings import Settings
 
@@ -46,6 +47,14 @@ MessageFilter = Callable[[Message], bool]
 # section (None when it declares none) and the pool of its database's connections.
 BackgroundTask = Callable[
     ["Settings", Any, "asyncpg.Pool", asyncio.Event], Coroutine[Any, Any, None]
+]
+
+
+# Gauges of a service's own (the orchestrator's sagas, the view's lag), set by the worker's
+# metrics sampler every FLEET_METRICS_INTERVAL seconds: given the settings, a connection to
+# the service's database and one to the broker.
+Sampler = Callable[
+    ["Settings", "asyncpg.Connection", "AbstractConnection"], Coroutine[Any, Any, None]
 ]
 
 
@@ -110,6 +119,7 @@ class Service:
     emits: tuple[str, ...] = ()
     handlers: list[Handler] = field(default_factory=list)
     background: list[BackgroundTask] = field(default_factory=list)
+    samplers: list[Sampler] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for type_ in self.emits:

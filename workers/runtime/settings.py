@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # The event loop of workers and relays: uvloop costs less CPU per message (see README,
     # Performance); asyncio where uvloop is not installed (Windows) or to compare.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Metrics: `fleet up` gives its workers ports from metrics_port upwards; gauges read from
+    # the database and the broker are refreshed every metrics_interval seconds.
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_interval: float = Field(default=5.0, gt=0)
 
     relay_batch_size: int = 500
     relay_poll_interval: float = 5.0

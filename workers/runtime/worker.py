@@ -13,12 +13,16 @@ its own: publishing under the broker's flow control must not hold up acks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractConnection
 
-from db.engine import create_pool
-from workers.runtime import topology
+from db import inbox, outbox
+from db.engine import ACQUIRE_TIMEOUT, create_pool
+from workers.runtime import metrics, topology
 from workers.runtime.consumer import Consumer
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.relay import Relay
@@ -83,6 +87,7 @@ class Worker:
                 asyncio.create_task(task(settings, self.section, pool, relay_stop))
                 for task in self.service.background
             ]
+            background.append(asyncio.create_task(self._sample(pool, consuming, relay_stop)))
             try:
                 for subscription in subscriptions:
                     await subscription.start()
@@ -104,3 +109,32 @@ class Worker:
             await publisher.close()
             await pool.close()
         log.info("%s worker stopped", self.service.name)
+
+    async def _sample(
+        self, pool: asyncpg.Pool, broker: AbstractConnection, stop: asyncio.Event
+    ) -> None:
+        """Refresh the gauges read from the database and the broker until ``stop``."""
+        while not stop.is_set():
+            try:
+                await self.sample_once(pool, broker)
+            except Exception as error:  # a server is down: the gauges keep their last value
+                log.debug("%s metrics: %s: %s", self.service.name, type(error).__name__, error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.metrics_interval)
+
+    async def sample_once(self, pool: asyncpg.Pool, broker: AbstractConnection) -> None:
+        name = self.service.name
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            backlog = await outbox.backlog(conn)
+            metrics.OUTBOX_WAITING.labels(name).set(backlog.rows)
+            metrics.OUTBOX_OLDEST_AGE.labels(name).set(backlog.oldest_age_seconds or 0.0)
+            metrics.INBOX_ROWS.labels(name).set(await inbox.row_count(conn))
+            for sampler in self.service.samplers:
+                await sampler(self.settings, conn, broker)
+        dead_letter_queues = [
+            topology.dead_letter_queue(handler.queue(self.settings.namespace))
+            for handler in self.service.handlers
+        ]
+        for queue, depth in (await topology.depths(broker, dead_letter_queues)).items():
+            if depth is not None:
+                metrics.DLQ_DEPTH.labels(name, queue).set(depth)
