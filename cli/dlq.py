@@ -64,6 +64,54 @@ def show(
         typer.echo(f"  body: {data['body']}")
 
 
+GROUP_KEYS = ("signature", "type", "queue", "service")  # as dead_letters.GROUP_KEYS
+
+
+@app.command()
+def groups(
+    by: str = typer.Option(
+        "signature", "--by", help=f"Group by {' | '.join(GROUP_KEYS)} (default signature)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Dead letters of every queue grouped by how they failed, largest group first.
+
+    A signature is the error type and where in the fleet's code it arose (or the broker's
+    reason and queue); the queues are left as they were.
+    """
+    if by not in GROUP_KEYS:
+        fail(f"--by must be one of {', '.join(GROUP_KEYS)}, not {by!r}", 2)
+    from workers.operations import dead_letters
+    from workers.runtime.settings import get_settings
+
+    found = asyncio.run(dead_letters.groups(get_settings(), by))
+    if as_json:
+        print_json([group.as_dict() for group in found])
+        return
+    if not found:
+        typer.echo("no dead letters")
+        return
+    print_table(
+        f"dead letters by {by}",
+        [by, "count", "first failure", "last failure", "latest error", "example message id"],
+        [
+            (
+                group.key,
+                group.count,
+                _when(group.first_failed_at),
+                _when(group.last_failed_at),
+                group.latest_reason[:120],
+                group.example_message_id,
+            )
+            for group in found
+        ],
+    )
+
+
+def _when(value: object) -> str:
+    return "" if value is None else str(value)[:19]
+
+
 @app.command()
 def replay(
     queue: str = typer.Argument(..., help="A dead-letter queue."),

@@ -328,7 +328,9 @@ def with_trace(message: OutgoingMessage, trace_id: str) -> OutgoingMessage:
     )
 
 
-async def test_a_retry_and_a_dead_lettering_show_in_their_messages_traces(fleet: Fleet) -> None:
+async def test_a_retry_a_dead_lettering_and_a_replay_show_in_their_messages_traces(
+    fleet: Fleet,
+) -> None:
     exporter = watched_traces()
     retried, poisoned = new_id(), new_id()
     # Twice: a batch tries a transiently failed message again alone before its retry.
@@ -357,11 +359,21 @@ async def test_a_retry_and_a_dead_lettering_show_in_their_messages_traces(fleet:
 
         await wait_for(retried_and_applied, timeout=20)
         await wait_for(dead_lettered, timeout=20)
+        # The dead letter keeps its headers: replaying it continues the same trace (and,
+        # failing for good again, it is dead-lettered again, in it too).
+        dlq = dead_letter_queue(queue)
+        await dead_letters.replay(fleet.settings, dlq, None)
+
+        async def dead_lettered_again() -> bool:
+            return names(poisoned).count(f"dead-letter {queue}") == 2
+
+        await wait_for(dead_lettered_again, timeout=20)
+    assert f"replay {dlq}" in names(poisoned)
     assert f"dead-letter {queue}" not in names(retried)
     assert f"retry {queue}" not in names(poisoned)
     retry = next(s for s in exporter.spans if s.name == f"retry {queue}")
     assert retry.attributes is not None and retry.attributes["error.type"] == "TransientError"
-    await dead_letters.purge(fleet.settings, dead_letter_queue(queue), None)
+    await dead_letters.purge(fleet.settings, dlq, None)
 
 
 # --- Metrics. -----------------------------------------------------------------------------

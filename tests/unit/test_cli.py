@@ -42,7 +42,13 @@ def modules_loaded_by(*argv: str) -> set[str]:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["dlq", "--help"], ["order", "place", "--help"], ["worker", "--help"]],
+    [
+        ["--help"],
+        ["dlq", "--help"],
+        ["order", "place", "--help"],
+        ["worker", "--help"],
+        ["status", "--help"],
+    ],
     ids=" ".join,
 )
 def test_help_loads_no_library(argv: list[str]) -> None:

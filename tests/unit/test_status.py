@@ -179,28 +179,6 @@ def test_a_bad_argument_is_one_line_and_exit_2(argv: list[str]) -> None:
     assert result.stderr.startswith("fleet: "), result.stderr
 
 
-def test_help_loads_no_library() -> None:
-    script = (
-        "import json, sys\n"
-        "from cli.main import main\n"
-        "sys.argv = ['fleet', 'status', '--help']\n"
-        "try:\n"
-        "    main()\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "sys.stderr.write(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    loaded = set(json.loads(result.stderr.splitlines()[-1]))
-    assert "--outbox-age" in result.stdout
-    assert "typer" in loaded
-    # As tests/unit/test_cli.py's HEAVY: the library and its drivers.
-    heavy = {"sqlalchemy", "asyncpg", "alembic", "faststream", "aio_pika", "aiormq"}
-    assert loaded.isdisjoint(heavy | {"contracts", "db"}), sorted(loaded & heavy)
-
-
 def test_the_cli_default_threshold_agrees_with_the_library() -> None:
     """The CLI writes it out (its help loads no library); read, not imported."""
     tree = ast.parse((ROOT / "cli" / "status.py").read_text(encoding="utf-8"))

@@ -48,11 +48,45 @@ class DeadLetter:
             return f"broker: {deaths[0].get('reason')} (from {deaths[0].get('queue')})"
         return "unknown"
 
+    @property
+    def signature(self) -> str:
+        """What groups it with others that failed the same way: our x-error-signature (the
+        error type and where in the fleet's code), or the broker's reason and queue."""
+        ours = self.headers.get("x-error-signature")
+        if ours:
+            return str(ours)
+        if "x-error-type" in self.headers:  # dead-lettered before signatures existed
+            return str(self.headers["x-error-type"])
+        deaths = self.headers.get("x-death") or []
+        if deaths:
+            return f"broker: {deaths[0].get('reason')} from {deaths[0].get('queue')}"
+        return "unknown"
+
+    @property
+    def error_type(self) -> str:
+        if "x-error-type" in self.headers:
+            return str(self.headers["x-error-type"])
+        deaths = self.headers.get("x-death") or []
+        return f"broker: {deaths[0].get('reason')}" if deaths else "unknown"
+
+    @property
+    def failed_at(self) -> datetime | None:
+        text = self.headers.get("x-failed-at")
+        if isinstance(text, str):
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(text)
+        deaths = self.headers.get("x-death") or []
+        when = deaths[0].get("time") if deaths else None
+        if isinstance(when, datetime):
+            return when if when.tzinfo else when.replace(tzinfo=UTC)
+        return None
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "message_id": self.message_id,
             "type": self.type,
             "reason": self.reason,
+            "signature": self.signature,
             "headers": _plain(self.headers),
             "body": self.body.decode("utf-8", errors="replace"),
         }
@@ -119,6 +153,82 @@ async def browse(settings: Settings, name: str, limit: int) -> list[DeadLetter]:
         messages = await _take(queue, limit)
         await channel.close()  # everything taken goes back, in place
     return [_as_dead_letter(message) for message in messages]
+
+
+GROUP_KEYS = ("signature", "type", "queue", "service")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Dead letters that failed the same way (or share a type, queue or service)."""
+
+    key: str
+    count: int
+    first_failed_at: datetime | None
+    last_failed_at: datetime | None
+    latest_reason: str  # the error message of the latest failure
+    example_message_id: str | None
+    queues: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "count": self.count,
+            "first_failed_at": self.first_failed_at,
+            "last_failed_at": self.last_failed_at,
+            "latest_reason": self.latest_reason,
+            "example_message_id": self.example_message_id,
+            "queues": list(self.queues),
+        }
+
+
+async def groups(settings: Settings, by: str = "signature") -> list[Group]:
+    """Every dead letter of the fleet's DLQs, grouped ``by`` one of GROUP_KEYS, largest
+    first. The queues are read and left as they were."""
+    if by not in GROUP_KEYS:
+        raise DeadLetterError(f"group by one of {', '.join(GROUP_KEYS)}, not {by!r}")
+    found: list[tuple[str, DeadLetter]] = []
+    async with _connection(settings) as connection:
+        depths = await topology.depths(connection, dead_letter_queues(settings, catalog.load_all()))
+        for name, depth in depths.items():
+            if not depth:
+                continue
+            channel, queue = await _open_dlq(connection, name)
+            messages = await _take(queue, depth)
+            await channel.close()  # everything taken goes back, in place
+            found += [(name, _as_dead_letter(message)) for message in messages]
+    grouped: dict[str, list[tuple[str, DeadLetter]]] = {}
+    for name, letter in found:
+        grouped.setdefault(_group_key(settings, by, name, letter), []).append((name, letter))
+    result = [_group(key, members) for key, members in grouped.items()]
+    return sorted(result, key=lambda group: (-group.count, group.key))
+
+
+def _group_key(settings: Settings, by: str, queue: str, letter: DeadLetter) -> str:
+    if by == "signature":
+        return letter.signature
+    if by == "type":
+        return letter.error_type
+    if by == "queue":
+        return queue
+    # <ns>.<service>.<handler>.dlq; the unrouted DLQ belongs to no service
+    parts = queue.removeprefix(f"{settings.namespace}.").split(".")
+    return parts[0] if parts[0] in catalog.SERVICES else "(unrouted)"
+
+
+def _group(key: str, members: list[tuple[str, DeadLetter]]) -> Group:
+    dated = [(letter.failed_at, letter) for _, letter in members if letter.failed_at is not None]
+    dated.sort(key=lambda pair: pair[0])
+    latest = dated[-1][1] if dated else members[-1][1]
+    return Group(
+        key=key,
+        count=len(members),
+        first_failed_at=dated[0][0] if dated else None,
+        last_failed_at=dated[-1][0] if dated else None,
+        latest_reason=latest.reason,
+        example_message_id=latest.message_id,
+        queues=tuple(sorted({queue for queue, _ in members})),
+    )
 
 
 def _select(message_id: str | None) -> Callable[[AbstractIncomingMessage], bool]:

@@ -46,7 +46,7 @@ from db import inbox, outbox
 from db.engine import ACQUIRE_TIMEOUT
 from db.unit_of_work import Received, UnitOfWork, lock_keys, unit_of_work
 from workers.runtime import log_context, metrics, tracing
-from workers.runtime.errors import is_transient
+from workers.runtime.errors import is_transient, signature
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
 from workers.runtime.service import Handler
 from workers.runtime.settings import ServiceSettings, Settings
@@ -56,7 +56,13 @@ log = logging.getLogger("fleet.consumer")
 
 ATTEMPTS_HEADER = "x-attempts"
 # Headers a dead letter carries; replay removes them again.
-ERROR_HEADERS = ("x-error-type", "x-error-message", "x-original-queue", "x-failed-at")
+ERROR_HEADERS = (
+    "x-error-type",
+    "x-error-message",
+    "x-error-signature",
+    "x-original-queue",
+    "x-failed-at",
+)
 
 
 class Outcome(enum.Enum):
@@ -354,6 +360,7 @@ class Consumer:
             **(raw.headers or {}),
             "x-error-type": type(error).__name__,
             "x-error-message": reason[:1000],
+            "x-error-signature": signature(error),
             ATTEMPTS_HEADER: attempts,
             "x-original-queue": queue,
             "x-failed-at": datetime.now(UTC).isoformat(),

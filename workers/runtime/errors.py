@@ -55,3 +55,23 @@ def is_transient(error: BaseException) -> bool:
         return True
     state = _sqlstate(error)
     return state is not None and state.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
+
+
+# The fleet's own packages: where in them an error arose names its group of dead letters.
+FLEET_PACKAGES = ("contracts", "db", "workers", "api", "cli")
+
+
+def signature(error: BaseException) -> str:
+    """``<error type> at <module.function>``: the error's type and the innermost frame of
+    the fleet's own code it passed through, without a line number, so that one failure's
+    dead letters form one group that survives unrelated edits. Where no fleet frame is on
+    the traceback (an error made, not raised), the type alone."""
+    where = None
+    tb = error.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if isinstance(module, str) and module.split(".")[0] in FLEET_PACKAGES:
+            where = f"{module}.{tb.tb_frame.f_code.co_qualname}"
+        tb = tb.tb_next
+    name = type(error).__qualname__
+    return f"{name} at {where}" if where else name
