@@ -39,13 +39,18 @@ class DeadLetter:
     body: bytes
 
     @property
+    def _death(self) -> dict[str, Any] | None:
+        """The broker's own record of dead-lettering it (the newest x-death), if it did."""
+        deaths = self.headers.get("x-death") or []
+        return dict(deaths[0]) if deaths else None
+
+    @property
     def reason(self) -> str:
         """Ours (x-error-*) or, for what the broker dead-lettered itself, its x-death."""
         if "x-error-type" in self.headers:
             return f"{self.headers['x-error-type']}: {self.headers.get('x-error-message', '')}"
-        deaths = self.headers.get("x-death") or []
-        if deaths:
-            return f"broker: {deaths[0].get('reason')} (from {deaths[0].get('queue')})"
+        if (death := self._death) is not None:
+            return f"broker: {death.get('reason')} (from {death.get('queue')})"
         return "unknown"
 
     @property
@@ -57,17 +62,16 @@ class DeadLetter:
             return str(ours)
         if "x-error-type" in self.headers:  # dead-lettered before signatures existed
             return str(self.headers["x-error-type"])
-        deaths = self.headers.get("x-death") or []
-        if deaths:
-            return f"broker: {deaths[0].get('reason')} from {deaths[0].get('queue')}"
+        if (death := self._death) is not None:
+            return f"broker: {death.get('reason')} from {death.get('queue')}"
         return "unknown"
 
     @property
     def error_type(self) -> str:
         if "x-error-type" in self.headers:
             return str(self.headers["x-error-type"])
-        deaths = self.headers.get("x-death") or []
-        return f"broker: {deaths[0].get('reason')}" if deaths else "unknown"
+        death = self._death
+        return f"broker: {death.get('reason')}" if death is not None else "unknown"
 
     @property
     def failed_at(self) -> datetime | None:
@@ -75,8 +79,7 @@ class DeadLetter:
         if isinstance(text, str):
             with contextlib.suppress(ValueError):
                 return datetime.fromisoformat(text)
-        deaths = self.headers.get("x-death") or []
-        when = deaths[0].get("time") if deaths else None
+        when = self._death.get("time") if self._death is not None else None
         if isinstance(when, datetime):
             return when if when.tzinfo else when.replace(tzinfo=UTC)
         return None
