@@ -24,7 +24,8 @@ _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@")
 def enter(
     message_id: str | None, correlation_id: str | None, traceparent: object = None
 ) -> Token[dict[str, str] | None]:
-    """``about`` without a context manager, for the hot path: ``leave`` with the token."""
+    """``about`` without a context manager, for the hot path: ``leave`` with the token.
+    Empty ids are kept as "" and left out by ``current``."""
     fields = {"message_id": message_id or "", "correlation_id": correlation_id or ""}
     if isinstance(traceparent, str):
         fields["traceparent"] = traceparent
@@ -41,18 +42,11 @@ def about(
 ) -> Iterator[None]:
     """``traceparent``: the one the message carries, for its trace id where no span of
     this process is recording (the trace id is read from it only when a line is logged)."""
-    fields = {
-        key: value
-        for key, value in (("message_id", message_id), ("correlation_id", correlation_id))
-        if value
-    }
-    if isinstance(traceparent, str):
-        fields["traceparent"] = traceparent
-    token = _ABOUT.set(fields)
+    token = enter(message_id, correlation_id, traceparent)
     try:
         yield
     finally:
-        _ABOUT.reset(token)
+        leave(token)
 
 
 def current() -> dict[str, str]:

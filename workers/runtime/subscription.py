@@ -109,7 +109,8 @@ class Subscription:
             results = await self._consumer.process_batch(self._handler, deliveries)
         except BaseException:
             # Not even a decision: every delivery goes back to the queue.
-            await _settle_each(deliveries, [RuntimeError("batch failed")] * len(deliveries))
+            for delivery in deliveries:
+                await _settle(delivery, ack=False)
             raise
         if all(isinstance(result, Outcome) for result in results):
             await _ack_all(deliveries)

@@ -76,13 +76,6 @@ def configure(service_name: str) -> None:
     install(provider)
 
 
-def current_headers() -> dict[str, str]:
-    """The current context as message headers (empty when there is none)."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier
-
-
 def _received_context(headers: Mapping[str, Any] | None) -> context.Context | None:
     carrier = {key: str(headers[key]) for key in TRACE_HEADERS if headers and key in headers}
     return propagate.extract(carrier) if carrier else None
@@ -195,7 +188,7 @@ def start_process(
 
 
 def attach(span: Span) -> object | None:
-    """Make ``span`` current until ``detach`` (the cheap form of ``within``, per message)."""
+    """Make ``span`` current until ``detach`` (what is emitted meanwhile carries it)."""
     if span is INVALID_SPAN:
         return None
     return context.attach(trace.set_span_in_context(span))
@@ -204,16 +197,6 @@ def attach(span: Span) -> object | None:
 def detach(token: object | None) -> None:
     if token is not None:
         context.detach(token)  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def within(span: Span) -> Iterator[Span]:
-    """``span`` current (what is emitted in it carries it), not ended on exit."""
-    if span is INVALID_SPAN:
-        yield span
-        return
-    with trace.use_span(span, end_on_exit=False, record_exception=False):
-        yield span
 
 
 @contextlib.contextmanager
