@@ -16,7 +16,7 @@ import sys
 import typer
 
 from cli import db as db_commands
-from cli import dlq, docs, load, orders, run, status, up, view
+from cli import dlq, docs, history, load, orders, run, status, up, view
 from cli.api import api
 from cli.output import PLAIN_HELP, CliError, PlainLogFormatter
 
@@ -39,6 +39,7 @@ app.add_typer(orders.saga_app, name="saga")
 app.add_typer(orders.orders_app, name="orders")
 app.command()(orders.verify)
 app.command()(status.status)
+app.command()(history.history)
 app.command()(load.load)
 app.command()(api)
 

@@ -23,6 +23,7 @@ from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import AMQPError, ChannelNotFoundEntity
 
 from db.provision import ProvisionResult, ServiceDatabase, drop, provision
+from workers.operations import ops_db
 from workers.runtime import catalog, topology
 from workers.runtime.service import Service
 from workers.runtime.settings import Settings
@@ -32,7 +33,8 @@ log = logging.getLogger("fleet.namespace")
 
 
 def service_databases(settings: Settings) -> list[ServiceDatabase]:
-    """Every service's database and role, as ``fleet db init`` makes them."""
+    """Every service's database and role, and the operations database (archived dead
+    letters, the audit log), as ``fleet db init`` makes them."""
     return [
         ServiceDatabase(
             service=service,
@@ -41,7 +43,7 @@ def service_databases(settings: Settings) -> list[ServiceDatabase]:
             url=settings.database_url(service),
         )
         for service in catalog.SERVICES
-    ]
+    ] + [ops_db.database(settings)]
 
 
 async def init_databases(settings: Settings) -> list[ProvisionResult]:

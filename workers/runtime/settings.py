@@ -11,12 +11,15 @@ running needs no configuration at all.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from functools import cache
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.runtime.durations import parse_duration
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
@@ -55,6 +58,12 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     metrics_interval: float = Field(default=5.0, gt=0)
 
+    # Archived dead letters older than this are deleted (``fleet dlq archive``): 14d, 12h...
+    archive_retention: timedelta = timedelta(days=14)
+    # The web console's actions need this token (``name:secret``, or a bare secret whose
+    # name is "console"); unset, the console is read-only.
+    console_token: str | None = None
+
     relay_batch_size: int = 500
     relay_poll_interval: float = 5.0
     relay_lock_retry: float = 1.0
@@ -72,6 +81,11 @@ class Settings(BaseSettings):
         if not _NAMESPACE.match(value):
             raise ValueError("namespace must match [a-z][a-z0-9_]{0,30}")
         return value
+
+    @field_validator("archive_retention", mode="before")
+    @classmethod
+    def _readable_duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("retry_delays_ms")
     @classmethod
