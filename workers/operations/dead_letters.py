@@ -8,18 +8,20 @@ only then acks the dead letter, so a crash in between leaves a duplicate, never 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from aiormq.exceptions import ChannelNotFoundEntity, PublishError
+from aio_pika.exceptions import ChannelInvalidStateError
+from aiormq.exceptions import AMQPConnectionError, ChannelNotFoundEntity, PublishError
 
 from contracts import OutgoingMessage
-from workers.operations import OperatorError
+from workers.operations import InvalidRequest, OperatorError, Progress, no_progress
 from workers.runtime import catalog, topology, tracing
 from workers.runtime.consumer import ATTEMPTS_HEADER, ERROR_HEADERS
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
@@ -232,6 +234,152 @@ def _group(key: str, members: list[tuple[str, DeadLetter]]) -> Group:
         example_message_id=latest.message_id,
         queues=tuple(sorted({queue for queue, _ in members})),
     )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters an action takes: those of one ``queue``, of one ``group`` (a
+    signature, as ``fleet dlq groups`` shows it) or of every queue (``all_queues``); of
+    those, only ``message_id`` when given."""
+
+    queue: str | None = None
+    group: str | None = None
+    all_queues: bool = False
+    message_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.queue is not None) + (self.group is not None) + self.all_queues != 1:
+            raise InvalidRequest("choose the dead letters: a QUEUE, --group G or --all-queues")
+        if self.queue is not None:
+            try:
+                topology.original_queue(self.queue)
+            except ValueError as error:
+                raise InvalidRequest(str(error)) from None
+
+    def queues(self, settings: Settings) -> list[str]:
+        if self.queue is not None:
+            return [self.queue]
+        return dead_letter_queues(settings, catalog.load_all())
+
+    def matches(self, letter: DeadLetter) -> bool:
+        if self.group is not None and letter.signature != self.group:
+            return False
+        return self.message_id is None or letter.message_id == self.message_id
+
+    def describe(self) -> str:
+        """The selection in a few words, for the audit log and progress lines."""
+        chosen = self.queue or (f"group {self.group}" if self.group else "every DLQ")
+        return f"{chosen}, message {self.message_id}" if self.message_id else chosen
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A dead letter taken from its DLQ, unacknowledged: whoever takes it acks it once what
+    it did with the letter is durable; if not, it returns to its place when the channel
+    closes."""
+
+    queue: str
+    message: AbstractIncomingMessage
+
+    @property
+    def letter(self) -> DeadLetter:
+        return _as_dead_letter(self.message)
+
+
+# What an action does with one chunk of selected letters: publish copies, archive them...
+# and ack each letter once that is durable. It is given the sweep's confirmed publisher.
+ChunkAction = Callable[[ConfirmedPublisher, list[Taken]], Awaitable[None]]
+
+
+@dataclass
+class SweepReport:
+    snapshot: dict[str, int] = field(default_factory=dict)  # each DLQ's depth at the start
+    selected: int = 0  # letters handed to the action
+    moved_aside: int = 0  # letters in the way, moved to their DLQ's tail
+    reconnects: int = 0
+
+
+# Dead letters a sweep holds unacknowledged at once, at most.
+CHUNK = 100
+# After a lost connection, wait this long before reconnecting, then twice as long...
+_RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
+_MAX_RECONNECTS = 30
+
+
+async def sweep(
+    settings: Settings,
+    selection: Selection,
+    act: ChunkAction,
+    *,
+    limit: int | None = None,
+    chunk: int = CHUNK,
+    progress: Progress = no_progress,
+) -> SweepReport:
+    """Hand the selected dead letters to ``act``, ``chunk`` at a time, at most ``limit``.
+
+    The snapshot is each DLQ's depth when the sweep reaches it: a DLQ is first in, first
+    out, and only the sweep takes from it, so its first ``depth`` letters are exactly those
+    that were there, and what is dead-lettered meanwhile (a replayed message failing again
+    included) queues up behind them and is left alone. A letter in the way that is not
+    selected is moved to the tail (a confirmed copy, then its ack), so no more than one
+    chunk is ever held unacknowledged, however large the DLQ. A lost connection is
+    reopened and the sweep goes on where it was: what was not acked went back in place.
+    """
+    report = SweepReport()
+    for name in selection.queues(settings):
+        done = 0  # positions of the snapshot dealt with (acted on, or moved aside)
+        depth: int | None = None
+        while True:
+            try:
+                async with _connection(settings) as connection:
+                    channel, queue = await _open_dlq(connection, name)
+                    if depth is None:
+                        depth = queue.declaration_result.message_count or 0
+                        report.snapshot[name] = depth
+                    publisher = ConfirmedPublisher(connection)
+                    while done < depth and (limit is None or report.selected < limit):
+                        size = min(chunk, depth - done)
+                        if limit is not None:
+                            size = min(size, limit - report.selected)
+                        taken = [Taken(name, message) for message in await _take(queue, size)]
+                        if not taken:
+                            break  # someone else emptied it
+                        chosen = []
+                        for item in taken:
+                            if selection.matches(item.letter):
+                                chosen.append(item)
+                            else:
+                                await _move_to_tail(publisher, item)
+                                report.moved_aside += 1
+                        if chosen:
+                            await act(publisher, chosen)
+                        done += len(taken)
+                        report.selected += len(chosen)
+                        progress(f"{name}", done, depth)
+                    await channel.close()  # anything still held goes back in place
+                break
+            except (AMQPConnectionError, ChannelInvalidStateError, ConnectionError) as error:
+                if report.reconnects >= _MAX_RECONNECTS:
+                    raise DeadLetterError(
+                        f"lost RabbitMQ and could not get it back: {error}"
+                    ) from error
+                delay = _RECONNECT_DELAYS[min(report.reconnects, len(_RECONNECT_DELAYS) - 1)]
+                report.reconnects += 1
+                progress(f"{name}: connection lost, reconnecting", done, depth)
+                await asyncio.sleep(delay)
+        if limit is not None and report.selected >= limit:
+            break
+    return report
+
+
+async def _move_to_tail(publisher: ConfirmedPublisher, item: Taken) -> None:
+    """A letter the sweep must pass: a copy at its DLQ's tail, then the original acked. (A
+    crash in between leaves it there twice, never lost.)"""
+    headers = dict(item.message.headers or {})
+    await publisher.publish(
+        sent_on(item.message, exchange="", routing_key=item.queue, headers=headers)
+    )
+    await item.message.ack()
 
 
 def _select(message_id: str | None) -> Callable[[AbstractIncomingMessage], bool]:
