@@ -15,8 +15,9 @@ import sys
 
 import typer
 
+from cli import archive as archive_commands
 from cli import db as db_commands
-from cli import dlq, docs, history, load, orders, run, status, up, view
+from cli import dlq, docs, history, load, orders, pausing, run, status, up, view
 from cli.api import api
 from cli.output import PLAIN_HELP, CliError, PlainLogFormatter
 
@@ -29,6 +30,9 @@ app = typer.Typer(
 )
 app.add_typer(db_commands.app, name="db")
 app.add_typer(dlq.app, name="dlq")
+dlq.app.command("archive")(archive_commands.archive)
+dlq.app.command("archived")(archive_commands.archived)
+dlq.app.command("restore")(archive_commands.restore)
 app.add_typer(view.app, name="view")
 app.add_typer(docs.app, name="docs")
 run.register(app)
@@ -40,6 +44,8 @@ app.add_typer(orders.orders_app, name="orders")
 app.command()(orders.verify)
 app.command()(status.status)
 app.command()(history.history)
+app.command()(pausing.pause)
+app.command()(pausing.resume)
 app.command()(load.load)
 app.command()(api)
 

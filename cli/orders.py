@@ -149,6 +149,136 @@ def show(order_id: str = typer.Argument(...), as_json: bool = JsonOption) -> Non
     )
 
 
+@saga_app.command("list")
+def saga_list(
+    state: str | None = typer.Option(
+        None, "--state", help="running, compensating, confirmed or rejected."
+    ),
+    style: str | None = typer.Option(None, "--style", help="orchestration or choreography."),
+    stuck_for: str | None = typer.Option(
+        None, "--stuck-for", help="Only those not ended that nothing changed for this long (10m)."
+    ),
+    limit: int = typer.Option(50, "--limit", min=1, help="At most this many."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Sagas of both styles, most recently changed first.
+
+    With --stuck-for, those not ended that nothing changed for that long, longest stuck first.
+    A choreographed saga is its order in the read model (PENDING reads as running).
+    """
+    from workers.operations.sagas import duration_text, list_sagas
+    from workers.runtime.durations import parse_duration
+    from workers.runtime.settings import get_settings
+
+    try:
+        stuck = parse_duration(stuck_for) if stuck_for is not None else None
+    except ValueError as error:
+        fail(f"--stuck-for: {error}", 2)
+    rows = asyncio.run(
+        list_sagas(get_settings(), state=state, style=style, stuck_for=stuck, limit=limit)
+    )
+    if as_json:
+        print_json({"sagas": [row.as_dict() for row in rows]})
+        return
+    print_table(
+        "sagas",
+        ["order", "style", "state", "step", "unchanged for", "reason"],
+        [
+            (
+                row.order_id,
+                row.style,
+                row.state,
+                row.step,
+                duration_text(row.idle_seconds),
+                row.reason,
+            )
+            for row in rows
+        ],
+    )
+    typer.echo(f"{len(rows)} saga(s)")
+
+
+def _report_saga_action(sent: Any, as_json: bool) -> None:
+    """What a retry or compensation sent and, after --wait, where the saga stands; exit 1
+    when it did not end (or, for a retry, move on) within the wait."""
+    if as_json:
+        print_json(sent.as_dict())
+    else:
+        before = sent.before
+        typer.echo(
+            f"sent orchestrator.{'retry_step' if sent.action == 'retry' else 'compensate_saga'}"
+            f" for saga {sent.order_id} ({before.state} at {before.step}),"
+            f" message {sent.message_id}"
+        )
+        if sent.answer is not None:
+            typer.echo(f"orchestrator: {sent.answer}")
+        elif sent.after is not None:
+            typer.echo("the orchestrator has not handled it yet (is its worker running?)")
+        if sent.after is not None:
+            typer.echo(f"now: {sent.after.state} at {sent.after.step}")
+        if sent.settled is False:
+            typer.echo("not settled within the wait (see 'fleet saga show')")
+    if sent.settled is False:
+        raise typer.Exit(1)
+
+
+@saga_app.command("retry")
+def saga_retry(
+    order_id: str = typer.Argument(...),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    wait: float | None = typer.Option(
+        None, "--wait", min=0, help="Follow the saga this many seconds (exit 1 if it is stuck)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Send an orchestrated saga's current step again, through the orchestrator.
+
+    For a step whose command was lost or whose service was down; recorded in the audit log.
+    """
+    from workers.operations.sagas import retry
+    from workers.runtime import tracing
+    from workers.runtime.settings import get_settings
+
+    tracing.configure("fleet-cli")
+    sent = asyncio.run(
+        retry(get_settings(), order_id, wait=wait, confirm=None if yes else _confirm)
+    )
+    _report_saga_action(sent, as_json)
+
+
+@saga_app.command("compensate")
+def saga_compensate(
+    order_id: str = typer.Argument(...),
+    reason: str | None = typer.Option(None, "--reason", help="The order's rejection reason."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    wait: float | None = typer.Option(
+        None, "--wait", min=0, help="Follow the saga this many seconds (exit 1 if not ended)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Compensate an orchestrated saga now and reject its order, through the orchestrator.
+
+    Refused once it ended, while it compensates, and past the pivot (confirm_order);
+    recorded in the audit log.
+    """
+    from workers.operations.sagas import compensate
+    from workers.runtime import tracing
+    from workers.runtime.settings import get_settings
+
+    tracing.configure("fleet-cli")
+    sent = asyncio.run(
+        compensate(
+            get_settings(), order_id, reason=reason, wait=wait, confirm=None if yes else _confirm
+        )
+    )
+    _report_saga_action(sent, as_json)
+
+
+def _confirm(question: str) -> bool:
+    # abort=True: "no" ends the command at once ('fleet: aborted', exit 130), nothing sent.
+    return typer.confirm(question, abort=True)
+
+
 def verify(as_json: bool = JsonOption) -> None:
     """Check the saga invariants across the services.
 

@@ -48,6 +48,18 @@ def _age(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def _consumers(count: int | None, paused: bool) -> str:
+    shown = "" if count is None else str(count)
+    return f"{shown} paused".strip() if paused else shown
+
+
+def _paused_line(status: FleetStatus) -> str:
+    """The paused handler queues with what waits in each: an operator's choice, so not
+    among what needs action."""
+    paused = [f"{q.queue.name} ({_count(q.queue.messages)} waiting)" for q in status.paused]
+    return f"paused by an operator ('fleet resume'): {', '.join(paused)}"
+
+
 def _queues_table(status: FleetStatus) -> RenderableType:
     from rich import box
     from rich.table import Table
@@ -68,7 +80,7 @@ def _queues_table(status: FleetStatus) -> RenderableType:
                 _mark(problems),
                 queue.queue.name,
                 _count(queue.queue.messages),
-                "" if queue.queue.consumers is None else str(queue.queue.consumers),
+                _consumers(queue.queue.consumers, queue.paused),
                 _count(queue.dead_letters.messages),
                 style=_style(problems),
             )
@@ -158,6 +170,8 @@ def print_screen(console: Console, status: FleetStatus) -> None:
         soft_wrap=True,
     )
     console.print(_queues_table(status))
+    if status.paused:
+        console.print(_paused_line(status), soft_wrap=True, markup=False)
     console.print(_outboxes_table(status))
     console.print(_sagas_line(status), soft_wrap=True)
     console.print(_view_line(status), soft_wrap=True)

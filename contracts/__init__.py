@@ -19,6 +19,7 @@ from contracts.inventory import (
     StockReservationFailed,
     StockReserved,
 )
+from contracts.orchestrator import CompensateSaga, RetryStep
 from contracts.orders import (
     V1_CURRENCY,
     ConfirmOrder,
@@ -65,6 +66,7 @@ __all__ = [
     "CancelShipment",
     "ChargePayment",
     "Command",
+    "CompensateSaga",
     "ConfirmOrder",
     "ConfirmOrderV1",
     "ConfirmOrderV2",
@@ -100,6 +102,7 @@ __all__ = [
     "ReleaseStock",
     "ReplayOrderEvents",
     "ReserveStock",
+    "RetryStep",
     "SagaStyle",
     "ShipmentCancelled",
     "ShipmentCreated",

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -128,14 +129,9 @@ class Fleet:
             values.update(section.model_dump())
         values.update(overrides)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-        env.update(
-            {
-                f"FLEET_{key.upper()}": json.dumps(value)
-                if isinstance(value, list | dict)
-                else str(value)
-                for key, value in values.items()
-            }
-        )
+        spelled = {f"FLEET_{key.upper()}": _env_value(value) for key, value in values.items()}
+        # An unset optional setting stays unset (not the string "None").
+        env.update({key: value for key, value in spelled.items() if value is not None})
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -391,3 +387,14 @@ async def publish_with_another_client(amqp_url: str, message: OutgoingMessage) -
             connection.close()
 
     await asyncio.to_thread(publish)
+
+
+def _env_value(value: Any) -> str | None:
+    """A setting's value as the environment spells it."""
+    if value is None:
+        return None
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    if isinstance(value, timedelta):
+        return str(value.total_seconds())
+    return str(value)

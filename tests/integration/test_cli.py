@@ -153,7 +153,8 @@ async def test_publish_with_a_fixed_message_id_sends_duplicates_that_apply_once(
 @pytest.mark.parametrize(
     ("args", "env", "code", "words"),
     [
-        (["dlq", "replay", "x.dlq"], {}, 2, "exactly one of --message-id ID or --all"),
+        (["dlq", "replay"], {}, 2, "choose the dead letters"),
+        (["dlq", "replay", "x.dlq", "--all", "--message-id", "m"], {}, 2, "--all means"),
         (["dlq", "show"], {}, 2, "Missing argument"),
         (["dlq", "show", "not-a-dlq"], {}, 1, "not a dead-letter queue"),
         (["dlq", "show", "nope.dlq"], {}, 1, "no queue named nope.dlq"),

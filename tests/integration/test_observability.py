@@ -34,7 +34,7 @@ from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, FleetProcess, new_id, outgoing, wait_for
 from tests.integration.test_api import order_body, start_api
 from tests.integration.test_saga import SagaFleet
-from workers.operations import dead_letters
+from workers.operations import dead_letters, replays
 from workers.orchestrator.settings import OrchestratorSettings
 from workers.runtime import catalog, tracing
 from workers.runtime.topology import dead_letter_queue
@@ -362,7 +362,7 @@ async def test_a_retry_a_dead_lettering_and_a_replay_show_in_their_messages_trac
         # The dead letter keeps its headers: replaying it continues the same trace (and,
         # failing for good again, it is dead-lettered again, in it too).
         dlq = dead_letter_queue(queue)
-        await dead_letters.replay(fleet.settings, dlq, None)
+        await replays.replay(fleet.settings, dead_letters.Selection(queue=dlq))
 
         async def dead_lettered_again() -> bool:
             return names(poisoned).count(f"dead-letter {queue}") == 2

@@ -148,6 +148,12 @@ SAMPLES: dict[tuple[str, int], dict[str, Any]] = {
     },
     ("shipment.failed", 1): {**FAILED, "reason": "blocked country XX"},
     ("shipment.cancelled", 1): {"order_id": ORDER_ID, **SAGA},
+    ("orchestrator.retry_step", 1): {"order_id": ORDER_ID, "requested_by": "alice"},
+    ("orchestrator.compensate_saga", 1): {
+        "order_id": ORDER_ID,
+        "reason": "customer called",
+        "requested_by": "alice",
+    },
 }
 
 
@@ -276,7 +282,7 @@ def test_place_order_defaults() -> None:
 
 
 def test_commands_and_events_route_by_kind() -> None:
-    services = {"order", "inventory", "payment", "shipping"}
+    services = {"order", "inventory", "payment", "shipping", "orchestrator"}
     for type_, _, model in registry.released():
         assert registry.kind(type_) == model.KIND
         if issubclass(model, Command):

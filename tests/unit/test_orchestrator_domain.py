@@ -179,3 +179,113 @@ def test_whatever_arrives_the_saga_keeps_its_promises(arrivals: list[str]) -> No
         assert compensations == [c for c in reversed(started) if c in compensations]
         completed = {type(domain.command_for(a, saga)).__name__ for a in saga.completed}
         assert {undo[k] for k in completed if k in undo} <= set(compensations)
+
+
+# --- Operator requests: retry the current step, compensate now. -------------------------
+
+HAPPY_PATH = ("stock.reserved", "payment.completed", "shipment.created", "order.confirmed")
+
+
+def test_a_retry_sends_the_current_step_again_and_restarts_its_deadline() -> None:
+    saga, sent = run("stock.reserved")
+    later = NOW + timedelta(hours=2)  # long stuck: the deadline may have passed or not
+    transition = domain.on_retry(saga, later, TIMEOUT)
+    assert transition.changed
+    assert transition.commands == (sent[-1],)  # the same ChargePayment, whose reply is awaited
+    assert isinstance(transition.commands[0], ChargePayment)
+    assert transition.saga.step == "charge_payment" and transition.saga.status == "running"
+    assert transition.saga.completed == saga.completed
+    assert transition.saga.deadline_at == later + TIMEOUT
+    assert "charge_payment sent again" in transition.log
+
+
+def test_a_retry_while_compensating_sends_the_compensation_again() -> None:
+    saga, _ = run("stock.reserved", "payment.failed")
+    transition = domain.on_retry(saga, NOW, TIMEOUT)
+    assert [type(c) for c in transition.commands] == [ReleaseStock]
+    assert transition.saga.status == "compensating" and transition.saga.pending == saga.pending
+
+
+def test_a_retry_at_the_pivot_sends_the_confirmation_again() -> None:
+    saga, _ = run("stock.reserved", "payment.completed", "shipment.created")
+    transition = domain.on_retry(saga, NOW, TIMEOUT)
+    assert [type(c) for c in transition.commands] == [ConfirmOrder]
+
+
+def test_a_retry_or_a_compensation_of_an_ended_saga_changes_nothing() -> None:
+    for saga, _ in (run("stock.reservation_failed", "order.rejected"), run(*HAPPY_PATH)):
+        for transition in (
+            domain.on_retry(saga, NOW, TIMEOUT),
+            domain.on_compensate(saga, "operator", NOW, TIMEOUT),
+        ):
+            assert not transition.changed and transition.commands == ()
+            assert transition.saga == saga
+            assert f"already ended {saga.status}" in transition.log
+
+
+def test_a_compensation_undoes_what_was_done_and_the_current_step_without_waiting() -> None:
+    saga, _ = run("stock.reserved")
+    later = NOW + timedelta(minutes=5)
+    transition = domain.on_compensate(saga, "customer called", later, TIMEOUT)
+    # The charge may have happened (or may still arrive): its refund goes first, not
+    # waited for; then the completed reservation is released, then the order rejected.
+    assert [type(c) for c in transition.commands] == [RefundPayment, ReleaseStock]
+    assert transition.saga.status == "compensating"
+    assert transition.saga.step == "release_stock"
+    assert transition.saga.pending == ("reject_order",)
+    assert transition.saga.reason == "customer called"
+    assert transition.saga.deadline_at == later + TIMEOUT
+    saga = transition.saga
+    for type_ in ("payment.refunded", "stock.released", "order.rejected"):
+        saga = reply(saga, type_).saga  # the refund's reply is not awaited: ignored
+    assert saga.status == "rejected"
+
+
+def test_a_compensation_at_the_first_step_releases_and_rejects() -> None:
+    saga = domain.start(FACTS, NOW, TIMEOUT).saga
+    transition = domain.on_compensate(saga, "operator", NOW, TIMEOUT)
+    assert [type(c) for c in transition.commands] == [ReleaseStock, RejectOrder]
+    assert transition.saga.step == "reject_order" and transition.saga.pending == ()
+
+
+def test_a_compensation_is_refused_past_the_pivot_and_while_compensating() -> None:
+    at_pivot, _ = run("stock.reserved", "payment.completed", "shipment.created")
+    refused = domain.on_compensate(at_pivot, "operator", NOW, TIMEOUT)
+    assert not refused.changed and refused.commands == () and refused.saga == at_pivot
+    assert "past the pivot" in refused.log
+    compensating, _ = run("stock.reserved", "payment.failed")
+    refused = domain.on_compensate(compensating, "operator", NOW, TIMEOUT)
+    assert not refused.changed and refused.commands == ()
+    assert "already compensating" in refused.log
+
+
+arrivals_with_operators = st.sampled_from([*domain.REPLY_TYPES, "deadline", "retry", "compensate"])
+
+
+@given(st.lists(arrivals_with_operators, max_size=40))
+def test_operator_requests_amid_replies_keep_the_sagas_promises(arrivals: list[str]) -> None:
+    transition = domain.start(FACTS, NOW, TIMEOUT)
+    saga, sent = transition.saga, list(transition.commands)
+    clock = NOW
+    for arrival in arrivals:
+        clock += timedelta(seconds=1)
+        if arrival == "retry":
+            transition = domain.on_retry(saga, clock, TIMEOUT)
+        elif arrival == "compensate":
+            transition = domain.on_compensate(saga, "operator", clock, TIMEOUT)
+        elif arrival == "deadline":
+            clock += 2 * TIMEOUT
+            transition = domain.on_deadline(saga, clock, TIMEOUT)
+        else:
+            transition = domain.on_reply(saga, arrival, "no", clock, TIMEOUT)
+        if saga.final:
+            assert not transition.changed and not transition.commands
+        if saga.step == "confirm_order" and arrival == "compensate":
+            assert transition.saga.status == saga.status  # never undone past the pivot
+        saga = transition.saga
+        sent.extend(transition.commands)
+    kinds = [type(command).__name__ for command in sent]
+    if saga.status == "confirmed":
+        assert not {"RejectOrder", "ReleaseStock", "RefundPayment", "CancelShipment"} & set(kinds)
+    if saga.status == "rejected":
+        assert ConfirmOrder.__name__ not in kinds and kinds[-1] == "RejectOrder"

@@ -2,8 +2,8 @@
 
 AMQP has no peek: to read a queue without changing it we take messages unacked and close
 the channel, which puts every one of them back where it was (DLQs are classic queues, so
-no delivery count changes). Replay publishes a copy, confirmed, to the original queue and
-only then acks the dead letter, so a crash in between leaves a duplicate, never a loss.
+no delivery count changes). Actions on many letters (a replay, an archive) go through
+``sweep``; replaying is in ``replays.py``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import ChannelInvalidStateError
-from aiormq.exceptions import AMQPConnectionError, ChannelNotFoundEntity, PublishError
+from aiormq.exceptions import AMQPConnectionError, ChannelNotFoundEntity
 
-from contracts import OutgoingMessage
-from workers.operations import InvalidRequest, OperatorError, Progress, no_progress
-from workers.runtime import catalog, topology, tracing
-from workers.runtime.consumer import ATTEMPTS_HEADER, ERROR_HEADERS
+from workers.operations import InvalidRequest, OperatorError, Progress, no_progress, ops_db
+from workers.runtime import catalog, topology
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
 from workers.runtime.service import Service
 from workers.runtime.settings import Settings
@@ -332,7 +330,12 @@ async def sweep(
         while True:
             try:
                 async with _connection(settings) as connection:
-                    channel, queue = await _open_dlq(connection, name)
+                    try:
+                        channel, queue = await _open_dlq(connection, name)
+                    except DeadLetterError:
+                        if selection.queue is not None:
+                            raise
+                        break  # a group or every DLQ: one not declared yet holds nothing
                     if depth is None:
                         depth = queue.declaration_result.message_count or 0
                         report.snapshot[name] = depth
@@ -375,87 +378,69 @@ async def sweep(
 async def _move_to_tail(publisher: ConfirmedPublisher, item: Taken) -> None:
     """A letter the sweep must pass: a copy at its DLQ's tail, then the original acked. (A
     crash in between leaves it there twice, never lost.)"""
-    headers = dict(item.message.headers or {})
+    headers = keeping_first_sent(item.message)
     await publisher.publish(
         sent_on(item.message, exchange="", routing_key=item.queue, headers=headers)
     )
     await item.message.ack()
 
 
-def _select(message_id: str | None) -> Callable[[AbstractIncomingMessage], bool]:
-    return lambda message: message_id is None or message.message_id == message_id
+# An unroutable message reaches its DLQ by the exchange and routing key it was sent with, and
+# a replay sends it there again; once moved within the DLQ (by the default exchange), these
+# headers remember them.
+FIRST_SENT_HEADERS = ("x-first-exchange", "x-first-routing-key")
 
 
-async def replay(settings: Settings, name: str, message_id: str | None) -> list[str]:
-    """Move the chosen dead letters (all when ``message_id`` is None) back to their queue."""
-    selected = _select(message_id)
-    replayed: list[str] = []
-    async with _connection(settings) as connection:
-        channel, queue = await _open_dlq(connection, name)
-        # Only what is there now: a replayed message that fails again must not loop here.
-        depth = queue.declaration_result.message_count or 0
-        publisher = ConfirmedPublisher(connection)
-        for message in await _take(queue, depth):
-            if not selected(message):
-                continue
-            exchange, routing_key = _replay_target(message, name, settings.namespace)
-            try:
-                # In the trace of the message's first attempts (its headers carry it).
-                with tracing.span(
-                    f"replay {name}",
-                    parent_headers=message.headers or {},
-                    attributes={
-                        "messaging.message.id": str(message.message_id),
-                        "messaging.rabbitmq.destination.routing_key": routing_key,
-                    },
-                ):
-                    await publisher.publish(_replayed_copy(message, exchange, routing_key))
-            except PublishError:
-                raise DeadLetterError(f"cannot replay to {routing_key}: no such queue") from None
-            await message.ack()
-            replayed.append(str(message.message_id))
-        await channel.close()
-    if message_id is not None and not replayed:
-        raise DeadLetterError(f"no message with id {message_id} in {name}")
-    return replayed
+def first_sent(message: AbstractIncomingMessage) -> tuple[str, str]:
+    """(exchange, routing key) the message was sent with before it was dead-lettered."""
+    headers = message.headers or {}
+    if FIRST_SENT_HEADERS[0] in headers:
+        exchange, routing_key = (headers.get(name) or b"" for name in FIRST_SENT_HEADERS)
+        return _text(exchange), _text(routing_key)
+    return message.exchange or "", message.routing_key or ""
 
 
-def _replay_target(message: AbstractIncomingMessage, dlq: str, namespace: str) -> tuple[str, str]:
-    """(exchange, routing key) the dead letter goes back to."""
-    if dlq == topology.unrouted_queue(namespace):
-        # Unroutable when first sent: send it as it was sent, now that queues may be bound.
-        return message.exchange or "", message.routing_key or ""
-    origin = (message.headers or {}).get("x-original-queue")
-    return "", str(origin) if origin else topology.original_queue(dlq)
+def keeping_first_sent(message: AbstractIncomingMessage) -> dict[str, Any]:
+    """The message's headers, with where it was first sent added unless already there."""
+    headers = dict(message.headers or {})
+    if FIRST_SENT_HEADERS[0] not in headers:
+        headers.update(zip(FIRST_SENT_HEADERS, first_sent(message), strict=True))
+    return headers
 
 
-def _replayed_copy(
-    message: AbstractIncomingMessage, exchange: str, routing_key: str
-) -> OutgoingMessage:
-    headers = {
-        key: value
-        for key, value in (message.headers or {}).items()
-        if key not in ERROR_HEADERS and key not in (ATTEMPTS_HEADER, "x-death")
-    }
-    headers["x-replayed-at"] = datetime.now(UTC).isoformat()
-    return sent_on(message, exchange=exchange, routing_key=routing_key, headers=headers)
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-async def purge(settings: Settings, name: str, message_id: str | None) -> int:
+async def purge(
+    settings: Settings, name: str, message_id: str | None, *, operator: str | None = None
+) -> int:
+    """Delete dead letters for good: every one in ``name``, or those with ``message_id``."""
+    purged_ids: list[str] = []
     async with _connection(settings) as connection:
         channel, queue = await _open_dlq(connection, name)
         if message_id is None:
             purged = (await queue.purge()).message_count or 0
         else:
             depth = queue.declaration_result.message_count or 0
-            purged = 0
             for message in await _take(queue, depth):
                 if message.message_id == message_id:
                     await message.ack()
-                    purged += 1
+                    purged_ids.append(message_id)
+            purged = len(purged_ids)
             if not purged:
                 raise DeadLetterError(f"no message with id {message_id} in {name}")
         await channel.close()
+    async with ops_db.connect(settings) as conn:
+        await ops_db.record(
+            conn,
+            action="dlq.purge",
+            target=name,
+            message_ids=purged_ids,
+            count=purged,
+            operator=operator,
+            detail={"message_id": message_id},
+        )
     return purged
 
 

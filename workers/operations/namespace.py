@@ -24,7 +24,7 @@ from aiormq.exceptions import AMQPError, ChannelNotFoundEntity
 
 from db.provision import ProvisionResult, ServiceDatabase, drop, provision
 from workers.operations import ops_db
-from workers.runtime import catalog, topology
+from workers.runtime import catalog, control, topology
 from workers.runtime.service import Service
 from workers.runtime.settings import Settings
 from workers.runtime.worker import declare_topology
@@ -100,6 +100,12 @@ async def tear_down(
     removed = Removed(settings.namespace)
     services = [*catalog.load_all(), *extra_services]
     queues = [*queue_names(settings, services), *legacy_queue_names(settings, services)]
+    # The markers of paused handlers (``fleet pause``), which exist only while paused.
+    queues += [
+        control.pause_marker(spec.name)
+        for service in services
+        for spec in service.queue_specs(settings.namespace)
+    ]
     connection = await aio_pika.connect(settings.amqp_url)
     try:
         present = await topology.queue_states(connection, dict.fromkeys([*queues, *extra_queues]))

@@ -25,7 +25,7 @@ from db import outbox
 from db.engine import connect_once
 from workers.orchestrator import public as orchestrator
 from workers.order_view import public as view
-from workers.runtime import catalog, topology
+from workers.runtime import catalog, control, topology
 from workers.runtime.settings import Settings
 
 ORCHESTRATOR = "orchestrator"
@@ -89,16 +89,18 @@ def dead_letter_problems(dlq: QueueStatus) -> list[str]:
 
 @dataclass(frozen=True)
 class HandlerQueueStatus:
-    """A handler's queue and its dead-letter queue."""
+    """A handler's queue and its dead-letter queue; ``paused`` by an operator (``fleet
+    pause``), its queue has no consumer by choice, which alone needs no action."""
 
     queue: QueueStatus
     dead_letters: QueueStatus
+    paused: bool = False
 
     @property
     def queue_problems(self) -> list[str]:
         if not self.queue.declared:
             return [_undeclared(self.queue)]
-        if not self.queue.consumers:
+        if not self.queue.consumers and not self.paused:
             return [f"{self.queue.name}: no consumer ({self.queue.messages} message(s) waiting)"]
         return []
 
@@ -111,6 +113,7 @@ class HandlerQueueStatus:
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.queue.to_dict(),
+            "paused": self.paused,
             "dead_letter_queue": self.dead_letters.to_dict(),
             "problems": self.problems,
         }
@@ -245,12 +248,18 @@ class FleetStatus:
     def needs_action(self) -> bool:
         return bool(self.problems)
 
+    @property
+    def paused(self) -> list[HandlerQueueStatus]:
+        """The handler queues an operator paused."""
+        return [q for service in self.services for q in service.queues or () if q.paused]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "namespace": self.namespace,
             "checked_at": self.checked_at.isoformat(),
             "needs_action": self.needs_action,
             "problems": self.problems,
+            "paused": [queue.queue.name for queue in self.paused],
             "outbox_age_threshold_seconds": self.outbox_age_threshold,
             "broker": {"reachable": self.broker_error is None, "error": self.broker_error},
             "services": [s.to_dict(self.outbox_age_threshold) for s in self.services],
@@ -328,7 +337,7 @@ async def fleet_status(
             name
             for service_specs in specs.values()
             for spec in service_specs
-            for name in topology.queues_of(spec)
+            for name in [*topology.queues_of(spec), control.pause_marker(spec.name)]
         ),
         unrouted,
     ]
@@ -352,7 +361,11 @@ async def fleet_status(
         if broker is None:
             return None
         return tuple(
-            HandlerQueueStatus(queue(spec.name), queue(topology.dead_letter_queue(spec.name)))
+            HandlerQueueStatus(
+                queue(spec.name),
+                queue(topology.dead_letter_queue(spec.name)),
+                paused=states[control.pause_marker(spec.name)] is not None,
+            )
             for spec in specs[service]
         )
 

@@ -16,6 +16,10 @@ passes: ``confirm_order``, the pivot (once shipping has created the shipment the
 only go forward), and every compensation (an undo must eventually happen). A reply that
 does not match the step the saga waits for, or that arrives after the saga ended, changes
 nothing.
+
+An operator may ask for a stuck saga's current step to be sent again (``on_retry``) or for
+its compensation to start now (``on_compensate``, refused past the pivot); the orchestrator
+decides, as for a reply.
 """
 
 from __future__ import annotations
@@ -264,4 +268,41 @@ def on_deadline(saga: Saga, now: datetime, timeout: timedelta) -> Transition:
     reason = f"{timed_out} timed out"
     return _compensate(
         saga, saga.completed, reason, now, timeout, reason, (COMPENSATION_OF[timed_out],)
+    )
+
+
+# --- What an operator may ask of a stuck saga (contracts/orchestrator.py). ---------------
+
+
+def on_retry(saga: Saga, now: datetime, timeout: timedelta) -> Transition:
+    """Send the current step's command again and restart its deadline: for a step whose
+    command was lost, or whose service was down past what its retries cover. Every step
+    is idempotent per order, so a step that did complete only answers again."""
+    if saga.final:
+        return _unchanged(saga, f"retry refused: the saga already ended {saga.status}")
+    return _go_to(saga, saga.step, now, timeout, f"{saga.step} sent again")
+
+
+def on_compensate(saga: Saga, reason: str, now: datetime, timeout: timedelta) -> Transition:
+    """Give up on the order now: compensate as a passed deadline does, the current step's
+    own compensation first and not waited for (the step may have completed, or may still
+    arrive: the compensation's tombstone then refuses it). Refused once the saga ended,
+    while it compensates already, and at the pivot."""
+    if saga.final:
+        return _unchanged(saga, f"compensation refused: the saga already ended {saga.status}")
+    if saga.status == "compensating":
+        return _unchanged(saga, f"compensation refused: already compensating at {saga.step}")
+    if saga.step == "confirm_order":
+        return _unchanged(
+            saga, "compensation refused: past the pivot (confirm_order): it only goes forward"
+        )
+    current = _action(saga.step)
+    return _compensate(
+        saga,
+        saga.completed,
+        reason,
+        now,
+        timeout,
+        f"compensation requested at {current}: {reason}",
+        (COMPENSATION_OF[current],),
     )

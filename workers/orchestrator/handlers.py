@@ -1,5 +1,6 @@
-"""The orchestrator's wiring: start a saga on order.placed, advance it on every reply, and
-watch deadlines in the background (they live in the database, so they survive restarts)."""
+"""The orchestrator's wiring: start a saga on order.placed, advance it on every reply, act
+on an operator's retry or compensation, and watch deadlines in the background (they live in
+the database, so they survive restarts)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,21 @@ import asyncio
 import contextlib
 import logging
 import typing
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from aio_pika.abc import AbstractConnection
 
 from contracts import (
+    CompensateSaga,
     OrderConfirmed,
     OrderPlacedV2,
     OrderRejected,
     PaymentCompleted,
     PaymentFailed,
     PaymentRefunded,
+    RetryStep,
     ShipmentCancelled,
     ShipmentCreated,
     ShipmentFailed,
@@ -122,6 +126,32 @@ async def advance_saga(uow: UnitOfWork, event: Reply, settings: OrchestratorSett
         tracking_number=getattr(event, "tracking_number", None),
     )
     await _apply(uow, transition)
+
+
+@service.handler(when=not_choreography)
+async def operator_request(
+    uow: UnitOfWork, command: RetryStep | CompensateSaga, settings: OrchestratorSettings
+) -> None:
+    """An operator's retry or compensation (``fleet saga retry / compensate``): decided by
+    the domain like a reply, under the order's lock; a refusal changes nothing and is
+    logged, in the saga's step log too."""
+    await uow.lock(command.order_id)
+    saga = await store.load(uow.conn, command.order_id)
+    if saga is None:
+        log.info("%s for order %s, which has no saga: ignored", command.TYPE, command.order_id)
+        return
+    if isinstance(command, RetryStep):
+        transition = domain.on_retry(saga, _now(), _timeout(settings))
+        asked = f"operator retry by {command.requested_by}"
+    else:
+        transition = domain.on_compensate(saga, command.reason, _now(), _timeout(settings))
+        asked = f"operator compensation by {command.requested_by}"
+    # The request's message id in the line: the operator's tool finds its answer by it.
+    request = uow.received.envelope.message_id if uow.received is not None else None
+    entry = f"{asked} {store.request_tag(request)}: {transition.log}"
+    if transition.changed:  # (_apply logs a refusal itself)
+        log.warning("saga %s: %s", saga.order_id, entry)
+    await _apply(uow, replace(transition, log=entry))
 
 
 async def watch_deadlines(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -186,3 +187,54 @@ async def overdue_count(conn: asyncpg.Connection, now: datetime) -> int:
         now,
     )
     return count
+
+
+_LISTING_COLUMNS = "order_id, status, step, reason, deadline_at, version, created_at, updated_at"
+
+
+async def listing(
+    conn: asyncpg.Connection,
+    *,
+    statuses: Sequence[str] | None = None,
+    updated_before: datetime | None = None,
+    limit: int = 50,
+    oldest_first: bool = False,
+) -> list[asyncpg.Record]:
+    """Sagas with one of ``statuses`` (any when None) last changed before ``updated_before``
+    (any when None), most recently changed first unless ``oldest_first``."""
+    order = "ASC" if oldest_first else "DESC"
+    return list(
+        await conn.fetch(
+            f"SELECT {_LISTING_COLUMNS} FROM sagas"
+            " WHERE ($1::text[] IS NULL OR status = ANY($1))"
+            " AND ($2::timestamptz IS NULL OR updated_at <= $2)"
+            f" ORDER BY updated_at {order}, order_id LIMIT $3",
+            None if statuses is None else list(statuses),
+            updated_before,
+            limit,
+        )
+    )
+
+
+async def summary(conn: asyncpg.Connection, order_id: str) -> asyncpg.Record | None:
+    """The saga's row as ``listing`` gives it."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {_LISTING_COLUMNS} FROM sagas WHERE order_id = $1", order_id
+    )
+    return row
+
+
+def request_tag(message_id: str | None) -> str:
+    """How an operator request's step-log line names it, so its answer can be found."""
+    return f"(request {message_id})"
+
+
+async def log_entry_containing(conn: asyncpg.Connection, order_id: str, text: str) -> str | None:
+    """The saga's first step-log line containing ``text`` (an operator request's id)."""
+    entry: str | None = await conn.fetchval(
+        "SELECT entry FROM saga_log WHERE order_id = $1 AND strpos(entry, $2) > 0"
+        " ORDER BY id LIMIT 1",
+        order_id,
+        text,
+    )
+    return entry

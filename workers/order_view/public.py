@@ -5,6 +5,7 @@ view's side of ``fleet view rebuild`` (emptying it, following the rebuild's prog
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "Rebuild",
     "Status",
     "Summary",
+    "find_order",
     "known_order",
     "lag_queues",
     "lag_seconds",
@@ -33,6 +35,7 @@ __all__ = [
     "ping",
     "read_view",
     "rebuild_status",
+    "saga_orders",
     "start_rebuild",
     "summary_dict",
     "view_lag",
@@ -120,6 +123,37 @@ async def known_order(conn: asyncpg.Connection, order_id: str) -> Summary | None
     yet (status NULL): readers never see such a row."""
     found = await store.load(conn, order_id)
     return found if found is not None and found.status is not None else None
+
+
+async def find_order(settings: Settings, order_id: str) -> Summary | None:
+    """``known_order`` over a connection of its own (a one-shot command's)."""
+    async with connect_once(settings.database_url(SERVICE)) as conn:
+        return await known_order(conn, order_id)
+
+
+async def saga_orders(
+    settings: Settings,
+    *,
+    saga: str,
+    statuses: Sequence[str] | None = None,
+    updated_before: datetime | None = None,
+    limit: int = 50,
+    oldest_first: bool = False,
+) -> list[Summary]:
+    """Orders of one saga style (``fleet saga list`` reads the choreographed ones here: no
+    coordinator keeps their state) with one of ``statuses`` (None: any) whose row last
+    changed before ``updated_before`` (None: any), most recently changed first unless
+    ``oldest_first``. For an order the view sets ``updated_at`` from the order's own
+    events: when it was placed, then when it was confirmed or rejected."""
+    async with connect_once(settings.database_url(SERVICE)) as conn:
+        return await store.saga_listing(
+            conn,
+            saga=saga,
+            statuses=statuses,
+            updated_before=updated_before,
+            limit=limit,
+            oldest_first=oldest_first,
+        )
 
 
 async def read_view(

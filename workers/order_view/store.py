@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -123,6 +124,32 @@ async def listing(
         " ORDER BY created_at DESC NULLS LAST, order_id LIMIT $3",
         status,
         customer_id,
+        limit,
+    )
+    return [_summary(row) for row in rows]
+
+
+async def saga_listing(
+    conn: asyncpg.Connection,
+    *,
+    saga: str,
+    statuses: Sequence[str] | None = None,
+    updated_before: datetime | None = None,
+    limit: int = 50,
+    oldest_first: bool = False,
+) -> list[Summary]:
+    """Orders of one saga style with one of ``statuses`` (None: any) whose row last changed
+    before ``updated_before`` (None: any), most recently changed first unless
+    ``oldest_first``."""
+    order = "ASC" if oldest_first else "DESC"
+    rows = await conn.fetch(
+        f"SELECT {_SUMMARY_COLUMNS} FROM order_summaries WHERE status IS NOT NULL"
+        " AND saga = $1 AND ($2::text[] IS NULL OR status = ANY($2))"
+        " AND ($3::timestamptz IS NULL OR updated_at <= $3)"
+        f" ORDER BY updated_at {order} NULLS LAST, order_id LIMIT $4",
+        saga,
+        None if statuses is None else list(statuses),
+        updated_before,
         limit,
     )
     return [_summary(row) for row in rows]

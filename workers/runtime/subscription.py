@@ -2,6 +2,8 @@
 
     subscription = Subscription(connection, settings, handler, consumer)
     await subscription.start()       # basic.consume on the handler's queue, own channel
+    await subscription.pause()       # basic.cancel: what was delivered is still settled
+    await subscription.resume()      # basic.consume again
     await subscription.stop()        # basic.cancel, wait for what was delivered, close
 
 Straight on aio-pika rather than through FastStream's subscriber: FastStream resolves its
@@ -27,7 +29,12 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from aio_pika.exceptions import ChannelInvalidStateError
 from aiormq.exceptions import AMQPError
 
@@ -59,25 +66,54 @@ class Subscription:
             self._process, size=settings.batch_size, wait=settings.batch_wait_ms / 1000
         )
         self._channel: AbstractChannel | None = None
-        self._consumer_tag: str | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None  # None: not consuming (paused, or stopped)
         self._held: set[asyncio.Task[None]] = set()  # one per delivery not yet settled
 
-    async def start(self) -> None:
+    @property
+    def paused(self) -> bool:
+        """Open but not consuming (``pause``)."""
+        return self._channel is not None and self._consumer_tag is None
+
+    async def start(self, *, paused: bool = False) -> None:
+        """Open the channel and consume, unless ``paused`` (then ``resume`` consumes)."""
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._prefetch)
-        # declared by workers.runtime.topology with all its arguments; this only looks it up
-        queue = await self._channel.get_queue(self.queue_name, ensure=False)
-        self._consumer_tag = await queue.consume(self._on_delivery)
+        # Declared by workers.runtime.topology with all its arguments; this only looks it up,
+        # passively, so that the robust channel knows the queue and restores its consumer
+        # after a reconnect (``get_queue(ensure=False)`` would not: aio-pika 10 forgets it).
+        self._queue = await self._channel.declare_queue(self.queue_name, passive=True)
+        if not paused:
+            await self.resume()
+
+    async def pause(self) -> None:
+        """Stop taking messages, the channel kept open (basic.cancel): what was delivered
+        before is still processed and acked, the rest waits in the queue. Idempotent."""
+        if self._queue is None or self._consumer_tag is None:
+            return
+        tag, self._consumer_tag = self._consumer_tag, None
+        try:
+            await self._queue.cancel(tag)
+        except BaseException:
+            self._consumer_tag = tag  # still consuming, as far as we know
+            raise
+
+    async def resume(self) -> None:
+        """Take messages again (basic.consume). Idempotent; nothing once stopped."""
+        if self._queue is None or self._consumer_tag is not None:
+            return
+        self._consumer_tag = await self._queue.consume(self._on_delivery)
 
     async def stop(self) -> None:
         """Stop consuming, settle what was delivered (up to GRACEFUL_TIMEOUT), close."""
         if self._channel is None:
             return
         channel, self._channel = self._channel, None
+        queue, self._queue = self._queue, None  # and resume() does nothing from now on
+        tag, self._consumer_tag = self._consumer_tag, None
         try:
-            if self._consumer_tag is not None and not channel.is_closed:
-                queue = await channel.get_queue(self.queue_name, ensure=False)
-                await queue.cancel(self._consumer_tag)
+            if queue is not None and tag is not None and not channel.is_closed:
+                await queue.cancel(tag)
         except (AMQPError, ChannelInvalidStateError, ConnectionError) as error:
             log.warning("%s: could not cancel the consumer: %s", self.queue_name, error)
         if self._held:

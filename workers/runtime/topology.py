@@ -10,6 +10,8 @@
     <ns>.retries                  direct exchange the tiers dead-letter into: every handler
                                   queue is bound to it by its own name
     <ns>.unrouted.dlq             what reached an exchange with no queue bound for it
+    <ns>.control                  fanout exchange announcing pauses and resumes to workers
+                                  (``workers.runtime.control``)
 
 A retry is published to its tier's exchange with the routing key of its queue's name; when
 its delay has passed the tier dead-letters it, under that same routing key, to
@@ -75,6 +77,10 @@ def retries_exchange(namespace: str) -> str:
     return f"{namespace}.retries"
 
 
+def control_exchange(namespace: str) -> str:
+    return f"{namespace}.control"
+
+
 def delay_tiers(settings: Settings) -> list[str]:
     return [delay_tier(settings.namespace, d) for d in sorted(set(settings.retry_delays_ms))]
 
@@ -90,6 +96,7 @@ def exchanges(settings: Settings) -> list[str]:
         *delay_tiers(settings),
         retries_exchange(ns),
         unrouted_exchange(ns),
+        control_exchange(ns),
     ]
 
 
@@ -185,6 +192,8 @@ async def declare(
         durable=True,
         arguments={"alternate-exchange": unrouted_exchange(ns)},
     )
+    # Pause and resume announcements; no alternate exchange: one nobody hears is dropped.
+    await channel.declare_exchange(control_exchange(ns), aio_pika.ExchangeType.FANOUT, durable=True)
     for delay in sorted(set(settings.retry_delays_ms)):
         tier_exchange = await channel.declare_exchange(
             delay_tier(ns, delay), aio_pika.ExchangeType.FANOUT, durable=True

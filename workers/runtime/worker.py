@@ -8,6 +8,10 @@ deliveries into batches (``FLEET_BATCH_SIZE``); ``Consumer.process_batch`` decid
 of each, and a delivery is acked only after that decision is durable (committed, or
 republished to a retry or dead-letter queue with a confirm). Consuming has a connection of
 its own: publishing under the broker's flow control must not hold up acks.
+
+An operator can pause a handler (``fleet pause``): the worker reads which of its handlers
+are paused before it consumes and hears every change on the control exchange
+(``workers.runtime.control``), cancelling or restarting that handler's consumer.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 
 import aio_pika
 import asyncpg
@@ -22,7 +27,7 @@ from aio_pika.abc import AbstractConnection
 
 from db import inbox, outbox
 from db.engine import ACQUIRE_TIMEOUT, create_pool
-from workers.runtime import metrics, topology
+from workers.runtime import control, metrics, topology
 from workers.runtime.consumer import Consumer
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.relay import Relay
@@ -40,6 +45,27 @@ async def declare_topology(settings: Settings, services: list[Service]) -> None:
         await topology.declare(await publisher.channel(), settings, specs)
     finally:
         await publisher.close()
+
+
+async def _apply_pauses(subscriptions: list[Subscription], paused: frozenset[str]) -> None:
+    """Pause the subscriptions whose queue is in ``paused``, resume the others; every one is
+    tried, then the first failure is raised (the watcher tries again)."""
+    failures: list[BaseException] = []
+    for subscription in subscriptions:
+        pause = subscription.queue_name in paused
+        if pause == subscription.paused:
+            continue
+        try:
+            await (subscription.pause() if pause else subscription.resume())
+        except control.BROKER_ERRORS as error:
+            failures.append(error)
+            continue
+        if pause:
+            log.info("%s: paused by an operator; messages wait", subscription.queue_name)
+        else:
+            log.info("%s: resumed", subscription.queue_name)
+    if failures:
+        raise failures[0]
 
 
 class Worker:
@@ -78,6 +104,14 @@ class Worker:
                 Subscription(consuming, settings, handler, self.consumer)
                 for handler in self.service.handlers
             ]
+            watcher = control.PauseWatcher(
+                settings,
+                [subscription.queue_name for subscription in subscriptions],
+                partial(_apply_pauses, subscriptions),
+                name=self.service.name,
+            )
+            watcher_stop = asyncio.Event()
+            watcher_task: asyncio.Task[None] | None = None
             relay_stop = asyncio.Event()  # stops the relay and background tasks, after consumers
             relay_task: asyncio.Task[None] | None = None
             if self.with_relay:
@@ -89,15 +123,25 @@ class Worker:
             ]
             background.append(asyncio.create_task(self._sample(pool, consuming, relay_stop)))
             try:
+                paused = await watcher.start()  # before consuming: a paused one starts paused
                 for subscription in subscriptions:
-                    await subscription.start()
+                    await subscription.start(paused=subscription.queue_name in paused)
+                watcher_task = asyncio.create_task(watcher.run(watcher_stop))
                 log.info("%s worker consuming %d queue(s)", self.service.name, len(subscriptions))
+                for queue in sorted(paused):
+                    log.info("%s: paused by an operator; messages wait ('fleet resume')", queue)
                 if started is not None:
                     started.set()
                 await stop.wait()
             finally:
-                # Stop consuming and settle what was delivered; then stop the relay (what
-                # they emitted waits in the outbox for the next relay if it is not out yet).
+                # No resume from now on; stop consuming and settle what was delivered; then
+                # stop the relay (what they emitted waits in the outbox for the next relay
+                # if it is not out yet).
+                watcher_stop.set()
+                if watcher_task is not None:
+                    await watcher_task
+                else:
+                    await watcher.close()
                 await asyncio.gather(*(subscription.stop() for subscription in subscriptions))
                 relay_stop.set()
                 for task in background:

@@ -29,7 +29,9 @@ def upgrade() -> None:
         sa.Column(
             "archived_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
-        # What it takes to put the message back as it was: its AMQP properties and headers.
+        # What it takes to put the message back as it was: its AMQP properties (and the
+        # exchange and routing key it reached the DLQ by), its headers as tagged JSON
+        # (workers/operations/archive.py: to_json), its body.
         sa.Column("properties", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
         sa.Column("headers", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
         sa.Column("body", sa.LargeBinary, nullable=False),

@@ -21,9 +21,11 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
         # Which dead letter was replayed (the same message dead-lettered twice is two letters).
         sa.Column("letter_key", sa.Text, nullable=False, unique=True),
-        sa.Column("message_id", sa.Text, nullable=False),  # the id the replayed copy carries
+        # The id the replayed copy carries (none if the letter had none: a foreign client's).
+        sa.Column("message_id", sa.Text, nullable=True),
         sa.Column("replay_of", sa.Text, nullable=True),  # an edited copy: the original's id
         sa.Column("from_queue", sa.Text, nullable=False),  # the DLQ
+        # Where the copy went: a queue, or "<exchange>/<routing key>" for an unrouted letter.
         sa.Column("to_queue", sa.Text, nullable=False),
         sa.Column("run_id", sa.Text, nullable=False),
         sa.Column(
