@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api import routes, telemetry
+from api.console import routes as console
 from api.resources import BrokerUnavailable, Resources, ViewUnavailable
 from workers.runtime.settings import Settings
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(routes.router)
+    app.include_router(console.router)  # the web console at /console
     telemetry.instrument(app)
 
     async def unavailable(request: Request, error: Exception) -> JSONResponse:

@@ -379,17 +379,8 @@ def _copy(
     if message_id is None:
         return copy
     headers[REPLAY_OF_HEADER] = str(message.message_id)
-    return OutgoingMessage(
-        exchange=copy.exchange,
-        routing_key=copy.routing_key,
-        body=copy.body if body is None else body,
-        message_id=message_id,
-        type=copy.type,
-        correlation_id=copy.correlation_id,
-        timestamp=copy.timestamp,
-        app_id=copy.app_id,
-        content_type=copy.content_type,
-        headers=headers,
+    return dataclasses.replace(
+        copy, message_id=message_id, body=copy.body if body is None else body, headers=headers
     )
 
 
