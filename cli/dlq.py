@@ -180,6 +180,8 @@ def replay(
     if report.moved_aside:
         what = "would be passed" if dry_run else "moved to the tail of their DLQ"
         typer.echo(f"{report.moved_aside} letter(s) not selected {what}")
+    if report.reconnects:
+        typer.echo(f"lost RabbitMQ {report.reconnects} time(s) and went on where it was")
     if not dry_run:
         typer.echo(f"run {report.run_id}: follow it with 'fleet dlq pending'")
 

@@ -18,6 +18,7 @@ import pytest
 from contracts import Envelope, OrderConfirmed, OutgoingMessage, RejectOrder, ReserveStock
 from contracts.routing import commands_exchange
 from tests.integration.conftest import namespace_settings, namespaced_fleet
+from tests.integration.faults import cut_broker_connections, needs_rabbitmqctl
 from tests.integration.support import Fleet, FleetProcess, new_id, outgoing, wait_for
 from workers.operations import dead_letters, ops_db, orders, replays
 from workers.runtime import catalog
@@ -28,6 +29,7 @@ INVALID_BODIES = 25  # undecodable reserve_stock commands: the group replayed te
 UNKNOWN_VERSIONS = 3  # in the same DLQ, another group: moved aside, never replayed
 UNHANDLED = 10  # order.confirmed sent to charge_payment: the group of the killed run
 NEVER_PLACED = 4  # rejections of orders never placed: they fail again when replayed
+CUT_RUN = 12  # letters of a run whose broker connection is cut midway
 
 
 def not_json(queue: str) -> OutgoingMessage:
@@ -272,6 +274,54 @@ async def test_a_run_killed_midway_and_run_again_replays_every_letter_exactly_on
     assert Counter(copies) == Counter(letters)  # every letter once, none twice
     assert await fleet.queue_depth(dlq) == 0
     assert await recorded(fleet, dlq) == UNHANDLED
+
+
+def dead_letter_of(queue: str, index: int) -> OutgoingMessage:
+    """A dead letter as the consumer writes one, put straight into ``queue``'s DLQ."""
+    return OutgoingMessage(
+        exchange="",
+        routing_key=f"{queue}.dlq",
+        body=b"{}",
+        message_id=new_id(),
+        type="shipping.create_shipment",
+        correlation_id=None,
+        timestamp=None,
+        app_id="test",
+        headers={
+            "x-error-type": "PermanentError",
+            "x-error-message": "made by the test",
+            "x-error-signature": "PermanentError at tests.made",
+            "x-original-queue": queue,
+            "x-failed-at": f"2026-01-01T00:00:{index:02d}+00:00",
+        },
+    )
+
+
+@needs_rabbitmqctl
+async def test_a_replay_whose_broker_connection_is_cut_goes_on_where_it_was(
+    failed: Failed,
+) -> None:
+    fleet = failed.fleet
+    queue = f"{fleet.ns}.shipping.create_shipment"  # no worker reads it here
+    letters = [dead_letter_of(queue, index) for index in range(CUT_RUN)]
+    async with fleet.publisher() as publisher:
+        await publisher.publish_many(letters)
+    dlq = f"{queue}.dlq"
+    # Three a second, three at a time: cut from the broker after the first chunk.
+    run = await spawn(fleet, "dlq", "replay", dlq, "--rate", "3", "--json")
+    await wait_for(lambda: recorded(fleet, dlq), timeout=30, interval=0.05)
+    assert await cut_broker_connections(run.process.pid, "cut by test_dlq_replay") >= 1
+    code, output = await finished(run)
+    assert code == 0, output
+    report = answer(output)
+    assert report["reconnects"] >= 1, "the cut did not reach the run"
+    assert await fleet.queue_depth(dlq) == 0
+    copies = await take_all(fleet, queue)
+    # Every letter arrived. A cut between a publish and its confirm can send a chunk's
+    # copies twice (the same message ids, which the inbox takes once), never more.
+    assert set(copies) == {letter.message_id for letter in letters}
+    assert len(copies) - len(set(copies)) <= 3
+    assert await recorded(fleet, dlq) == CUT_RUN
 
 
 async def test_what_is_dead_lettered_while_a_replay_runs_is_not_part_of_it(

@@ -3,10 +3,7 @@ real broker, the audit log in the operations database; a namespace of this modul
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +12,7 @@ import pytest
 
 from contracts import ReleaseStock
 from tests.integration.conftest import namespace_settings, namespaced_fleet
+from tests.integration.faults import cut_broker_connections, needs_rabbitmqctl
 from tests.integration.support import (
     Fleet,
     FleetProcess,
@@ -212,51 +210,7 @@ async def test_a_whole_service_pauses_and_a_worker_stops_cleanly_while_paused(
     assert code == 0 and resumed["changed"] == [RESERVE, RELEASE] and resumed["paused"] == []
 
 
-def client_ports(pid: int) -> set[int]:
-    """The local TCP ports of process ``pid``'s sockets (read from /proc)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target.removeprefix("socket:[").removesuffix("]"))
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                if fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-async def rabbitmqctl(*arguments: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", *arguments, stdout=asyncio.subprocess.PIPE
-    )
-    output, _ = await process.communicate()
-    assert process.returncode == 0, arguments
-    return output.decode()
-
-
-async def cut_connections(worker: FleetProcess) -> int:
-    """Close every broker connection of ``worker`` from the broker's side, as a broker
-    restart or a network cut looks to its clients; how many there were."""
-    ports = client_ports(worker.process.pid)
-    listed = await rabbitmqctl("list_connections", "pid", "peer_port", "--no-table-headers")
-    closed = 0
-    for line in listed.splitlines():
-        fields = line.split()
-        if len(fields) == 2 and int(fields[1]) in ports:
-            await rabbitmqctl("close_connection", fields[0], "cut by test_pausing")
-            closed += 1
-    return closed
-
-
-@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs the broker's rabbitmqctl")
+@needs_rabbitmqctl
 async def test_pauses_hold_through_a_cut_connection(fleet: Fleet) -> None:
     reserve_queue, release_queue = queue_of(fleet, RESERVE), queue_of(fleet, RELEASE)
     worker = await start_worker(fleet)
@@ -265,7 +219,9 @@ async def test_pauses_hold_through_a_cut_connection(fleet: Fleet) -> None:
     await worker.wait_for_line(f"{reserve_queue}: paused by an operator")
 
     # Cut while paused: the consumers come back, the paused one does not.
-    assert await cut_connections(worker) == 3  # publishing, consuming, control
+    assert (
+        await cut_broker_connections(worker.process.pid, "cut by test_pausing") == 3
+    )  # publishing, consuming, control
     await worker.wait_for_line("inventory: control connection reopened", timeout=30)
 
     async def release_consumed_again() -> bool:
@@ -284,7 +240,7 @@ async def test_pauses_hold_through_a_cut_connection(fleet: Fleet) -> None:
         return await applied(fleet, RESERVE, ids) == 2
 
     await wait_for(reserve_applied, timeout=30)
-    assert await cut_connections(worker) == 3
+    assert await cut_broker_connections(worker.process.pid, "cut by test_pausing") == 3
 
     async def both_consumed_again() -> bool:
         return [await consumers(fleet, q) for q in (reserve_queue, release_queue)] == [1, 1]

@@ -325,54 +325,106 @@ async def sweep(
     """
     report = SweepReport()
     for name in selection.queues(settings):
-        done = 0  # positions of the snapshot dealt with (acted on, or moved aside)
-        depth: int | None = None
+        place = _Place()
         while True:
+            connection = None
             try:
-                async with _connection(settings) as connection:
-                    try:
-                        channel, queue = await _open_dlq(connection, name)
-                    except DeadLetterError:
-                        if selection.queue is not None:
-                            raise
-                        break  # a group or every DLQ: one not declared yet holds nothing
-                    if depth is None:
-                        depth = queue.declaration_result.message_count or 0
-                        report.snapshot[name] = depth
-                    publisher = ConfirmedPublisher(connection)
-                    while done < depth and (limit is None or report.selected < limit):
-                        size = min(chunk, depth - done)
-                        if limit is not None:
-                            size = min(size, limit - report.selected)
-                        taken = [Taken(name, message) for message in await _take(queue, size)]
-                        if not taken:
-                            break  # someone else emptied it
-                        chosen = []
-                        for item in taken:
-                            if selection.matches(item.letter):
-                                chosen.append(item)
-                            else:
-                                await _move_to_tail(publisher, item)
-                                report.moved_aside += 1
-                        if chosen:
-                            await act(publisher, chosen)
-                        done += len(taken)
-                        report.selected += len(chosen)
-                        progress(f"{name}", done, depth)
-                    await channel.close()  # anything still held goes back in place
+                connection = await aio_pika.connect(settings.amqp_url)
+                await _sweep_queue(
+                    connection, name, selection, act, place, report, limit, chunk, progress
+                )
                 break
-            except (AMQPConnectionError, ChannelInvalidStateError, ConnectionError) as error:
+            except Exception as error:
+                if not isinstance(error, _CONNECTION_LOST) or not _is_lost(connection):
+                    raise
+                # What was settled before the loss is gone from the head; the rest of the
+                # chunk went back in place.
+                settled = [item for item in place.in_flight if item.message.processed]
+                place.done += len(settled)
+                report.selected += sum(1 for item in settled if selection.matches(item.letter))
+                place.in_flight = []
                 if report.reconnects >= _MAX_RECONNECTS:
                     raise DeadLetterError(
                         f"lost RabbitMQ and could not get it back: {error}"
                     ) from error
                 delay = _RECONNECT_DELAYS[min(report.reconnects, len(_RECONNECT_DELAYS) - 1)]
                 report.reconnects += 1
-                progress(f"{name}: connection lost, reconnecting", done, depth)
+                progress(f"{name}: connection lost, reconnecting", place.done, place.depth)
                 await asyncio.sleep(delay)
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.close()
         if limit is not None and report.selected >= limit:
             break
     return report
+
+
+# What a lost connection raises: a refused or reset socket, aiormq's own errors, and
+# aio-pika's RuntimeError for an operation on a connection that closed under it. (Only
+# taken as a loss when the connection is indeed closed.)
+_CONNECTION_LOST = (AMQPConnectionError, ChannelInvalidStateError, ConnectionError, RuntimeError)
+
+
+def _is_lost(connection: aio_pika.abc.AbstractConnection | None) -> bool:
+    """Whether the connection is gone (aio-pika learns it a little after aiormq does)."""
+    if connection is None or connection.is_closed:
+        return True
+    transport = connection.transport
+    return transport is None or transport.connection.is_closed
+
+
+@dataclass
+class _Place:
+    """How far a sweep of one DLQ got: it survives a reconnect."""
+
+    depth: int | None = None  # the snapshot: the DLQ's depth when first reached
+    done: int = 0  # letters of the snapshot dealt with (acted on, or moved aside)
+    in_flight: list[Taken] = field(default_factory=list)  # the chunk being dealt with
+
+
+async def _sweep_queue(
+    connection: aio_pika.abc.AbstractConnection,
+    name: str,
+    selection: Selection,
+    act: ChunkAction,
+    place: _Place,
+    report: SweepReport,
+    limit: int | None,
+    chunk: int,
+    progress: Progress,
+) -> None:
+    try:
+        channel, queue = await _open_dlq(connection, name)
+    except DeadLetterError:
+        if selection.queue is not None:
+            raise
+        return  # a group or every DLQ: one not declared yet holds nothing
+    if place.depth is None:
+        place.depth = queue.declaration_result.message_count or 0
+        report.snapshot[name] = place.depth
+    publisher = ConfirmedPublisher(connection)
+    while place.done < place.depth and (limit is None or report.selected < limit):
+        size = min(chunk, place.depth - place.done)
+        if limit is not None:
+            size = min(size, limit - report.selected)
+        place.in_flight = [Taken(name, message) for message in await _take(queue, size)]
+        if not place.in_flight:
+            break  # someone else emptied it
+        chosen = []
+        for item in place.in_flight:
+            if selection.matches(item.letter):
+                chosen.append(item)
+            else:
+                await _move_to_tail(publisher, item)
+                report.moved_aside += 1
+        if chosen:
+            await act(publisher, chosen)
+            report.selected += len(chosen)
+        place.done += len(place.in_flight)
+        place.in_flight = []
+        progress(name, place.done, place.depth)
+    await channel.close()  # anything still held goes back in place
 
 
 async def _move_to_tail(publisher: ConfirmedPublisher, item: Taken) -> None:

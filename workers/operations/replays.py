@@ -144,6 +144,7 @@ class ReplayReport:
     queues: dict[str, QueueReplay] = field(default_factory=dict)
     snapshot: dict[str, int] = field(default_factory=dict)  # each DLQ's depth at the start
     moved_aside: int = 0  # letters in the way, not selected, moved to their DLQ's tail
+    reconnects: int = 0  # times the broker connection was lost and reopened
 
     @property
     def replayed(self) -> list[str]:
@@ -164,6 +165,7 @@ class ReplayReport:
             "replayed": self.replayed,
             "skipped": self.skipped,
             "moved_aside": self.moved_aside,
+            "reconnects": self.reconnects,
             "queues": {
                 name: {"depth_at_start": self.snapshot.get(name), **asdict(done)}
                 for name, done in self.queues.items()
@@ -278,6 +280,7 @@ async def _replay(
     )
     report.snapshot = swept.snapshot
     report.moved_aside = swept.moved_aside
+    report.reconnects = swept.reconnects
 
 
 async def _not_yet_replayed(
