@@ -181,7 +181,13 @@ async def test_a_step_deadline_compensates_and_a_late_reply_changes_nothing(
 async def test_a_worker_killed_mid_run_and_restarted_leaves_every_order_ended(
     sagas: SagaFleet, victim: str
 ) -> None:
-    orders = await asyncio.gather(
+    ended = (
+        "SELECT count(DISTINCT stream_id) FROM events"
+        " WHERE type IN ('order.confirmed', 'order.rejected')"
+    )
+    engine = sagas.fleet.engine("order")
+    ended_before: int = await scalar(engine, ended)
+    placing = asyncio.gather(
         *(
             sagas.place(
                 "rich" if n % 7 else "poor",
@@ -192,13 +198,16 @@ async def test_a_worker_killed_mid_run_and_restarted_leaves_every_order_ended(
             for n in range(100)
         )
     )
-    await asyncio.sleep(0.5)  # let the run get going
-    ended = (
-        "SELECT count(DISTINCT stream_id) FROM events"
-        " WHERE stream_id = ANY(:ids) AND type IN ('order.confirmed', 'order.rejected')"
-    )
-    assert await scalar(sagas.fleet.engine("order"), ended, ids=orders) < len(orders)
+
+    async def under_way() -> bool:
+        return bool(await scalar(engine, ended) > ended_before)
+
+    # Killed once the first order of the run has ended, with the others still in flight.
+    await wait_for(under_way, timeout=60, interval=0.05)
     await sagas.kill(victim)
+    ended_at_kill = await scalar(engine, ended) - ended_before
+    orders = await placing
+    assert ended_at_kill < len(orders), "the victim was killed after the run, not mid-run"
     await asyncio.sleep(1.0)
     await sagas.start(victim)
     for order_id in orders:

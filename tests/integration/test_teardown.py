@@ -11,7 +11,7 @@ import pytest
 from tests.integration.conftest import namespace_settings
 from tests.integration.leftovers import leftovers
 from tests.integration.support import Fleet
-from workers.operations import namespace
+from workers.operations import namespace, ops_db
 from workers.runtime import catalog, topology
 from workers.runtime.settings import Settings
 
@@ -55,7 +55,10 @@ async def test_teardown_refuses_without_yes_and_then_removes_everything(
     removed = json.loads(output)
     assert removed["namespace"] == ns
     assert set(removed["exchanges"]) == set(topology.exchanges(settings))
-    assert set(removed["databases"]) == {settings.database_name(s) for s in catalog.SERVICES}
+    # Every service's database, and the operations database (archive, audit log).
+    assert set(removed["databases"]) == {
+        settings.database_name(s) for s in (*catalog.SERVICES, ops_db.OPS)
+    }
     assert len(removed["queues"]) == len(namespace.queue_names(settings, catalog.load_all()))
     assert await leftovers([settings]) == []
 
