@@ -7,12 +7,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from contracts import Money, SagaStyle
-from contracts.base import CountryCode, CustomerId, Quantity, Sku
+from contracts.base import Amount, CountryCode, CustomerId, Quantity, Sku
 from workers.order.public import DEFAULT_COUNTRY
 from workers.order_view.public import Status
+
+# What PlaceOrder takes as a price: a decimal string that is not negative ("-0" is zero).
+PRICE_PATTERN = r"^(\d+(\.\d{1,4})?|-0+(\.0{1,4})?)$"
+
+
+# Money as the document shows a price: PlaceOrder refuses a negative one (a 422 naming the
+# line), so the document must not promise it (tests/integration/test_fuzz_api.py found that).
+class UnitPrice(Money):
+    """An exact amount that is not negative, in one currency."""
+
+    amount: Annotated[Amount, WithJsonSchema({"type": "string", "pattern": PRICE_PATTERN})]
 
 
 class OrderLineRequest(BaseModel):
@@ -20,7 +31,7 @@ class OrderLineRequest(BaseModel):
 
     sku: Sku = Field(examples=["SKU-0001"])
     quantity: Quantity = Field(examples=[2])
-    unit_price: Money = Field(
+    unit_price: UnitPrice = Field(
         description='A decimal string and a currency, e.g. {"amount": "9.90", "currency": "EUR"}'
         " (never a JSON number: a float loses cents). Every line of an order has one currency."
     )

@@ -7,17 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import AMQPError
 
 from db.engine import create_pool
 from workers.order_view import public as view
+from workers.runtime import connections
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.settings import Settings
 
@@ -61,8 +61,8 @@ class BrokerLink:
     API starts (and /health answers 503) while RabbitMQ is down, and connects once it is up.
     After that the connection restores itself."""
 
-    def __init__(self, amqp_url: str) -> None:
-        self._amqp_url = amqp_url
+    def __init__(self, addresses: Sequence[str]) -> None:
+        self._addresses = addresses  # every node of the broker (failover)
         self._connection: AbstractRobustConnection | None = None
         self._publisher: ConfirmedPublisher | None = None
         self._connecting = asyncio.Lock()  # concurrent requests make one connection
@@ -73,7 +73,7 @@ class BrokerLink:
                 try:
                     # aio-pika's timeout bounds the attempt itself; a cancelled attempt would
                     # leave its reconnect loop running.
-                    connection = await aio_pika.connect_robust(self._amqp_url, timeout=timeout)
+                    connection = await connections.connect_robust(self._addresses, timeout=timeout)
                 except BROKER_ERRORS as error:
                     raise BrokerUnavailable(f"cannot reach RabbitMQ: {one_line(error)}") from error
                 self._connection = connection
@@ -106,15 +106,16 @@ class Resources:
     broker: BrokerLink
     # Opens connections on use, not at start: the API serves (and /health says what is
     # down) while the view's database is down. A connection PostgreSQL dropped while the
-    # API was idle is found closed by the pool and replaced.
+    # API was idle is found closed by the pool and replaced. As the view's read-only role
+    # (``fleet db init`` makes it): the API can read the view, never write it.
     view_pool: asyncpg.Pool
 
     @classmethod
     async def open(cls, settings: Settings) -> Resources:
         pool = await create_pool(
-            settings.database_url("order_view"), size=settings.db_pool_size, connect_now=False
+            settings.reader_url("order_view"), size=settings.db_pool_size, connect_now=False
         )
-        return cls(settings, BrokerLink(settings.amqp_url), pool)
+        return cls(settings, BrokerLink(settings.broker_urls), pool)
 
     async def close(self) -> None:
         await self.broker.close()

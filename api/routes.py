@@ -101,6 +101,8 @@ def differences(known: Summary, command: PlaceOrder) -> list[str]:
     status_code=202,
     response_model=PlacedAnswer,
     responses={
+        # FastAPI's own answer to a body it cannot parse (found by test_fuzz_api.py).
+        400: {"model": ErrorAnswer, "description": "The body is not JSON."},
         409: {"model": ErrorAnswer, "description": "The key placed an order with other contents."},
         **UNAVAILABLE,
     },

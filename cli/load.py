@@ -25,7 +25,8 @@ def load(
 ) -> None:
     """Place many orders, wait for all, print sagas/s and latency.
 
-    Exit 1 if some have not ended within --timeout.
+    A lost connection to PostgreSQL or RabbitMQ (a server restart) is reopened and the run
+    goes on; the report says how many times. Exit 1 if some have not ended within --timeout.
     """
     if saga not in ("orchestration", "choreography", "mixed"):
         fail(f"--saga must be orchestration, choreography or mixed, not {saga!r}", 2)
@@ -34,7 +35,16 @@ def load(
 
     with progress_bars(enabled=not as_json) as progress:
         result = asyncio.run(
-            run_load(get_settings(), orders, concurrency, saga, refusals, timeout, progress)
+            run_load(
+                get_settings(),
+                orders,
+                concurrency,
+                saga,
+                refusals,
+                timeout,
+                progress,
+                say=lambda line: typer.echo(line, err=True),
+            )
         )
     if as_json:
         print_json(result)
@@ -44,6 +54,12 @@ def load(
             f" {result['rejected']} rejected, {result['unexpected_outcomes']} unexpected)"
             f" in {result['seconds']} s: {result['sagas_per_second']} sagas/s"
         )
+        reconnects = result["reconnects"]
+        if reconnects["database"] or reconnects["broker"]:
+            typer.echo(
+                f"rode out lost connections: reconnected {reconnects['database']} time(s) to"
+                f" PostgreSQL, {reconnects['broker']} to RabbitMQ"
+            )
         print_table(
             "placement to final, ms",
             ["saga", "p50", "p95", "p99", "mean"],

@@ -19,6 +19,7 @@ from cli import archive as archive_commands
 from cli import db as db_commands
 from cli import dlq, docs, history, load, orders, pausing, run, status, up, view
 from cli.api import api
+from cli.chaos import chaos
 from cli.output import PLAIN_HELP, CliError, PlainLogFormatter
 
 app = typer.Typer(
@@ -47,12 +48,21 @@ app.command()(history.history)
 app.command()(pausing.pause)
 app.command()(pausing.resume)
 app.command()(load.load)
+app.command()(chaos)
 app.command()(api)
 
 
 def _one_line(error: BaseException) -> tuple[str, int]:
-    """The message and exit code for an error that reached the top. The library's error
-    types are imported here, on the way out: a command that failed has loaded them."""
+    """The message and exit code for an error that reached the top, with any password in a
+    URL masked. The library's error types are imported here, on the way out: a command that
+    failed has loaded them."""
+    from workers.runtime.log_context import without_passwords
+
+    message, code = _described(error)
+    return without_passwords(message), code
+
+
+def _described(error: BaseException) -> tuple[str, int]:
     if isinstance(error, CliError):
         return str(error), error.exit_code
     import socket
@@ -75,7 +85,11 @@ def _one_line(error: BaseException) -> tuple[str, int]:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         return f"invalid setting {where}: {first['msg']}", 2
-    if isinstance(error, AMQPConnectionError | ConnectionError | socket.gaierror):
+    # aio-pika's failures to connect are AMQPConnectionError; asyncpg's are plain OSErrors
+    # (refused, unknown host), told apart by where they were raised.
+    if isinstance(error, AMQPConnectionError) or (
+        isinstance(error, ConnectionError | socket.gaierror) and not _raised_in(error, "asyncpg")
+    ):
         return f"cannot reach RabbitMQ: {error}", 1
     if isinstance(error, AMQPError):
         return f"RabbitMQ refused: {error}", 1
@@ -85,6 +99,16 @@ def _one_line(error: BaseException) -> tuple[str, int]:
     if isinstance(error, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
         return f"cannot use PostgreSQL: {type(error).__name__}: {error}", 1
     return f"unexpected {type(error).__name__}: {error}", 1
+
+
+def _raised_in(error: BaseException, package: str) -> bool:
+    """Whether ``error`` was raised in (or passed through) ``package``'s code."""
+    frame = error.__traceback__
+    while frame is not None:
+        if str(frame.tb_frame.f_globals.get("__name__", "")).startswith(f"{package}."):
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def main() -> None:

@@ -3,6 +3,11 @@
 An admin (superuser) connection creates, for every service, a login role and a database
 owned by it that only this role may connect to; then the service's migrations run as the
 service's own role, so it owns its tables. Running it again changes nothing.
+
+Least privilege: a service's role owns its database and nothing else. It is no superuser,
+creates no database and no role, and cannot connect to any other service's database. A
+database may also have read-only login roles (``readers``, the HTTP API's on the view):
+they connect and SELECT, and nothing more.
 """
 
 from __future__ import annotations
@@ -28,12 +33,19 @@ class ProvisioningError(Exception):
     """PostgreSQL refused or could not be reached; the message is one line for the CLI."""
 
 
+# What every role made here is refused, said again on every run (ALTER ROLE) so that a
+# role someone widened by hand is narrowed back.
+_NO_PRIVILEGES = "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+
+
 @dataclass(frozen=True)
 class ServiceDatabase:
     service: str
     name: str  # the database's and the role's name
     password: str
     url: str  # how the service connects, as its own role
+    # Login roles (same password) that may read every table of it and write none.
+    readers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,23 +56,37 @@ class ProvisionResult:
     created_database: bool
     migrated_from: str | None  # None: the database had no migrations applied
     migrated_to: str
+    readers: tuple[str, ...] = ()  # its read-only roles
+    created_readers: tuple[str, ...] = ()  # those of them created by this run
 
     @property
     def changed(self) -> bool:
-        return self.created_role or self.created_database or self.migrated_from != self.migrated_to
+        return (
+            self.created_role
+            or self.created_database
+            or self.migrated_from != self.migrated_to
+            or bool(self.created_readers)
+        )
 
 
 async def provision(admin_url: str, databases: Sequence[ServiceDatabase]) -> list[ProvisionResult]:
     for database in databases:
-        _check_name(database.name)
+        for name in (database.name, *database.readers):
+            _check_name(name)
     connection = await _connect_admin(admin_url)
     try:
         created = [await _create_role_and_database(connection, db) for db in databases]
+        created_readers = [await _create_readers(connection, db) for db in databases]
     finally:
         await connection.close()
     results = []
-    for database, (created_role, created_database) in zip(databases, created, strict=True):
+    for database, (created_role, created_database), new_readers in zip(
+        databases, created, created_readers, strict=True
+    ):
         before, after = await _migrate(database)
+        if database.readers:
+            # After the migrations: the tables they made exist, to be granted.
+            await _grant_reading(admin_url, database)
         results.append(
             ProvisionResult(
                 service=database.service,
@@ -69,16 +95,20 @@ async def provision(admin_url: str, databases: Sequence[ServiceDatabase]) -> lis
                 created_database=created_database,
                 migrated_from=before,
                 migrated_to=after,
+                readers=database.readers,
+                created_readers=new_readers,
             )
         )
     return results
 
 
 async def drop(admin_url: str, databases: Sequence[ServiceDatabase]) -> list[str]:
-    """Drops the databases and roles that exist (a namespace torn down); their sessions are
-    ended. Returns the names of those that existed (a database, its role, or both)."""
+    """Drops the databases and roles that exist (a namespace torn down), read-only roles
+    included; their sessions are ended. Returns the names of those that existed (a
+    database, its role, or both; a read-only role)."""
     for database in databases:
-        _check_name(database.name)
+        for name in (database.name, *database.readers):
+            _check_name(name)
     connection = await _connect_admin(admin_url)
     dropped = []
     try:
@@ -94,6 +124,11 @@ async def drop(admin_url: str, databases: Sequence[ServiceDatabase]) -> list[str
             await _execute(connection, "DROP ROLE IF EXISTS %I", database.name)
             if existed:
                 dropped.append(database.name)
+            # Their privileges went with the database, so nothing holds the roles now.
+            for reader in database.readers:
+                if await _role_exists(connection, reader):
+                    await _execute(connection, "DROP ROLE %I", reader)
+                    dropped.append(reader)
     except asyncpg.PostgresError as exc:
         raise ProvisioningError(f"dropping failed: {_one_line(exc)}") from exc
     finally:
@@ -106,10 +141,11 @@ def _check_name(name: str) -> None:
         raise ValueError(f"invalid database/role name {name!r}: must match {_NAME.pattern}")
 
 
-async def _connect_admin(admin_url: str) -> asyncpg.Connection:
+async def _connect_admin(admin_url: str, database: str | None = None) -> asyncpg.Connection:
+    """To the admin URL's database, or to ``database`` as the admin."""
     # asyncpg runs each statement on its own (autocommit): CREATE DATABASE needs that.
     try:
-        return await asyncpg.connect(asyncpg_url(admin_url), timeout=10)
+        return await asyncpg.connect(asyncpg_url(admin_url), database=database, timeout=10)
     # OSError covers refused connections and timeouts, ValueError a malformed URL.
     except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise ProvisioningError(
@@ -122,14 +158,7 @@ async def _create_role_and_database(
 ) -> tuple[bool, bool]:
     name = database.name
     try:
-        role_exists = await connection.fetchval(
-            "SELECT true FROM pg_roles WHERE rolname = $1", name
-        )
-        # An existing role gets the settings' password: the service must log in with it.
-        verb = "ALTER" if role_exists else "CREATE"
-        await _execute(
-            connection, f"{verb} ROLE %I WITH LOGIN PASSWORD %L", name, database.password
-        )
+        role_exists = await _login_role(connection, name, database.password)
 
         owner = await connection.fetchval(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", name
@@ -147,6 +176,63 @@ async def _create_role_and_database(
     except asyncpg.PostgresError as exc:
         raise ProvisioningError(f"provisioning {name} failed: {_one_line(exc)}") from exc
     return not role_exists, owner is None
+
+
+async def _create_readers(
+    connection: asyncpg.Connection, database: ServiceDatabase
+) -> tuple[str, ...]:
+    """The database's read-only roles, created if missing; they may connect to it. Returns
+    those created."""
+    created = []
+    try:
+        for reader in database.readers:
+            if not await _login_role(connection, reader, database.password):
+                created.append(reader)
+            await _execute(connection, "GRANT CONNECT ON DATABASE %I TO %I", database.name, reader)
+    except asyncpg.PostgresError as exc:
+        raise ProvisioningError(
+            f"provisioning {database.name}'s readers failed: {_one_line(exc)}"
+        ) from exc
+    return tuple(created)
+
+
+async def _grant_reading(admin_url: str, database: ServiceDatabase) -> None:
+    """SELECT on every table of the database's schema, now and (default privileges) on those
+    its role's later migrations make; nothing else. Granted in the database itself, by the
+    admin, since privileges on tables live there."""
+    connection = await _connect_admin(admin_url, database=database.name)
+    try:
+        for reader in database.readers:
+            await _execute(connection, "GRANT USAGE ON SCHEMA public TO %I", reader)
+            await _execute(connection, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO %I", reader)
+            await _execute(
+                connection,
+                "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA public"
+                " GRANT SELECT ON TABLES TO %I",
+                database.name,
+                reader,
+            )
+    except asyncpg.PostgresError as exc:
+        raise ProvisioningError(
+            f"granting reads on {database.name} failed: {_one_line(exc)}"
+        ) from exc
+    finally:
+        await connection.close()
+
+
+async def _login_role(connection: asyncpg.Connection, name: str, password: str) -> bool:
+    """Creates the login role, or sets an existing one's password and privileges (the
+    service must log in with the settings' password). Returns whether it existed."""
+    exists = await _role_exists(connection, name)
+    verb = "ALTER" if exists else "CREATE"
+    await _execute(
+        connection, f"{verb} ROLE %I WITH LOGIN PASSWORD %L {_NO_PRIVILEGES}", name, password
+    )
+    return exists
+
+
+async def _role_exists(connection: asyncpg.Connection, name: str) -> bool:
+    return bool(await connection.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", name))
 
 
 async def _execute(connection: asyncpg.Connection, template: str, *arguments: str) -> None:

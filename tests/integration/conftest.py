@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from tests.integration.leftovers import created_namespaces, leftovers
+from tests.integration.leftovers import broker_health, created_namespaces, leftovers
 from tests.integration.support import Fleet
 from workers.operations import namespace
 from workers.runtime.settings import ServiceSettings, Settings
@@ -58,11 +58,18 @@ async def namespaced_fleet(
 @pytest.fixture(scope="session", autouse=True)
 async def no_namespace_left_behind(server_urls: tuple[str, str]) -> AsyncIterator[None]:
     """After every integration test: nothing of a namespace the run made is left on the
-    broker or the database server (set up first, so it is torn down last)."""
+    broker or the database server, and the broker still declares a quorum queue, confirms
+    a persistent message and delivers it (set up first, so it is torn down last)."""
     yield
+    problems = []
     left = await leftovers(created_namespaces)
     if left:
-        pytest.fail("test namespaces left behind:\n" + "\n".join(left), pytrace=False)
+        problems.append("test namespaces left behind:\n" + "\n".join(left))
+    unhealthy = await broker_health(server_urls[0])
+    if unhealthy:
+        problems.append(f"the broker is not healthy after the tests: {unhealthy}")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="session")

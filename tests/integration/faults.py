@@ -5,35 +5,18 @@ looks to its clients."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 
 import pytest
 
+# client_ports: re-exported for the tests that match a process's sockets.
+from workers.operations.chaos import client_ports, close_broker_connections
+
+__all__ = ["client_ports", "cut_broker_connections", "needs_rabbitmqctl", "rabbitmqctl"]
+
 needs_rabbitmqctl = pytest.mark.skipif(
     shutil.which("rabbitmqctl") is None, reason="needs the broker's rabbitmqctl"
 )
-
-
-def client_ports(pid: int) -> set[int]:
-    """The local TCP ports of process ``pid``'s sockets (read from /proc)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target.removeprefix("socket:[").removesuffix("]"))
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                if fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 async def rabbitmqctl(*arguments: str) -> str:
@@ -47,13 +30,5 @@ async def rabbitmqctl(*arguments: str) -> str:
 
 async def cut_broker_connections(pid: int, why: str = "cut by a test") -> int:
     """Close every broker connection of process ``pid`` from the broker's side; how many
-    there were."""
-    ports = client_ports(pid)
-    listed = await rabbitmqctl("list_connections", "pid", "peer_port", "--no-table-headers")
-    closed = 0
-    for line in listed.splitlines():
-        fields = line.split()
-        if len(fields) == 2 and int(fields[1]) in ports:
-            await rabbitmqctl("close_connection", fields[0], why)
-            closed += 1
-    return closed
+    there were (``fleet chaos`` does the same to its workers)."""
+    return await close_broker_connections(pid, why)

@@ -1,23 +1,32 @@
-"""What a test run left behind of the namespaces it made: queues, exchanges, databases, roles.
+"""What a test run left behind of the namespaces it made: queues, exchanges, databases, roles;
+and whether the broker is still healthy once they are gone.
 
 The broker is listed with ``rabbitmqctl`` where it answers (on the broker's own machine, as
-here and on CI), so that a queue no declaration knows of is found too; elsewhere every name
-the namespace's declarations give is looked for with passive declares.
+here and on CI), so that a queue no declaration knows of is found too (pause markers
+``<queue>.paused``, the ``<ns>.control`` exchange, anything named ``<ns>.``); elsewhere every
+name the namespace's declarations give is looked for with passive declares. Databases and
+roles are every one named ``<ns>_...``: the services', the operations ``<ns>_ops``, the API's
+read-only ``<ns>_order_view_reader``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import asyncpg
+from aiormq.exceptions import ChannelNotFoundEntity
 
 from db.engine import asyncpg_url
 from workers.operations import namespace
-from workers.runtime import catalog, topology
+from workers.runtime import catalog, control, topology
 from workers.runtime.settings import Settings
+
+# The session's last check waits this long at most for each of its two steps.
+HEALTH_TIMEOUT = 10.0
 
 # Every namespace the integration tests made in this run (tests.integration.conftest).
 created_namespaces: list[Settings] = []
@@ -59,15 +68,37 @@ async def _broker_leftovers(namespaces: list[Settings]) -> list[str]:
             f"exchange {name}" for name in exchanges if name.startswith(prefixes)
         ]
     found = []
+    services = catalog.load_all()
     connection = await aio_pika.connect(namespaces[0].amqp_url)
     try:
         for settings in namespaces:
-            names = namespace.queue_names(settings, catalog.load_all())
+            names = [
+                *namespace.queue_names(settings, services),
+                *namespace.legacy_queue_names(settings, services),
+                *(
+                    control.pause_marker(spec.name)
+                    for service in services
+                    for spec in service.queue_specs(settings.namespace)
+                ),
+            ]
             states = await topology.queue_states(connection, names)
             found += [f"queue {name}" for name, state in states.items() if state is not None]
+            for name in topology.exchanges(settings):
+                if await _exchange_exists(connection, name):
+                    found.append(f"exchange {name}")
     finally:
         await connection.close()
     return found
+
+
+async def _exchange_exists(connection: aio_pika.abc.AbstractConnection, name: str) -> bool:
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.get_exchange(name, ensure=True)  # a passive declare
+    except ChannelNotFoundEntity:
+        return False  # and the channel is closed
+    await channel.close()
+    return True
 
 
 async def _database_leftovers(namespaces: list[Settings]) -> list[str]:
@@ -84,3 +115,50 @@ async def _database_leftovers(namespaces: list[Settings]) -> list[str]:
         return found
     finally:
         await connection.close()
+
+
+async def broker_health(amqp_url: str) -> str | None:
+    """None when the broker still works as the fleet needs it: it declares a quorum queue,
+    takes a persistent message into it with a publisher confirm and delivers it to a
+    consumer, each within seconds; else what failed. The queue is deleted either way."""
+    queue_name = f"fleet-tests.health.{secrets.token_hex(4)}"
+    body = secrets.token_bytes(16)
+    step = "to accept a connection"
+    problem = None
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            connection = await aio_pika.connect(amqp_url)
+            try:
+                channel = await connection.channel(publisher_confirms=True)
+                step = "to declare a quorum queue"
+                queue = await channel.declare_queue(
+                    queue_name, durable=True, arguments={"x-queue-type": "quorum"}
+                )
+                step = "to confirm a persistent message"
+                await channel.default_exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=queue_name,
+                    mandatory=True,
+                )
+                step = "to deliver the message to a consumer"
+                async with queue.iterator() as deliveries:
+                    async for delivery in deliveries:
+                        await delivery.ack()
+                        if delivery.body == body:
+                            break
+            finally:
+                await connection.close()
+    except (Exception, TimeoutError) as error:
+        problem = f"the broker failed {step}: {type(error).__name__}: {error}"
+    # On a connection of its own: the probe's may be the broken thing.
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            connection = await aio_pika.connect(amqp_url)
+            try:
+                channel = await connection.channel()
+                await channel.queue_delete(queue_name)
+            finally:
+                await connection.close()
+    except (Exception, TimeoutError) as error:
+        problem = problem or f"the broker failed to delete a queue: {type(error).__name__}: {error}"
+    return problem

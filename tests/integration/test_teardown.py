@@ -55,10 +55,11 @@ async def test_teardown_refuses_without_yes_and_then_removes_everything(
     removed = json.loads(output)
     assert removed["namespace"] == ns
     assert set(removed["exchanges"]) == set(topology.exchanges(settings))
-    # Every service's database, and the operations database (archive, audit log).
+    # Every service's database, the operations database (archive, audit log), and the
+    # role the HTTP API reads the view as.
     assert set(removed["databases"]) == {
         settings.database_name(s) for s in (*catalog.SERVICES, ops_db.OPS)
-    }
+    } | {namespace.reader_role(settings)}
     assert len(removed["queues"]) == len(namespace.queue_names(settings, catalog.load_all()))
     assert await leftovers([settings]) == []
 

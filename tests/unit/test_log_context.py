@@ -57,3 +57,16 @@ def test_passwords_in_urls_are_masked_in_plain_and_json_lines() -> None:
 def test_a_url_without_a_password_is_left_alone() -> None:
     text = "listening on http://127.0.0.1:8000/docs and amqp://rabbit:5672/"
     assert log_context.without_passwords(text) == text
+
+
+def test_a_password_with_an_unescaped_at_sign_is_masked_whole() -> None:
+    text = 'amqp://fleet:p@ss@rabbit:5672/ and {"url": "postgresql://svc:a@b@db"}'
+    masked = log_context.without_passwords(text)
+    assert masked == 'amqp://fleet:***@rabbit:5672/ and {"url": "postgresql://svc:***@db"}'
+
+
+def test_a_password_given_as_a_query_parameter_is_masked() -> None:
+    text = "postgresql://svc@db/x?sslmode=require&password=s3cr3t&x=1"
+    assert log_context.without_passwords(text) == (
+        "postgresql://svc@db/x?sslmode=require&password=***&x=1"
+    )

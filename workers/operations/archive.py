@@ -275,7 +275,7 @@ async def restore(
             if missing:
                 listed = ", ".join(str(letter_id) for letter_id in missing)
                 raise ArchiveError(f"no archived letter with id {listed}")
-        publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+        publisher = await ConfirmedPublisher.connect(settings.broker_urls)
         try:
             while True:
                 async with conn.transaction():

@@ -17,14 +17,17 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from aio_pika.exceptions import ChannelInvalidStateError
-from aiormq.exceptions import AMQPConnectionError, ChannelNotFoundEntity
+from aiormq.exceptions import ChannelNotFoundEntity
 
 from workers.operations import InvalidRequest, OperatorError, Progress, no_progress, ops_db
-from workers.runtime import catalog, topology
+from workers.operations.reconnect import broker_lost
+from workers.runtime import catalog, connections, topology
+from workers.runtime.amqp_reading import read_amqp_leniently
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
 from workers.runtime.service import Service
 from workers.runtime.settings import Settings
+
+read_amqp_leniently()  # a DLQ may hold what a foreign client sent, odd bytes and all
 
 
 class DeadLetterError(OperatorError):
@@ -105,7 +108,7 @@ def dead_letter_queues(settings: Settings, services: list[Service]) -> list[str]
 
 @contextlib.asynccontextmanager
 async def _connection(settings: Settings) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connections.connect(settings.broker_urls)
     try:
         yield connection
     finally:
@@ -329,13 +332,13 @@ async def sweep(
         while True:
             connection = None
             try:
-                connection = await aio_pika.connect(settings.amqp_url)
+                connection = await connections.connect(settings.broker_urls)
                 await _sweep_queue(
                     connection, name, selection, act, place, report, limit, chunk, progress
                 )
                 break
             except Exception as error:
-                if not isinstance(error, _CONNECTION_LOST) or not _is_lost(connection):
+                if not broker_lost(error) or not _is_lost(connection):
                     raise
                 # What was settled before the loss is gone from the head; the rest of the
                 # chunk went back in place.
@@ -358,12 +361,6 @@ async def sweep(
         if limit is not None and report.selected >= limit:
             break
     return report
-
-
-# What a lost connection raises: a refused or reset socket, aiormq's own errors, and
-# aio-pika's RuntimeError for an operation on a connection that closed under it. (Only
-# taken as a loss when the connection is indeed closed.)
-_CONNECTION_LOST = (AMQPConnectionError, ChannelInvalidStateError, ConnectionError, RuntimeError)
 
 
 def _is_lost(connection: aio_pika.abc.AbstractConnection | None) -> bool:
@@ -411,13 +408,11 @@ async def _sweep_queue(
         place.in_flight = [Taken(name, message) for message in await _take(queue, size)]
         if not place.in_flight:
             break  # someone else emptied it
-        chosen = []
-        for item in place.in_flight:
-            if selection.matches(item.letter):
-                chosen.append(item)
-            else:
-                await _move_to_tail(publisher, item)
-                report.moved_aside += 1
+        chosen = [item for item in place.in_flight if selection.matches(item.letter)]
+        passed = [item for item in place.in_flight if item not in chosen]
+        if passed:
+            await _move_to_tail(publisher, passed)
+            report.moved_aside += len(passed)
         if chosen:
             await act(publisher, chosen)
             report.selected += len(chosen)
@@ -427,14 +422,22 @@ async def _sweep_queue(
     await channel.close()  # anything still held goes back in place
 
 
-async def _move_to_tail(publisher: ConfirmedPublisher, item: Taken) -> None:
-    """A letter the sweep must pass: a copy at its DLQ's tail, then the original acked. (A
-    crash in between leaves it there twice, never lost.)"""
-    headers = keeping_first_sent(item.message)
-    await publisher.publish(
-        sent_on(item.message, exchange="", routing_key=item.queue, headers=headers)
+async def _move_to_tail(publisher: ConfirmedPublisher, items: list[Taken]) -> None:
+    """Letters the sweep must pass: copies at their DLQ's tail (confirmed together), then
+    the originals acked. (A crash in between leaves them there twice, never lost.)"""
+    await publisher.publish_many(
+        [
+            sent_on(
+                item.message,
+                exchange="",
+                routing_key=item.queue,
+                headers=keeping_first_sent(item.message),
+            )
+            for item in items
+        ]
     )
-    await item.message.ack()
+    for item in items:
+        await item.message.ack()
 
 
 # An unroutable message reaches its DLQ by the exchange and routing key it was sent with, and

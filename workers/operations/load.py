@@ -7,6 +7,11 @@ order service's event store until every order has ended.
 Latency is from the moment the broker confirmed an order's PlaceOrder to the moment its
 final event was recorded (the database's clock; this tool assumes it runs on a host whose
 clock agrees, as on one machine).
+
+It rides out a server restart as the workers do: a read that lost its database connection
+is made again on a new one, a window of PlaceOrders whose broker connection was lost is
+published again on a new one (the same message ids: each order is placed once), and the
+summary says how many times it reconnected.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import random
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -23,9 +29,9 @@ from typing import Any
 from contracts import Money, OrderLine, PlaceOrder
 from workers.inventory import public as inventory
 from workers.operations import InvalidRequest, Progress, no_progress
+from workers.operations.reconnect import ReconnectingPublisher, Reconnects, read_again_on_loss
 from workers.order import public as orders
 from workers.payment import public as payment
-from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.settings import Settings
 
 STYLES = ("orchestration", "choreography", "mixed")
@@ -73,43 +79,69 @@ async def seed(settings: Settings, count: int) -> None:
     await payment.add_funds(settings, {**funds, BROKE_CUSTOMER: Decimal("0.00")}, "EUR")
 
 
-async def publish(
-    settings: Settings, commands: list[PlaceOrder], concurrency: int, progress: Progress
+def expected_outcome(command: PlaceOrder) -> str:
+    """CONFIRMED, or REJECTED for an order ``plan`` meant to be refused."""
+    refused = (
+        command.country == "XX"
+        or command.customer_id == BROKE_CUSTOMER
+        or command.items[0].sku == SCARCE_SKU
+    )
+    return "REJECTED" if refused else "CONFIRMED"
+
+
+async def place(
+    publisher: ReconnectingPublisher, namespace: str, window: list[PlaceOrder]
 ) -> list[Placed]:
-    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+    """Publish ``window``'s PlaceOrders pipelined, confirmed (again after a lost connection:
+    a message id comes from its idempotency key, so an order is placed once)."""
+    outgoing = [
+        orders.place_order_message(namespace, command, producer="fleet-load") for command in window
+    ]
+    await publisher.publish_many(outgoing)
+    now = time.time()
+    return [
+        Placed(orders.order_id_for(command), command.saga, expected_outcome(command), now)
+        for command in window
+    ]
+
+
+async def publish(
+    settings: Settings,
+    commands: list[PlaceOrder],
+    concurrency: int,
+    progress: Progress,
+    reconnects: Reconnects,
+) -> list[Placed]:
+    publisher = ReconnectingPublisher(settings.broker_urls, reconnects)
     placed: list[Placed] = []
     progress("placing", 0, len(commands))
     try:
         for start in range(0, len(commands), concurrency):
             window = commands[start : start + concurrency]
-            outgoing = [
-                orders.place_order_message(settings.namespace, command, producer="fleet-load")
-                for command in window
-            ]
-            await publisher.publish_many(outgoing)
-            now = time.time()
-            for command in window:
-                refused = (
-                    command.country == "XX"
-                    or command.customer_id == BROKE_CUSTOMER
-                    or command.items[0].sku == SCARCE_SKU
-                )
-                placed.append(
-                    Placed(
-                        orders.order_id_for(command),
-                        command.saga,
-                        "REJECTED" if refused else "CONFIRMED",
-                        now,
-                    )
-                )
+            placed += await place(publisher, settings.namespace, window)
             progress("placing", len(placed), len(commands))
     finally:
         await publisher.close()
     return placed
 
 
+async def ended_by_now(
+    settings: Settings, order_ids: list[str], reconnects: Reconnects
+) -> dict[str, tuple[str, float]]:
+    """Of ``order_ids``, those that ended: (final status, when it was recorded); read again
+    when the database connection is lost."""
+    found = await read_again_on_loss(
+        lambda: orders.ended_orders(settings, order_ids), reconnects, "order database"
+    )
+    return {order_id: (str(status), at.timestamp()) for order_id, (status, at) in found.items()}
+
+
 async def watch(
-    settings: Settings, placed: list[Placed], timeout: float, progress: Progress
+    settings: Settings,
+    placed: list[Placed],
+    timeout: float,
+    progress: Progress,
+    reconnects: Reconnects,
 ) -> dict[str, tuple[str, float]]:
     """order id -> (final status, when it was recorded), until all ended or ``timeout``."""
     ids = [order.order_id for order in placed]
@@ -118,8 +150,7 @@ async def watch(
     progress("ending", 0, len(ids))
     while len(ended) < len(ids) and time.monotonic() < deadline:
         waiting = [order_id for order_id in ids if order_id not in ended]
-        for order_id, (status, at) in (await orders.ended_orders(settings, waiting)).items():
-            ended[order_id] = (str(status), at.timestamp())
+        ended.update(await ended_by_now(settings, waiting, reconnects))
         progress("ending", len(ended), len(ids))
         if len(ended) < len(ids):
             await asyncio.sleep(0.25)
@@ -175,14 +206,19 @@ async def run_load(
     refusals: float,
     timeout: float,
     progress: Progress = no_progress,
+    say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Place ``count`` orders, wait for all to end (at most ``timeout`` s), summarise."""
+    """Place ``count`` orders, wait for all to end (at most ``timeout`` s), summarise.
+
+    A server restart is ridden out: reads and publishes go on on a new connection (``say``
+    hears of each), and the summary counts the reconnects."""
     if saga not in STYLES:
         raise InvalidRequest(f"saga must be orchestration, choreography or mixed, not {saga!r}")
-    await seed(settings, count)
+    reconnects = Reconnects(say=say)
+    await read_again_on_loss(lambda: seed(settings, count), reconnects, "seeding")
     commands = plan(count, saga, refusals, random.Random(count))
     started = time.time()
-    placed = await publish(settings, commands, concurrency, progress)
-    ended = await watch(settings, placed, timeout, progress)
+    placed = await publish(settings, commands, concurrency, progress, reconnects)
+    ended = await watch(settings, placed, timeout, progress, reconnects)
     finished = max((at for _, at in ended.values()), default=time.time())
-    return summarise(placed, ended, started, finished)
+    return {**summarise(placed, ended, started, finished), "reconnects": reconnects.as_dict()}

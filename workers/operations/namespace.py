@@ -18,13 +18,12 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import aio_pika
 from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import AMQPError, ChannelNotFoundEntity
 
 from db.provision import ProvisionResult, ServiceDatabase, drop, provision
 from workers.operations import ops_db
-from workers.runtime import catalog, control, topology
+from workers.runtime import catalog, connections, control, topology
 from workers.runtime.service import Service
 from workers.runtime.settings import Settings
 from workers.runtime.worker import declare_topology
@@ -32,15 +31,27 @@ from workers.runtime.worker import declare_topology
 log = logging.getLogger("fleet.namespace")
 
 
+# The HTTP API reads this service's database as a read-only role of its own,
+# ``<namespace>_order_view_reader`` (``Settings.reader_url``), which cannot write it.
+API_READS = "order_view"
+
+
+def reader_role(settings: Settings, service: str = API_READS) -> str:
+    """The name of the read-only role of ``service``'s database."""
+    return settings.database_name(f"{service}_reader")
+
+
 def service_databases(settings: Settings) -> list[ServiceDatabase]:
     """Every service's database and role, and the operations database (archived dead
-    letters, the audit log), as ``fleet db init`` makes them."""
+    letters, the audit log), as ``fleet db init`` makes them; the view's database also has
+    the API's read-only role."""
     return [
         ServiceDatabase(
             service=service,
             name=settings.database_name(service),
             password=settings.db_password,
             url=settings.database_url(service),
+            readers=(reader_role(settings),) if service == API_READS else (),
         )
         for service in catalog.SERVICES
     ] + [ops_db.database(settings)]
@@ -85,7 +96,7 @@ class Removed:
     namespace: str
     queues: list[str] = field(default_factory=list)
     exchanges: list[str] = field(default_factory=list)
-    databases: list[str] = field(default_factory=list)  # each with its role
+    databases: list[str] = field(default_factory=list)  # each with its role; read-only roles
 
 
 async def tear_down(
@@ -106,7 +117,7 @@ async def tear_down(
         for service in services
         for spec in service.queue_specs(settings.namespace)
     ]
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connections.connect(settings.broker_urls)
     try:
         present = await topology.queue_states(connection, dict.fromkeys([*queues, *extra_queues]))
         for name, state in present.items():

@@ -16,6 +16,7 @@ import asyncpg
 from contracts import PlaceOrder
 from db import outbox
 from db.engine import asyncpg_url
+from workers.operations.reconnect import Reconnects, read_again_on_loss
 from workers.orchestrator import public as orchestrator
 from workers.order import public as orders
 from workers.runtime import catalog, tracing
@@ -25,7 +26,7 @@ from workers.runtime.settings import Settings
 
 async def place_order(settings: Settings, command: PlaceOrder) -> str:
     """Send PlaceOrder (confirmed) over a connection of its own; return the order's id."""
-    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+    publisher = await ConfirmedPublisher.connect(settings.broker_urls)
     try:
         # The root of the order's trace (the saga's spans in every service descend from it).
         with tracing.span("fleet order place", attributes={"fleet.saga": command.saga}) as span:
@@ -44,13 +45,17 @@ async def order_status(settings: Settings, order_id: str) -> dict[str, Any] | No
 
 
 async def wait_until_final(
-    settings: Settings, order_id: str, seconds: float
+    settings: Settings, order_id: str, seconds: float, reconnects: Reconnects | None = None
 ) -> dict[str, Any] | None:
-    """The order's status once it is CONFIRMED or REJECTED, or as it is after ``seconds``."""
+    """The order's status once it is CONFIRMED or REJECTED, or as it is after ``seconds``;
+    a read that lost its database connection is made again (counted in ``reconnects``)."""
+    reconnects = reconnects or Reconnects()
     deadline = time.monotonic() + seconds
     status = None
     while time.monotonic() < deadline:
-        status = await order_status(settings, order_id)
+        status = await read_again_on_loss(
+            lambda: order_status(settings, order_id), reconnects, "order database"
+        )
         if status is not None and status["status"] in ("CONFIRMED", "REJECTED"):
             return status
         await asyncio.sleep(0.2)

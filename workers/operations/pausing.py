@@ -20,10 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aio_pika
-
 from workers.operations import InvalidRequest, ops_db
-from workers.runtime import catalog, control
+from workers.runtime import catalog, connections, control
 from workers.runtime.service import Handler, Service
 from workers.runtime.settings import Settings
 
@@ -96,7 +94,7 @@ async def paused(settings: Settings) -> tuple[str, ...]:
     """Every paused handler of the fleet (``service.handler``), in the catalog's order."""
     by_name, _ = _catalog_handlers()
     queues = {name: handler.queue(settings.namespace) for name, handler in by_name.items()}
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connections.connect(settings.broker_urls)
     try:
         paused_queues = await control.paused_queues(connection, queues.values())
     finally:
@@ -122,7 +120,7 @@ async def _change(settings: Settings, target: str, action: str, operator: str | 
     # One change at a time across operators: what was paused before is read under the lock.
     async with ops_db.connect(settings, transaction=True) as conn:
         await ops_db.lock(conn, "pause")
-        connection = await aio_pika.connect(settings.amqp_url)
+        connection = await connections.connect(settings.broker_urls)
         try:
             before = await control.paused_queues(connection, queues.values())
             changed = tuple(name for name in named if (queues[name] in before) != pausing)

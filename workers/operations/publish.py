@@ -80,7 +80,7 @@ async def publish(
 ) -> list[str | None]:
     """Send ``message`` ``count`` times, each confirmed; the message ids sent (one id
     ``count`` times when ``message_id`` is given: duplicates on purpose)."""
-    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+    publisher = await ConfirmedPublisher.connect(settings.broker_urls)
     sent: list[str | None] = []
     try:
         for _ in range(count):

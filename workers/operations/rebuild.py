@@ -15,13 +15,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import aio_pika
-
 from contracts import OutgoingMessage, ReplayOrderEvents
 from workers.operations import OperatorError, Progress, no_progress
+from workers.operations.reconnect import ReconnectingPublisher, Reconnects, read_again_on_loss
 from workers.order_view import public as view
-from workers.runtime import catalog, topology
-from workers.runtime.publisher import ConfirmedPublisher
+from workers.runtime import catalog, connections, topology
 from workers.runtime.settings import Settings
 
 VIEW = "order_view"
@@ -37,7 +35,7 @@ async def idle_queues(settings: Settings) -> list[str]:
         catalog.load("order").handler_named("replay_events").queue(ns): "fleet worker order",
         catalog.load(VIEW).handler_named("rebuild").queue(ns): f"fleet worker {VIEW}",
     }
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connections.connect(settings.broker_urls)
     try:
         states = await topology.queue_states(connection, needed)
     finally:
@@ -49,17 +47,27 @@ async def idle_queues(settings: Settings) -> list[str]:
     ]
 
 
-async def request_replay(settings: Settings, rebuild_id: str) -> None:
-    """Send ``order.replay_events`` to the order service, confirmed."""
+async def request_replay(
+    settings: Settings, rebuild_id: str, reconnects: Reconnects | None = None
+) -> None:
+    """Send ``order.replay_events`` to the order service, confirmed; sent again on a new
+    connection if the broker dropped it (one message id: the order service replays once)."""
     command = ReplayOrderEvents(replay_id=rebuild_id, target=VIEW)
     message = OutgoingMessage.for_message(
         command, producer="fleet-cli", namespace=settings.namespace, correlation_id=rebuild_id
     )
-    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+    publisher = ReconnectingPublisher(settings.broker_urls, reconnects or Reconnects())
     try:
         await publisher.publish(message)
     finally:
         await publisher.close()
+
+
+async def _start_once(settings: Settings, rebuild_id: str) -> None:
+    """Empty the view and open the rebuild's row, unless an attempt whose answer was lost
+    with its connection did so already."""
+    if await view.rebuild_status(settings, rebuild_id) is None:
+        await view.start_rebuild(settings, rebuild_id)
 
 
 async def run_rebuild(
@@ -70,18 +78,22 @@ async def run_rebuild(
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Rebuild the view; raises OperatorError if it has not finished within ``timeout``
-    seconds (the replay goes on in the background)."""
+    seconds (the replay goes on in the background). Once started, a lost connection to
+    either server is reopened and the rebuild followed on (``warn`` hears of it)."""
     rebuild_id = str(uuid.uuid4())
+    reconnects = Reconnects(say=warn)
     # Before the view is emptied: an unreachable broker must leave the view as it was.
     warnings = await idle_queues(settings)
-    await view.start_rebuild(settings, rebuild_id)
+    await read_again_on_loss(lambda: _start_once(settings, rebuild_id), reconnects, "view")
     started = time.monotonic()
     for warning in warnings:
         warn(warning)
-    await request_replay(settings, rebuild_id)
+    await request_replay(settings, rebuild_id, reconnects)
     deadline = started + timeout
     while True:
-        status = await view.rebuild_status(settings, rebuild_id)
+        status = await read_again_on_loss(
+            lambda: view.rebuild_status(settings, rebuild_id), reconnects, "view"
+        )
         assert status is not None  # made above, and never deleted
         expected = status.sent_events or status.expected_events
         progress(STAGE, status.applied_events, expected)
@@ -99,7 +111,8 @@ async def run_rebuild(
     return {
         "rebuild_id": rebuild_id,
         "events": status.applied_events,
-        "orders": await view.order_count(settings),
+        "orders": await read_again_on_loss(lambda: view.order_count(settings), reconnects, "view"),
         "seconds": round(seconds, 3),
         "events_per_second": round(status.applied_events / seconds, 1) if seconds > 0 else None,
+        "reconnects": reconnects.as_dict(),
     }

@@ -354,7 +354,7 @@ async def _send(
 
 async def _publish(settings: Settings, outgoing: OutgoingMessage) -> None:
     """Persistent, confirmed, with its message id; a command no queue takes is an error."""
-    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+    publisher = await ConfirmedPublisher.connect(settings.broker_urls)
     try:
         await publisher.publish(outgoing)
     except PublishError:

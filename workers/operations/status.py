@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 import asyncpg
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
@@ -25,7 +24,7 @@ from db import outbox
 from db.engine import connect_once
 from workers.orchestrator import public as orchestrator
 from workers.order_view import public as view
-from workers.runtime import catalog, control, topology
+from workers.runtime import catalog, connections, control, topology
 from workers.runtime.settings import Settings
 
 ORCHESTRATOR = "orchestrator"
@@ -38,7 +37,14 @@ READ_TIMEOUT_SECONDS = 10.0
 # What reaching a server can raise: refused, reset, timed out, refused by the server
 # (authentication, no such database or table), or a connection that died mid-read.
 BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, OSError, TimeoutError)
-DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# InternalClientError: asyncpg's answer on a connection whose backend died mid-operation.
+DATABASE_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 def _reason(error: BaseException) -> str:
@@ -314,7 +320,7 @@ async def _read_broker(
     settings: Settings, queues: list[str], view_last_update: datetime | None
 ) -> _BrokerReading:
     async with asyncio.timeout(READ_TIMEOUT_SECONDS):
-        connection = await aio_pika.connect(settings.amqp_url)
+        connection = await connections.connect(settings.broker_urls)
         try:
             states = await topology.queue_states(connection, queues)
             lag = await view.view_lag(settings, view_last_update, connection=connection)

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractConnection
 
@@ -18,7 +17,7 @@ from workers.order_view import store
 from workers.order_view.domain import STATUSES, Status, Summary
 from workers.order_view.handlers import service
 from workers.order_view.store import Rebuild
-from workers.runtime import topology
+from workers.runtime import connections, topology
 from workers.runtime.settings import Settings
 
 __all__ = [
@@ -85,7 +84,7 @@ async def view_lag(
     server's long-lived one), else over a connection of its own."""
     queues = lag_queues(settings)
     if connection is None:
-        own = await aio_pika.connect(settings.amqp_url)
+        own = await connections.connect(settings.broker_urls)
         try:
             depths = await topology.depths(own, queues)
         finally:

@@ -46,6 +46,7 @@ from db import inbox, outbox
 from db.engine import ACQUIRE_TIMEOUT
 from db.unit_of_work import Received, UnitOfWork, lock_keys, unit_of_work
 from workers.runtime import log_context, metrics, tracing
+from workers.runtime.amqp_reading import read_amqp_leniently
 from workers.runtime.errors import is_transient, signature
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
 from workers.runtime.service import Handler
@@ -53,6 +54,9 @@ from workers.runtime.settings import ServiceSettings, Settings
 from workers.runtime.topology import dead_letter_exchange, dead_letter_queue, delay_tier
 
 log = logging.getLogger("fleet.consumer")
+
+read_amqp_leniently()  # one foreign client's odd message must not close our connection
+
 
 ATTEMPTS_HEADER = "x-attempts"
 # Headers a dead letter carries; replay removes them again.
@@ -391,7 +395,11 @@ def _log_duplicate(handler: Handler, envelope: Envelope) -> None:
 
 def _attempts(raw: AbstractIncomingMessage) -> int:
     value = (raw.headers or {}).get(ATTEMPTS_HEADER, 0)
-    return value if isinstance(value, int) else 0
+    # Only a count this consumer could have written: another client's bool, negative or
+    # huge number counts as none (at 2**63 - 1, the count sent on would not even encode).
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        return 0
+    return value
 
 
 class _Handling:

@@ -36,7 +36,8 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
-from workers.runtime import topology
+from workers.runtime import connections, topology
+from workers.runtime.errors import broker_loss_as_connection_error
 from workers.runtime.settings import Settings
 
 log = logging.getLogger("fleet.control")
@@ -121,11 +122,12 @@ class PauseWatcher:
         try:
             while not stop.is_set():
                 try:
-                    if self._connection is None:
-                        await self._listen()
-                        self._wake.set()  # read again: announcements were missed meanwhile
-                        log.info("%s: control connection reopened", self._name)
-                    await self._follow(stop)
+                    with broker_loss_as_connection_error():
+                        if self._connection is None:
+                            await self._listen()
+                            self._wake.set()  # read again: announcements were missed meanwhile
+                            log.info("%s: control connection reopened", self._name)
+                        await self._follow(stop)
                     failures = 0
                 except BROKER_ERRORS as error:
                     delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
@@ -144,8 +146,8 @@ class PauseWatcher:
 
     async def _listen(self) -> None:
         self._lost = False
-        connection = await aio_pika.connect(
-            self._settings.amqp_url,
+        connection = await connections.connect(
+            self._settings.broker_urls,
             client_properties={"connection_name": f"{self._name} control"},
         )
         self._connection = connection

@@ -10,6 +10,8 @@ fixed. Business refusals (out of stock) are not errors at all: handlers emit eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 import asyncpg
 
@@ -55,6 +57,24 @@ def is_transient(error: BaseException) -> bool:
         return True
     state = _sqlstate(error)
     return state is not None and state.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
+
+
+@contextlib.contextmanager
+def broker_loss_as_connection_error() -> Iterator[None]:
+    """A broker connection lost to a missed heartbeat raises ConnectionError here, as any
+    other loss does. aiormq ends that connection by cancelling its reader task, and every
+    call waiting on it (a confirm, a channel opening, a declare) then raises the reader's
+    CancelledError: a BaseException, which ``except Exception`` lets through, so a relay or
+    sampler took it for its own cancellation and ended for good (found by freezing the
+    broker, tests/integration/test_server_faults.py). A task being cancelled itself still
+    gets its CancelledError."""
+    try:
+        yield
+    except asyncio.CancelledError as error:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise ConnectionError("the broker connection was lost (no heartbeat)") from error
 
 
 # The fleet's own packages: where in them an error arose names its group of dead letters.

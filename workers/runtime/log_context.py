@@ -17,8 +17,12 @@ from collections.abc import Iterator
 from contextvars import ContextVar, Token
 
 _ABOUT: ContextVar[dict[str, str] | None] = ContextVar("fleet_log_about", default=None)
-# scheme://user:password@host -> scheme://user:***@host
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@")
+# scheme://user:password@host -> scheme://user:***@host; up to the last @ of the authority,
+# as URL parsers read it, so an unescaped @ in the password shows no part of it (a URL
+# never holds a raw space, slash, quote or angle bracket there).
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s/\"<>]+@")
+# ...?password=secret (libpq's and asyncpg's URLs take it as a query parameter too)
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s#]+", re.IGNORECASE)
 
 
 def enter(
@@ -62,7 +66,8 @@ def current() -> dict[str, str]:
 
 
 def without_passwords(text: str) -> str:
-    return _URL_PASSWORD.sub(r"\1***@", text)
+    """``text`` with the password of every URL in it masked (``***``)."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
 
 class PlainLogFormatter(logging.Formatter):

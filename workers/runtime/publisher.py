@@ -20,7 +20,8 @@ from aio_pika.abc import (
 )
 
 from contracts import OutgoingMessage
-from workers.runtime import tracing
+from workers.runtime import connections, tracing
+from workers.runtime.errors import broker_loss_as_connection_error
 
 
 def to_amqp_message(
@@ -71,14 +72,16 @@ class ConfirmedPublisher:
         self._exchanges: dict[str, AbstractExchange] = {}
 
     @classmethod
-    async def connect(cls, url: str) -> ConfirmedPublisher:
-        return cls(await aio_pika.connect_robust(url))
+    async def connect(cls, url: str | Sequence[str]) -> ConfirmedPublisher:
+        """Over one broker address or a cluster's (``Settings.broker_urls``)."""
+        return cls(await connections.connect_robust(url))
 
     async def channel(self) -> AbstractChannel:
         if self._channel is None or self._channel.is_closed:
-            self._channel = await self._connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
+            with broker_loss_as_connection_error():
+                self._channel = await self._connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
             self._exchanges = {}
         return self._channel
 
@@ -117,9 +120,10 @@ class ConfirmedPublisher:
             headers=message.headers,
         )
         try:
-            await exchange.publish(
-                to_amqp_message(message, headers), message.routing_key, mandatory=True
-            )
+            with broker_loss_as_connection_error():
+                await exchange.publish(
+                    to_amqp_message(message, headers), message.routing_key, mandatory=True
+                )
         except BaseException as error:
             tracing.end(span, error)
             raise

@@ -32,7 +32,7 @@ LOCK = outbox.TRY_RELAY_LOCK
 
 async def run_relay(settings: Settings, service: str, stop: asyncio.Event) -> None:
     """A relay of its own for ``service``'s outbox (``fleet relay``), until ``stop``."""
-    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+    publisher = await ConfirmedPublisher.connect(settings.broker_urls)
     try:
         await Relay(settings, service, publisher).run(stop)
     finally:

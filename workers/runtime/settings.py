@@ -10,14 +10,15 @@ running needs no configuration at all.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from functools import cache
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from workers.runtime.durations import parse_duration
 
@@ -28,6 +29,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Other nodes of the same broker cluster, tried in turn when amqp_url cannot be reached
+    # or is lost (workers.runtime.connections): FLEET_AMQP_URLS="amqp://b/,amqp://c/".
+    amqp_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # A superuser connection used only by `fleet db init` to create roles and databases.
     pg_admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     # Per-service database URLs; a service missing here gets one derived from pg_admin_url.
@@ -94,6 +98,21 @@ class Settings(BaseSettings):
             raise ValueError("retry_delays_ms needs at least one positive delay")
         return value
 
+    @field_validator("amqp_urls", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """Commas as people write them, or a JSON list as the tests' processes get it."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """Every address of the broker, amqp_url first: what connections try in turn."""
+        return list(dict.fromkeys([self.amqp_url, *self.amqp_urls]))
+
     def database_name(self, service: str) -> str:
         """The database and the role of a service carry the same namespaced name."""
         return f"{self.namespace}_{service}"
@@ -107,6 +126,18 @@ class Settings(BaseSettings):
         name = self.database_name(service)
         netloc = f"{name}:{quote(self.db_password, safe='')}@{host}{port}"
         return urlunsplit((admin.scheme, netloc, f"/{name}", admin.query, ""))
+
+    def reader_url(self, service: str) -> str:
+        """How a read-only role of a service's database connects (the HTTP API reads the view
+        so): ``FLEET_DB_URLS["<service>_reader"]``, else the service's own URL as the role
+        ``<namespace>_<service>_reader`` with the roles' password."""
+        reader = f"{service}_reader"
+        if reader in self.db_urls:
+            return self.db_urls[reader]
+        url = urlsplit(self.database_url(service))
+        where = url.netloc.rpartition("@")[2]
+        netloc = f"{self.database_name(reader)}:{quote(self.db_password, safe='')}@{where}"
+        return urlunsplit((url.scheme, netloc, url.path, url.query, ""))
 
     def retry_delay_ms(self, attempt: int) -> int:
         """The delay before retry number ``attempt`` (1-based)."""

@@ -21,14 +21,14 @@ import contextlib
 import logging
 from functools import partial
 
-import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractConnection
 
 from db import inbox, outbox
 from db.engine import ACQUIRE_TIMEOUT, create_pool
-from workers.runtime import control, metrics, topology
+from workers.runtime import connections, control, metrics, topology
 from workers.runtime.consumer import Consumer
+from workers.runtime.errors import broker_loss_as_connection_error
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.relay import Relay
 from workers.runtime.service import Service
@@ -39,7 +39,7 @@ log = logging.getLogger("fleet.worker")
 
 
 async def declare_topology(settings: Settings, services: list[Service]) -> None:
-    publisher = await ConfirmedPublisher.connect(settings.amqp_url)
+    publisher = await ConfirmedPublisher.connect(settings.broker_urls)
     try:
         specs = [spec for service in services for spec in service.queue_specs(settings.namespace)]
         await topology.declare(await publisher.channel(), settings, specs)
@@ -91,14 +91,15 @@ class Worker:
         pool = await create_pool(
             settings.database_url(self.service.name), size=settings.db_pool_size
         )
-        publisher = await ConfirmedPublisher.connect(settings.amqp_url)
-        consuming = await aio_pika.connect_robust(
-            settings.amqp_url, client_properties={"connection_name": self.service.name}
+        publisher = await ConfirmedPublisher.connect(settings.broker_urls)
+        consuming = await connections.connect_robust(
+            settings.broker_urls, client_properties={"connection_name": self.service.name}
         )
         try:
-            await topology.declare(
-                await publisher.channel(), settings, self.service.queue_specs(settings.namespace)
-            )
+            # On a connection of its own: a robust channel re-declares on reconnection what
+            # was declared through it, and a cluster node that is down blocks its classic
+            # queues (the DLQs) there, so the publisher could not come back through another.
+            await declare_topology(settings, [self.service])
             self.consumer = Consumer(settings, pool, publisher, self.service.name, self.section)
             subscriptions = [
                 Subscription(consuming, settings, handler, self.consumer)
@@ -160,7 +161,8 @@ class Worker:
         """Refresh the gauges read from the database and the broker until ``stop``."""
         while not stop.is_set():
             try:
-                await self.sample_once(pool, broker)
+                with broker_loss_as_connection_error():
+                    await self.sample_once(pool, broker)
             except Exception as error:  # a server is down: the gauges keep their last value
                 log.debug("%s metrics: %s: %s", self.service.name, type(error).__name__, error)
             with contextlib.suppress(TimeoutError):

@@ -1,0 +1,332 @@
+"""Private RabbitMQ nodes (tests.integration.rabbit_nodes) and the fleet on a cluster of
+three of them, failing over when the node most clients use is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import aio_pika
+import pytest
+
+from contracts import Money, OrderLine, PlaceOrder
+from tests.integration.conftest import namespace_settings, namespaced_fleet
+from tests.integration.leftovers import created_namespaces, leftovers
+from tests.integration.rabbit_nodes import (
+    PrivateNodes,
+    RabbitNode,
+    needs_rabbitmq_server,
+    private_nodes,
+)
+from tests.integration.support import Fleet, FleetProcess, wait_for
+from workers.inventory import public as inventory
+from workers.operations import dead_letters
+from workers.operations.verify import verify
+from workers.order import public as orders
+from workers.payment import public as payment
+from workers.runtime import catalog
+from workers.runtime.publisher import ConfirmedPublisher
+from workers.runtime.settings import Settings
+
+pytestmark = [pytest.mark.integration, needs_rabbitmq_server]
+
+
+@pytest.fixture(scope="module")
+async def nodes(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PrivateNodes]:
+    async with private_nodes(tmp_path_factory.mktemp("rabbit")) as started:
+        yield started
+
+
+@pytest.mark.faults
+async def test_a_private_node_serves_and_leaves_nothing_behind(nodes: PrivateNodes) -> None:
+    node = await nodes.start("smoke")
+    assert node.port != 5672
+    connection = await aio_pika.connect(node.amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(
+            "smoke", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await channel.default_exchange.publish(aio_pika.Message(b"hello"), routing_key="smoke")
+        message = await queue.get(timeout=10)
+        assert message is not None and message.body == b"hello"
+        await message.ack()
+    finally:
+        await connection.close()
+    listed = await node.rabbitmqctl("list_queues", "name", "type", "--no-table-headers")
+    assert listed.split() == ["smoke", "quorum"]
+
+    await node.stop()
+    assert not await asyncio.to_thread(node.directory.exists)
+    with pytest.raises((OSError, aio_pika.exceptions.AMQPError)):
+        await aio_pika.connect(node.amqp_url, timeout=3)
+
+
+# --- The fleet on a three-node cluster -------------------------------------------------
+
+# Retries patient enough to outlast a node's loss, so the failover makes no dead letter.
+FAULT_TOLERANT = {"retry_delays_ms": [500, 1000, 2000], "max_attempts": 8, "delivery_limit": 10}
+STYLES = ("orchestration", "choreography")
+PLACE_EVERY = 0.1  # seconds between orders of the steady stream
+AFTER_THE_STOP = 30  # orders placed, and ended, while the stopped node is down
+
+
+def order_command(n: int) -> PlaceOrder:
+    """The n-th order: mostly confirmed; every tenth refused by shipping, another by
+    payment (both compensated)."""
+    customer, country = "rich", "DE"
+    if n % 10 == 3:
+        country = "XX"
+    elif n % 10 == 7:
+        customer = "poor"
+    return PlaceOrder(
+        idempotency_key=str(uuid.uuid4()),
+        customer_id=customer,
+        items=[OrderLine(sku="WIDGET", quantity=1 + n % 3, unit_price=Money.of("2.00", "EUR"))],
+        country=country,
+        saga=STYLES[n % 2],
+    )
+
+
+@dataclass
+class OrderStream:
+    """Orders placed one after another over one publisher on every broker address; an
+    order whose publish failed (its node went away mid-publish) is sent again with its
+    idempotency key, as a client would, so it stays the same order."""
+
+    settings: Settings
+    placed: list[str] = field(default_factory=list)
+    failed_publishes: int = 0
+    _publisher: ConfirmedPublisher | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> OrderStream:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        try:
+            await self._task
+        finally:
+            if self._publisher is not None:
+                with contextlib.suppress(Exception):
+                    await self._publisher.close()
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            placed = await self._place(order_command(len(self.placed)))
+            if placed is not None:
+                self.placed.append(placed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), PLACE_EVERY)
+
+    async def _place(self, command: PlaceOrder) -> str | None:
+        """The order's id once it is placed; None if the stream was stopped first."""
+        while not self._stop.is_set():
+            try:
+                if self._publisher is None:
+                    self._publisher = await ConfirmedPublisher.connect(self.settings.broker_urls)
+                return await asyncio.wait_for(
+                    orders.send_place_order(
+                        self._publisher, self.settings.namespace, command, producer="tests"
+                    ),
+                    10,
+                )
+            except Exception:  # the publisher's node went away: it reconnects elsewhere
+                self.failed_publishes += 1
+                await asyncio.sleep(0.5)
+        return None
+
+    async def wait_placed(self, count: int, timeout: float = 60) -> None:
+        async def enough() -> bool:
+            return len(self.placed) >= count
+
+        await wait_for(enough, timeout=timeout)
+
+
+def node_of(pid: str) -> str:
+    """The node of an Erlang pid as rabbitmqctl prints it: <hare0ab12@localhost.1.2.3>."""
+    return pid.strip("<>").rsplit(".", 3)[0]
+
+
+async def connections_per_node(node: RabbitNode) -> Counter[str]:
+    listed = await node.rabbitmqctl("list_connections", "pid", "--no-table-headers")
+    return Counter(node_of(pid) for pid in listed.split())
+
+
+async def quorum_queues(node: RabbitNode, namespace: str) -> dict[str, tuple[str, list[str]]]:
+    """The namespace's quorum queues: their leader and members, as the cluster sees them."""
+    listed = await node.rabbitmqctl(
+        "list_queues", "name", "type", "leader", "members", "--formatter", "json"
+    )
+    return {
+        queue["name"]: (queue["leader"], sorted(queue["members"]))
+        for queue in json.loads(listed)
+        if queue["type"] == "quorum" and queue["name"].startswith(f"{namespace}.")
+    }
+
+
+async def classic_queue_homes(node: RabbitNode, namespace: str) -> dict[str, str]:
+    """The namespace's classic queues (the DLQs) and the node each lives on."""
+    listed = await node.rabbitmqctl("list_queues", "name", "type", "pid", "--no-table-headers")
+    rows = [line.split() for line in listed.splitlines()]
+    return {
+        row[0]: node_of(row[2])
+        for row in rows
+        if len(row) == 3 and row[1] == "classic" and row[0].startswith(f"{namespace}.")
+    }
+
+
+async def ended(settings: Settings, order_ids: list[str], timeout: float = 120) -> None:
+    left: list[str] = []
+
+    async def all_ended() -> bool:
+        finished = await orders.ended_orders(settings, order_ids)
+        left[:] = [order_id for order_id in order_ids if order_id not in finished]
+        return not left
+
+    try:
+        await wait_for(all_ended, timeout=timeout, interval=0.5)
+    except AssertionError:
+        raise AssertionError(f"{len(left)} of {len(order_ids)} never ended: {left[:5]}") from None
+
+
+async def verified(settings: Settings, timeout: float = 90) -> None:
+    """Every invariant of ``fleet verify`` holds (polled: the fleet settles first)."""
+    problems: list[str] = []
+
+    async def passes() -> bool:
+        checks = await verify(settings)
+        problems[:] = [f"{check.name}: {check.problems}" for check in checks if not check.passed]
+        return not problems
+
+    try:
+        await wait_for(passes, timeout=timeout, interval=0.5)
+    except AssertionError:
+        raise AssertionError("\n".join(problems)) from None
+
+
+@dataclass
+class ClusterFleet:
+    nodes: list[RabbitNode]
+    fleet: Fleet
+    workers: list[FleetProcess]
+
+
+@pytest.fixture(scope="module")
+async def cluster_fleet(
+    nodes: PrivateNodes, server_urls: tuple[str, str]
+) -> AsyncIterator[ClusterFleet]:
+    """A fresh cluster of three private nodes, a namespace on it (the shared PostgreSQL for
+    the databases), every service running on it as its own process.
+
+    Every client has the three addresses, the first node first: that node has most
+    connections. Quorum queues are spread over the nodes (``balanced``: each node leads
+    some, all three hold a replica); the classic ones (the DLQs) live on the first node,
+    through which the namespace was set up, and are unusable while it is down."""
+    _, pg_admin_url = server_urls
+    members = await nodes.cluster("hare", 3, config={"queue_leader_locator": "balanced"})
+    first, second, third = members
+    settings = namespace_settings(
+        (first.amqp_url, pg_admin_url),
+        amqp_urls=[second.amqp_url, third.amqp_url],
+        **FAULT_TOLERANT,
+    )
+    try:
+        async with namespaced_fleet(settings) as fleet:
+            await inventory.add_stock(settings, {"WIDGET": 100_000})
+            await payment.add_funds(
+                settings, {"rich": Decimal("1000000.00"), "poor": Decimal("1.00")}, "EUR"
+            )
+            workers = []
+            for service in catalog.SERVICES:
+                worker = await fleet.spawn("worker", service)
+                await worker.wait_for_line("consuming", timeout=60)
+                workers.append(worker)
+            yield ClusterFleet(members, fleet, workers)
+            for node in members:  # a test that failed midway may have left one stopped
+                if not node.running:
+                    await node.start()
+            for service, worker in zip(catalog.SERVICES, workers, strict=True):
+                code = await worker.terminate(timeout=60)
+                assert code == 0, f"{service} exited {code}:\n" + "\n".join(worker.lines[-30:])
+    finally:
+        await forget_namespace(settings, second)
+
+
+async def forget_namespace(settings: Settings, node: RabbitNode) -> None:
+    """Check here, while the cluster runs, that nothing of the namespace is left on it or on
+    PostgreSQL; the session's own check (conftest) looks at the machine's broker only."""
+    try:
+        left = await leftovers([settings])
+        for kind in ("queues", "exchanges"):
+            listed = await node.rabbitmqctl(f"list_{kind}", "name", "--no-table-headers")
+            left += [name for name in listed.split() if name.startswith(f"{settings.namespace}.")]
+        assert not left, f"namespace left behind: {left}"
+    finally:
+        created_namespaces.remove(settings)
+
+
+@pytest.mark.cluster
+async def test_the_fleet_fails_over_when_a_cluster_node_stops_and_loses_nothing(
+    cluster_fleet: ClusterFleet,
+) -> None:
+    first, second, third = cluster_fleet.nodes
+    fleet = cluster_fleet.fleet
+    clients = fleet.settings  # every address, the first node first
+    everyone = sorted(node.node for node in cluster_fleet.nodes)
+
+    queues = await quorum_queues(second, clients.namespace)
+    assert queues, "no quorum queue in the namespace"
+    assert all(members == everyone for _, members in queues.values()), queues
+    led_by_first = [name for name, (leader, _) in queues.items() if leader == first.node]
+    assert led_by_first, "the stopped node would lead no quorum queue"
+    homes = await classic_queue_homes(second, clients.namespace)
+    assert homes and set(homes.values()) == {first.node}, homes  # the DLQs go down with it
+
+    async with OrderStream(clients) as stream:
+        await stream.wait_placed(20)
+        busiest, _ = (await connections_per_node(second)).most_common(1)[0]
+        assert busiest == first.node, f"most clients are on {busiest}, not on {first.node}"
+
+        await first.stop(keep_data=True)
+        assert sorted(await second.running_nodes()) == sorted([second.node, third.node])
+        stopped_at = len(stream.placed)
+        # Publishing goes on, and so does consuming: orders placed with the node gone end.
+        await stream.wait_placed(stopped_at + AFTER_THE_STOP, timeout=120)
+        await ended(clients, stream.placed[stopped_at:])
+        after = await quorum_queues(second, clients.namespace)
+        assert not any(leader == first.node for leader, _ in after.values())
+        assert all(members == everyone for _, members in after.values())  # still 3 replicas
+        assert first.node not in await connections_per_node(second)
+
+        await first.start()
+        await wait_for(lambda: _running(second, everyone), timeout=60)
+        await stream.wait_placed(len(stream.placed) + 10)
+
+    await ended(clients, stream.placed)
+    await verified(clients)
+    code, output = await fleet.cli("verify")
+    assert code == 0, output
+    queues_now = dead_letters.dead_letter_queues(clients, catalog.load_all())
+    depths = await dead_letters.depths(clients, queues_now)
+    assert not any(depths.values()), f"dead letters: {depths}"
+    reconnected = [w for w in cluster_fleet.workers if w.process.returncode is None]
+    assert len(reconnected) == len(catalog.SERVICES), "a worker died with its node"
+    print(
+        f"cluster: {len(stream.placed)} orders, {stream.failed_publishes} publishes sent again,"
+        f" {len(led_by_first)} of {len(queues)} quorum queues re-elected a leader"
+    )
+
+
+async def _running(node: RabbitNode, everyone: list[str]) -> bool:
+    return sorted(await node.running_nodes()) == everyone
