@@ -79,10 +79,11 @@ class PrivateServer:
             await self._init()
         await self._pg_ctl("start", "-l", str(self.log_file), "-t", "120")
 
-    async def restart(self, mode: str = "immediate") -> None:
+    async def restart(self, mode: str = "immediate", *, down_for: float = 0.0) -> None:
         """Stop with ``pg_ctl -m mode`` (immediate: every backend killed, no checkpoint, as
-        a crash), then start again."""
+        a crash), stay down ``down_for`` seconds, then start again."""
         await self._pg_ctl("stop", "-m", mode)
+        await asyncio.sleep(down_for)
         await self.start()
 
     async def stop(self) -> None:

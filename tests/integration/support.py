@@ -1,6 +1,6 @@
 """What the integration tests share: a namespaced fleet on the real servers, real worker
-processes, and polling helpers (tests wait for outcomes, they never sleep a fixed time
-and hope)."""
+processes, polling helpers (tests wait for outcomes, they never sleep a fixed time
+and hope), messages to send, and the HTTP API and /metrics of the fleet's processes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -20,8 +22,10 @@ from typing import Any
 
 import aio_pika
 import asyncpg
+import httpx
 import pika
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import (
@@ -356,6 +360,12 @@ def reserve_command(order_id: str, *lines: tuple[str, int]) -> ReserveStock:
     )
 
 
+def not_json(queue: str) -> OutgoingMessage:
+    """A reserve_stock command to ``queue`` whose body is not JSON: undecodable."""
+    envelope = Envelope.new(ReserveStock.TYPE, ReserveStock.VERSION, "tests", new_id())
+    return OutgoingMessage.of(envelope, b"{not json", exchange="", routing_key=queue)
+
+
 async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
     async with engine.connect() as conn:
         return (await conn.execute(sa.text(sql), params)).scalar()
@@ -387,6 +397,70 @@ async def publish_with_another_client(amqp_url: str, message: OutgoingMessage) -
             connection.close()
 
     await asyncio.to_thread(publish)
+
+
+# --- Sockets, HTTP and /metrics of the fleet's processes. ---------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports free on 127.0.0.1 just now (bound at once, so all different)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+# A scrape of /metrics: the value of each sample, by its name and labels.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(port: int) -> Samples:
+    """The samples a process serves on ``/metrics`` at ``port``."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.get(f"http://127.0.0.1:{port}/metrics")
+    response.raise_for_status()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[sample.name, frozenset(sample.labels.items())] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (0 when none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, found), v in samples.items() if n == name and wanted <= found)
+
+
+async def start_api(fleet: Fleet, **env: Any) -> tuple[FleetProcess, str]:
+    """``fleet api`` on a free port; the process and its base URL."""
+    process = await fleet.spawn("api", "--port", "0", **env)
+    line = await process.wait_for_line("listening on http://")
+    found = re.search(r"http://\S+", line)
+    assert found is not None, line
+    return process, found.group(0)
+
+
+Line = tuple[str, int, str]  # sku, quantity, unit price in EUR
+
+
+def order_body(
+    customer: str, *lines: Line, country: str = "DE", saga: str = "orchestration"
+) -> dict[str, Any]:
+    """The JSON body of ``POST /orders``."""
+    return {
+        "customer_id": customer,
+        "items": [
+            {"sku": sku, "quantity": quantity, "unit_price": {"amount": price, "currency": "EUR"}}
+            for sku, quantity, price in lines
+        ],
+        "country": country,
+        "saga": saga,
+    }
 
 
 def _env_value(value: Any) -> str | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -18,8 +17,8 @@ import pytest
 
 from contracts.routing import commands_exchange
 from tests.integration.conftest import namespace_settings, namespaced_fleet
-from tests.integration.support import Fleet, FleetProcess, wait_for
-from tests.integration.test_saga import SagaFleet
+from tests.integration.sagas import SagaFleet
+from tests.integration.support import Fleet, FleetProcess, Line, order_body, start_api, wait_for
 from workers.orchestrator.settings import OrchestratorSettings
 from workers.order.domain import ORDER_NAMESPACE
 from workers.runtime import catalog
@@ -28,8 +27,6 @@ pytestmark = pytest.mark.integration
 
 STYLES = ("orchestration", "choreography")
 FINAL = ("CONFIRMED", "REJECTED")
-
-Line = tuple[str, int, str]  # sku, quantity, unit price in EUR
 
 
 @dataclass(frozen=True)
@@ -72,15 +69,6 @@ class ApiFleet:
         return self.sagas.fleet
 
 
-async def start_api(fleet: Fleet, **env: Any) -> tuple[FleetProcess, str]:
-    """``fleet api`` on a free port; the process and its base URL."""
-    process = await fleet.spawn("api", "--port", "0", **env)
-    line = await process.wait_for_line("listening on http://")
-    found = re.search(r"http://\S+", line)
-    assert found is not None, line
-    return process, found.group(0)
-
-
 @pytest.fixture(scope="module")
 async def api(server_urls: tuple[str, str]) -> AsyncIterator[ApiFleet]:
     settings = namespace_settings(server_urls, max_attempts=6)
@@ -96,20 +84,6 @@ async def api(server_urls: tuple[str, str]) -> AsyncIterator[ApiFleet]:
         assert await process.terminate() == 0, "\n".join(process.lines[-20:])
         for worker in sagas.workers.values():
             assert await worker.terminate() == 0
-
-
-def order_body(
-    customer: str, *lines: Line, country: str = "DE", saga: str = "orchestration"
-) -> dict[str, Any]:
-    return {
-        "customer_id": customer,
-        "items": [
-            {"sku": sku, "quantity": quantity, "unit_price": {"amount": price, "currency": "EUR"}}
-            for sku, quantity, price in lines
-        ],
-        "country": country,
-        "saga": saga,
-    }
 
 
 async def place(api: ApiFleet, body: dict[str, Any], key: str | None = None) -> httpx.Response:

@@ -4,20 +4,15 @@ three of them, failing over when the node most clients use is stopped."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from decimal import Decimal
+from dataclasses import dataclass
 
 import aio_pika
 import pytest
 
-from contracts import Money, OrderLine, PlaceOrder
 from tests.integration.conftest import namespace_settings, namespaced_fleet
-from tests.integration.leftovers import created_namespaces, leftovers
 from tests.integration.rabbit_nodes import (
     PrivateNodes,
     RabbitNode,
@@ -25,14 +20,16 @@ from tests.integration.rabbit_nodes import (
     private_nodes,
 )
 from tests.integration.support import Fleet, FleetProcess, wait_for
-from workers.inventory import public as inventory
+from tests.integration.under_fire import (
+    FAULT_TOLERANT,
+    OrderStream,
+    every_order_ended,
+    forget_namespace,
+    seed,
+    verified,
+)
 from workers.operations import dead_letters
-from workers.operations.verify import verify
-from workers.order import public as orders
-from workers.payment import public as payment
 from workers.runtime import catalog
-from workers.runtime.publisher import ConfirmedPublisher
-from workers.runtime.settings import Settings
 
 pytestmark = [pytest.mark.integration, needs_rabbitmq_server]
 
@@ -70,87 +67,10 @@ async def test_a_private_node_serves_and_leaves_nothing_behind(nodes: PrivateNod
 
 # --- The fleet on a three-node cluster -------------------------------------------------
 
-# Retries patient enough to outlast a node's loss, so the failover makes no dead letter.
-FAULT_TOLERANT = {"retry_delays_ms": [500, 1000, 2000], "max_attempts": 8, "delivery_limit": 10}
-STYLES = ("orchestration", "choreography")
 PLACE_EVERY = 0.1  # seconds between orders of the steady stream
+PUBLISH_TIMEOUT = 10  # seconds for one publish: its node may go away mid-publish
 AFTER_THE_STOP = 30  # orders placed, and ended, while the stopped node is down
-
-
-def order_command(n: int) -> PlaceOrder:
-    """The n-th order: mostly confirmed; every tenth refused by shipping, another by
-    payment (both compensated)."""
-    customer, country = "rich", "DE"
-    if n % 10 == 3:
-        country = "XX"
-    elif n % 10 == 7:
-        customer = "poor"
-    return PlaceOrder(
-        idempotency_key=str(uuid.uuid4()),
-        customer_id=customer,
-        items=[OrderLine(sku="WIDGET", quantity=1 + n % 3, unit_price=Money.of("2.00", "EUR"))],
-        country=country,
-        saga=STYLES[n % 2],
-    )
-
-
-@dataclass
-class OrderStream:
-    """Orders placed one after another over one publisher on every broker address; an
-    order whose publish failed (its node went away mid-publish) is sent again with its
-    idempotency key, as a client would, so it stays the same order."""
-
-    settings: Settings
-    placed: list[str] = field(default_factory=list)
-    failed_publishes: int = 0
-    _publisher: ConfirmedPublisher | None = None
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> OrderStream:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        assert self._task is not None
-        try:
-            await self._task
-        finally:
-            if self._publisher is not None:
-                with contextlib.suppress(Exception):
-                    await self._publisher.close()
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            placed = await self._place(order_command(len(self.placed)))
-            if placed is not None:
-                self.placed.append(placed)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), PLACE_EVERY)
-
-    async def _place(self, command: PlaceOrder) -> str | None:
-        """The order's id once it is placed; None if the stream was stopped first."""
-        while not self._stop.is_set():
-            try:
-                if self._publisher is None:
-                    self._publisher = await ConfirmedPublisher.connect(self.settings.broker_urls)
-                return await asyncio.wait_for(
-                    orders.send_place_order(
-                        self._publisher, self.settings.namespace, command, producer="tests"
-                    ),
-                    10,
-                )
-            except Exception:  # the publisher's node went away: it reconnects elsewhere
-                self.failed_publishes += 1
-                await asyncio.sleep(0.5)
-        return None
-
-    async def wait_placed(self, count: int, timeout: float = 60) -> None:
-        async def enough() -> bool:
-            return len(self.placed) >= count
-
-        await wait_for(enough, timeout=timeout)
+ENDED_WITHIN = 120  # seconds for the orders placed to end
 
 
 def node_of(pid: str) -> str:
@@ -186,35 +106,6 @@ async def classic_queue_homes(node: RabbitNode, namespace: str) -> dict[str, str
     }
 
 
-async def ended(settings: Settings, order_ids: list[str], timeout: float = 120) -> None:
-    left: list[str] = []
-
-    async def all_ended() -> bool:
-        finished = await orders.ended_orders(settings, order_ids)
-        left[:] = [order_id for order_id in order_ids if order_id not in finished]
-        return not left
-
-    try:
-        await wait_for(all_ended, timeout=timeout, interval=0.5)
-    except AssertionError:
-        raise AssertionError(f"{len(left)} of {len(order_ids)} never ended: {left[:5]}") from None
-
-
-async def verified(settings: Settings, timeout: float = 90) -> None:
-    """Every invariant of ``fleet verify`` holds (polled: the fleet settles first)."""
-    problems: list[str] = []
-
-    async def passes() -> bool:
-        checks = await verify(settings)
-        problems[:] = [f"{check.name}: {check.problems}" for check in checks if not check.passed]
-        return not problems
-
-    try:
-        await wait_for(passes, timeout=timeout, interval=0.5)
-    except AssertionError:
-        raise AssertionError("\n".join(problems)) from None
-
-
 @dataclass
 class ClusterFleet:
     nodes: list[RabbitNode]
@@ -243,10 +134,7 @@ async def cluster_fleet(
     )
     try:
         async with namespaced_fleet(settings) as fleet:
-            await inventory.add_stock(settings, {"WIDGET": 100_000})
-            await payment.add_funds(
-                settings, {"rich": Decimal("1000000.00"), "poor": Decimal("1.00")}, "EUR"
-            )
+            await seed(settings)
             workers = []
             for service in catalog.SERVICES:
                 worker = await fleet.spawn("worker", service)
@@ -260,20 +148,7 @@ async def cluster_fleet(
                 code = await worker.terminate(timeout=60)
                 assert code == 0, f"{service} exited {code}:\n" + "\n".join(worker.lines[-30:])
     finally:
-        await forget_namespace(settings, second)
-
-
-async def forget_namespace(settings: Settings, node: RabbitNode) -> None:
-    """Check here, while the cluster runs, that nothing of the namespace is left on it or on
-    PostgreSQL; the session's own check (conftest) looks at the machine's broker only."""
-    try:
-        left = await leftovers([settings])
-        for kind in ("queues", "exchanges"):
-            listed = await node.rabbitmqctl(f"list_{kind}", "name", "--no-table-headers")
-            left += [name for name in listed.split() if name.startswith(f"{settings.namespace}.")]
-        assert not left, f"namespace left behind: {left}"
-    finally:
-        created_namespaces.remove(settings)
+        await forget_namespace(settings, broker=second)
 
 
 @pytest.mark.cluster
@@ -293,7 +168,7 @@ async def test_the_fleet_fails_over_when_a_cluster_node_stops_and_loses_nothing(
     homes = await classic_queue_homes(second, clients.namespace)
     assert homes and set(homes.values()) == {first.node}, homes  # the DLQs go down with it
 
-    async with OrderStream(clients) as stream:
+    async with OrderStream(clients, every=PLACE_EVERY, publish_timeout=PUBLISH_TIMEOUT) as stream:
         await stream.wait_placed(20)
         busiest, _ = (await connections_per_node(second)).most_common(1)[0]
         assert busiest == first.node, f"most clients are on {busiest}, not on {first.node}"
@@ -303,7 +178,7 @@ async def test_the_fleet_fails_over_when_a_cluster_node_stops_and_loses_nothing(
         stopped_at = len(stream.placed)
         # Publishing goes on, and so does consuming: orders placed with the node gone end.
         await stream.wait_placed(stopped_at + AFTER_THE_STOP, timeout=120)
-        await ended(clients, stream.placed[stopped_at:])
+        await every_order_ended(clients, stream.placed[stopped_at:], timeout=ENDED_WITHIN)
         after = await quorum_queues(second, clients.namespace)
         assert not any(leader == first.node for leader, _ in after.values())
         assert all(members == everyone for _, members in after.values())  # still 3 replicas
@@ -313,7 +188,7 @@ async def test_the_fleet_fails_over_when_a_cluster_node_stops_and_loses_nothing(
         await wait_for(lambda: _running(second, everyone), timeout=60)
         await stream.wait_placed(len(stream.placed) + 10)
 
-    await ended(clients, stream.placed)
+    await every_order_ended(clients, stream.placed, timeout=ENDED_WITHIN)
     await verified(clients)
     code, output = await fleet.cli("verify")
     assert code == 0, output

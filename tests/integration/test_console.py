@@ -30,9 +30,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from api.console import auth
 from contracts import Envelope, OutgoingMessage, RejectOrder, encode_message
 from tests.integration.conftest import namespace_settings, namespaced_fleet
-from tests.integration.support import Fleet, FleetProcess, new_id, wait_for
-from tests.integration.test_api import start_api
-from tests.integration.test_dlq_groups import not_json
+from tests.integration.support import Fleet, FleetProcess, new_id, not_json, start_api, wait_for
 from workers.operations import dead_letters, pausing
 from workers.runtime import catalog
 

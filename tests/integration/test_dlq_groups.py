@@ -8,20 +8,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from contracts import Envelope, OrderConfirmed, OutgoingMessage, RejectOrder, ReserveStock
+from contracts import OrderConfirmed, RejectOrder
 from tests.integration.conftest import namespace_settings, namespaced_fleet
-from tests.integration.support import Fleet, new_id, outgoing, wait_for
+from tests.integration.support import Fleet, new_id, not_json, outgoing, wait_for
 from workers.operations import dead_letters
 from workers.runtime import catalog
 
 pytestmark = pytest.mark.integration
 
 EACH = 10
-
-
-def not_json(queue: str) -> OutgoingMessage:
-    envelope = Envelope.new(ReserveStock.TYPE, ReserveStock.VERSION, "tests", new_id())
-    return OutgoingMessage.of(envelope, b"{not json", exchange="", routing_key=queue)
 
 
 @pytest.fixture(scope="module")

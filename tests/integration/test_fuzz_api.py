@@ -24,7 +24,7 @@ from schemathesis.schemas import APIOperation
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.integration.conftest import namespace_settings, namespaced_fleet
-from tests.integration.test_api import start_api
+from tests.integration.support import start_api
 
 pytestmark = pytest.mark.integration
 

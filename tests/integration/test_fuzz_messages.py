@@ -39,9 +39,16 @@ from contracts.envelope import VERSION_HEADER
 from contracts.routing import commands_exchange, events_exchange, replays_exchange
 from contracts.schemas import schema_text
 from tests.integration.conftest import namespace_settings, namespaced_fleet
-from tests.integration.support import Fleet, FleetProcess, reserve_command, wait_for
-from tests.integration.test_observability import free_ports, scrape, value
-from tests.integration.test_saga import SagaFleet
+from tests.integration.sagas import SagaFleet
+from tests.integration.support import (
+    Fleet,
+    FleetProcess,
+    free_ports,
+    reserve_command,
+    scrape,
+    value,
+    wait_for,
+)
 from workers.operations import dead_letters
 from workers.orchestrator.settings import OrchestratorSettings
 from workers.runtime import catalog, topology

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import re
 import secrets
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,15 +24,24 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import Money, OrderConfirmed, OrderLine, OrderPlacedV2, OutgoingMessage
 from db.unit_of_work import UnitOfWork
 from tests.integration import probes
 from tests.integration.conftest import namespace_settings, namespaced_fleet
-from tests.integration.support import Fleet, FleetProcess, new_id, outgoing, wait_for
-from tests.integration.test_api import order_body, start_api
-from tests.integration.test_saga import SagaFleet
+from tests.integration.sagas import SagaFleet
+from tests.integration.support import (
+    Fleet,
+    FleetProcess,
+    free_ports,
+    new_id,
+    order_body,
+    outgoing,
+    scrape,
+    start_api,
+    value,
+    wait_for,
+)
 from workers.operations import dead_letters, replays
 from workers.orchestrator.settings import OrchestratorSettings
 from workers.runtime import catalog, tracing
@@ -125,46 +133,12 @@ def otlp_receiver() -> Iterator[tuple[OtlpReceiver, str]]:
         server.server_close()
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def new_trace_id() -> str:
     return secrets.token_hex(16)
 
 
 def traceparent(trace_id: str) -> str:
     return f"00-{trace_id}-{secrets.token_hex(8)}-01"
-
-
-# --- Scraping /metrics. -------------------------------------------------------------------
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(port: int) -> Samples:
-    async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.get(f"http://127.0.0.1:{port}/metrics")
-    response.raise_for_status()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[sample.name, frozenset(sample.labels.items())] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples whose labels include ``labels`` (0 when none)."""
-    wanted = set(labels.items())
-    return sum(v for (n, found), v in samples.items() if n == name and wanted <= found)
 
 
 # --- The fleet: every service a process, tracing and metrics on. --------------------------

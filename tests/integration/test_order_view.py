@@ -30,8 +30,8 @@ from contracts import (
     encode_message,
 )
 from tests.integration.conftest import namespace_settings, namespaced_fleet
+from tests.integration.sagas import SagaFleet
 from tests.integration.support import Fleet, new_id, scalar, wait_for
-from tests.integration.test_saga import SagaFleet
 from workers.orchestrator.settings import OrchestratorSettings
 from workers.order_view import store
 from workers.runtime import catalog

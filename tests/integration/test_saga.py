@@ -5,20 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from decimal import Decimal
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
-from contracts import Money, OrderLine, PlaceOrder
 from tests.integration.conftest import namespace_settings, namespaced_fleet
-from tests.integration.support import Fleet, FleetProcess, scalar, wait_for
-from workers.inventory import store as inventory_store
-from workers.operations.orders import order_status, place_order, wait_until_final
-from workers.operations.verify import verify
+from tests.integration.sagas import SagaFleet
+from tests.integration.support import scalar, wait_for
+from workers.operations.orders import order_status
 from workers.orchestrator import domain
 from workers.orchestrator.settings import OrchestratorSettings
-from workers.payment import store as payment_store
 
 pytestmark = pytest.mark.integration
 
@@ -26,70 +22,6 @@ RUNNING = ("inventory", "payment", "shipping", "order", "orchestrator")
 # Short step deadlines, watched often, so that timeouts happen within a test.
 ORCHESTRATOR = OrchestratorSettings(step_timeout_seconds=5.0, deadline_poll_seconds=0.3)
 STYLES = ("orchestration", "choreography")
-
-
-class SagaFleet:
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
-        self.workers: dict[str, FleetProcess] = {}
-
-    async def seed(self, stock: Mapping[str, int], balances: Mapping[str, str]) -> None:
-        """Units per SKU in inventory, and EUR accounts per customer in payment."""
-        fleet = self.fleet
-        async with fleet.unit_of_work("inventory") as uow:
-            for sku, units in stock.items():
-                await inventory_store.seed(uow.conn, sku, units)
-        async with fleet.unit_of_work("payment") as uow:
-            for customer, balance in balances.items():
-                await payment_store.seed_customer(uow.conn, customer, Decimal(balance), "EUR")
-
-    async def start(self, service: str) -> None:
-        process = await self.fleet.spawn("worker", service)
-        await process.wait_for_line("consuming")
-        self.workers[service] = process
-
-    async def kill(self, service: str) -> None:
-        await self.workers.pop(service).kill()
-
-    async def place(
-        self,
-        customer: str,
-        *lines: tuple[str, int, str],
-        country: str = "DE",
-        saga: str = "orchestration",
-        key: str | None = None,
-    ) -> str:
-        command = PlaceOrder(
-            idempotency_key=key or str(uuid.uuid4()),
-            customer_id=customer,
-            items=[
-                OrderLine(sku=sku, quantity=quantity, unit_price=Money.of(price, "EUR"))
-                for sku, quantity, price in lines
-            ],
-            country=country,
-            saga=saga,
-        )
-        return await place_order(self.fleet.settings, command)
-
-    async def ended(self, order_id: str, timeout: float = 60) -> dict[str, object]:
-        status = await wait_until_final(self.fleet.settings, order_id, timeout)
-        assert status is not None and status["status"] in ("CONFIRMED", "REJECTED"), status
-        return status
-
-    async def quiet_and_verified(self, timeout: float = 60) -> None:
-        """Invariants hold at quiet points: wait for one (compensations may still be in
-        flight when an order has ended), then every invariant must pass."""
-        problems: list[str] = []
-
-        async def passes() -> bool:
-            checks = await verify(self.fleet.settings)
-            problems[:] = [f"{c.name}: {c.problems}" for c in checks if not c.passed]
-            return not problems
-
-        try:
-            await wait_for(passes, timeout=timeout, interval=0.5)
-        except AssertionError:
-            raise AssertionError("\n".join(problems)) from None
 
 
 @pytest.fixture(scope="module")

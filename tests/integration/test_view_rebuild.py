@@ -30,8 +30,8 @@ from contracts import (
 from contracts.envelope import STREAM_VERSION_HEADER
 from db import event_store
 from tests.integration.conftest import namespace_settings, namespaced_fleet
+from tests.integration.sagas import SagaFleet
 from tests.integration.support import Fleet, scalar, wait_for
-from tests.integration.test_saga import SagaFleet
 from workers.orchestrator.settings import OrchestratorSettings
 from workers.order.settings import OrderSettings
 from workers.order_view import store as view_store
