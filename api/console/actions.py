@@ -137,13 +137,21 @@ def _back(selection: dead_letters.Selection) -> str:
     return "/console/groups"
 
 
-async def _plan_replay(settings: Settings, form: Form, operator: str) -> Plan:
+async def _planned(
+    settings: Settings, form: Form, verb: str
+) -> tuple[dead_letters.Selection, int | None, int]:
+    """The form's selection and limit, and how many letters the action would take now."""
     selection, limit = _selection(form), form.number("limit")
     count = await _selected_count(settings, selection)
     if limit is not None:
         count = min(count, limit)
     if count == 0:
-        raise OperatorError(f"nothing to replay: no dead letter in {selection.describe()}")
+        raise OperatorError(f"nothing to {verb}: no dead letter in {selection.describe()}")
+    return selection, limit, count
+
+
+async def _plan_replay(settings: Settings, form: Form, operator: str) -> Plan:
+    selection, limit, count = await _planned(settings, form, "replay")
     return Plan(
         f"Replay {selection.describe()}",
         f"Send {count} dead letter(s) of {selection.describe()} back to the queue each"
@@ -175,12 +183,7 @@ async def _run_replay(settings: Settings, form: Form, operator: str) -> Outcome:
 
 
 async def _plan_archive(settings: Settings, form: Form, operator: str) -> Plan:
-    selection, limit = _selection(form), form.number("limit")
-    count = await _selected_count(settings, selection)
-    if limit is not None:
-        count = min(count, limit)
-    if count == 0:
-        raise OperatorError(f"nothing to archive: no dead letter in {selection.describe()}")
+    selection, limit, count = await _planned(settings, form, "archive")
     return Plan(
         f"Archive {selection.describe()}",
         f"Move {count} dead letter(s) of {selection.describe()} out of their DLQ into the"

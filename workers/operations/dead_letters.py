@@ -19,8 +19,14 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import ChannelNotFoundEntity
 
-from workers.operations import InvalidRequest, OperatorError, Progress, no_progress, ops_db
-from workers.operations.reconnect import broker_lost
+from workers.operations import (
+    InvalidRequest,
+    OperatorError,
+    Progress,
+    no_progress,
+    ops_db,
+    reconnect,
+)
 from workers.runtime import catalog, connections, topology
 from workers.runtime.amqp_reading import read_amqp_leniently
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
@@ -302,8 +308,7 @@ class SweepReport:
 
 # Dead letters a sweep holds unacknowledged at once, at most.
 CHUNK = 100
-# After a lost connection, wait this long before reconnecting, then twice as long...
-_RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
+# Reconnects a sweep tries (after the pauses of reconnect.DELAYS) before it gives up.
 _MAX_RECONNECTS = 30
 
 
@@ -338,7 +343,7 @@ async def sweep(
                 )
                 break
             except Exception as error:
-                if not broker_lost(error) or not _is_lost(connection):
+                if not reconnect.broker_lost(error) or not _is_lost(connection):
                     raise
                 # What was settled before the loss is gone from the head; the rest of the
                 # chunk went back in place.
@@ -350,7 +355,7 @@ async def sweep(
                     raise DeadLetterError(
                         f"lost RabbitMQ and could not get it back: {error}"
                     ) from error
-                delay = _RECONNECT_DELAYS[min(report.reconnects, len(_RECONNECT_DELAYS) - 1)]
+                delay = reconnect.DELAYS[min(report.reconnects, len(reconnect.DELAYS) - 1)]
                 report.reconnects += 1
                 progress(f"{name}: connection lost, reconnecting", place.done, place.depth)
                 await asyncio.sleep(delay)
