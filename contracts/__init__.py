@@ -4,7 +4,7 @@ Importing this package registers every message, so `decode_message` knows all of
 """
 
 from contracts.base import Command, Event, Message, Money, OrderLine, SagaStyle
-from contracts.envelope import Envelope
+from contracts.envelope import Envelope, Received
 from contracts.errors import (
     ContractError,
     InvalidBody,
@@ -41,7 +41,7 @@ from contracts.orders import (
     RejectOrder,
     ReplayOrderEvents,
 )
-from contracts.outgoing import OutgoingMessage
+from contracts.outgoing import OutgoingMessage, Send
 from contracts.payment import (
     ChargePayment,
     PaymentCompleted,
@@ -96,6 +96,7 @@ __all__ = [
     "PaymentFailed",
     "PaymentRefunded",
     "PlaceOrder",
+    "Received",
     "RefundPayment",
     "Registry",
     "RejectOrder",
@@ -104,6 +105,7 @@ __all__ = [
     "ReserveStock",
     "RetryStep",
     "SagaStyle",
+    "Send",
     "ShipmentCancelled",
     "ShipmentCreated",
     "ShipmentCreatedV1",

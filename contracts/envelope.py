@@ -146,3 +146,13 @@ def _occurred_at(timestamp: object, message_type: str) -> datetime:
         except (OverflowError, OSError, ValueError):
             pass
     raise InvalidEnvelope(f"timestamp {timestamp!r} is not a time", message_type)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message as it arrived: the cause of what its handler sends, and what a handler may
+    need besides the body (a projection orders an aggregate's events by the stream version
+    in their headers)."""
+
+    envelope: Envelope
+    headers: Mapping[str, Any]

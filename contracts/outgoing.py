@@ -1,7 +1,12 @@
-"""The one shape of a message on its way to the broker, from ``uow.emit`` to the publish.
+"""The one shape of a message on its way to the broker, from a decision to the publish.
 
+    Send(StockReserved(...))                                            # what a service decides
     OutgoingMessage.of(envelope, body, exchange=..., routing_key=...)   # a new message
     OutgoingMessage.for_message(PlaceOrder(...), producer="fleet-cli", namespace="fleet")
+
+A ``Send`` is what a handler's decision (or ``uow.emit``) asks for: the message and whatever
+its envelope must carry besides the defaults. ``db.unit_of_work.outgoing`` makes it an
+``OutgoingMessage`` in the handled message's correlation, and that is what goes to the outbox.
 
 It is what the unit of work writes to the outbox, what the relay reads back from an outbox
 row, and what the publisher turns into an AMQP message; retries, dead letters and DLQ
@@ -23,6 +28,22 @@ from contracts.base import Message
 from contracts.envelope import CAUSATION_HEADER, CONTENT_TYPE, VERSION_HEADER, Envelope
 from contracts.registry import registry
 from contracts.routing import exchange_for
+
+
+@dataclass(frozen=True)
+class Send:
+    """A message to send. By default it gets a new message id, the correlation id of the
+    message being handled (or a new one), the time of sending, and goes to its kind's
+    exchange keyed by its type."""
+
+    message: Message
+    message_id: str | None = None
+    correlation_id: str | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    occurred_at: datetime | None = None
+    # A read model's name: the message goes to ``<ns>.replays`` with this routing key (a
+    # replay of stored events), not to its kind's exchange.
+    replay_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,27 +12,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Mapping, Set
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 from opentelemetry import propagate, trace
 
-from contracts import Envelope, Message, OutgoingMessage, encode_message
-from contracts.routing import exchange_for
+from contracts import Envelope, Message, OutgoingMessage, Received, Send, encode_message
+from contracts.routing import exchange_for, replays_exchange
 from db import outbox
 from db.engine import ACQUIRE_TIMEOUT
-
-
-@dataclass(frozen=True)
-class Received:
-    """The message being handled, as it arrived: the cause of what the handler emits, and
-    what a handler needs besides the body (a projection ordering events by the stream
-    version in their headers)."""
-
-    envelope: Envelope
-    headers: Mapping[str, Any]
 
 
 class UnitOfWork:
@@ -60,40 +49,24 @@ class UnitOfWork:
         message_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
         occurred_at: datetime | None = None,
-        route: tuple[str, str] | None = None,
     ) -> Envelope:
         """Queue ``message`` for the outbox; it is written when the unit of work commits.
 
-        Outside a handler (the CLI, a background task), ``correlation_id`` may start a
-        correlation; inside one, the handled message's correlation wins unless one is given
-        explicitly. ``route`` (exchange, routing key) overrides where the message goes, for
-        replays; by default it goes to the events or commands exchange under its type.
+        For what a decision cannot say: the CLI, a test, a message outside any handler. A
+        handler's messages are its decision's ``send``, which the runtime writes the same
+        way. Outside a handler ``correlation_id`` may start a correlation; inside one, the
+        handled message's correlation wins unless one is given explicitly.
         """
-        cause = self.received.envelope if self.received is not None else None
-        envelope = Envelope.new(
-            message.TYPE,
-            message.VERSION,
-            self.producer,
-            correlation_id=correlation_id or (cause.correlation_id if cause else None),
-            causation_id=cause.message_id if cause else None,
+        send = Send(
+            message,
             message_id=message_id,
+            correlation_id=correlation_id,
+            headers=headers or {},
             occurred_at=occurred_at,
         )
-        exchange, routing_key = route or (exchange_for(self.namespace, message.KIND), message.TYPE)
-        # The trace context of now (the handler's span), stored with the outbox row and sent
-        # unchanged by the relay: the message continues its cause's trace, not the relay's.
-        trace_context: dict[str, str] = {}
-        if trace.get_current_span().get_span_context().is_valid:
-            propagate.inject(trace_context)
-        self.emitted.append(
-            OutgoingMessage.of(
-                envelope,
-                encode_message(message),
-                exchange=exchange,
-                routing_key=routing_key,
-                headers={**trace_context, **(headers or {})},
-            )
-        )
+        cause = self.received.envelope if self.received is not None else None
+        envelope = _envelope(send, self.producer, cause)
+        self.emitted.append(_outgoing(envelope, send, self.namespace))
         return envelope
 
     async def lock(self, key: str) -> None:
@@ -106,6 +79,47 @@ class UnitOfWork:
     async def flush(self) -> None:
         await outbox.append(self.conn, self.emitted)
         self.emitted = []
+
+
+def outgoing(
+    send: Send, *, producer: str, namespace: str, cause: Envelope | None
+) -> OutgoingMessage:
+    """``send`` as it goes to the outbox, caused by ``cause`` (the message being handled,
+    if any)."""
+    return _outgoing(_envelope(send, producer, cause), send, namespace)
+
+
+def _envelope(send: Send, producer: str, cause: Envelope | None) -> Envelope:
+    """In ``cause``'s correlation unless ``send`` names its own, naming ``cause`` as its
+    cause."""
+    return Envelope.new(
+        send.message.TYPE,
+        send.message.VERSION,
+        producer,
+        correlation_id=send.correlation_id or (cause.correlation_id if cause else None),
+        causation_id=cause.message_id if cause else None,
+        message_id=send.message_id,
+        occurred_at=send.occurred_at,
+    )
+
+
+def _outgoing(envelope: Envelope, send: Send, namespace: str) -> OutgoingMessage:
+    """With the trace context of now (the handler's span), stored with the outbox row and
+    sent unchanged by the relay: the message continues its cause's trace, not the relay's."""
+    if send.replay_to is not None:
+        exchange, routing_key = replays_exchange(namespace), send.replay_to
+    else:
+        exchange, routing_key = exchange_for(namespace, send.message.KIND), send.message.TYPE
+    trace_context: dict[str, str] = {}
+    if trace.get_current_span().get_span_context().is_valid:
+        propagate.inject(trace_context)
+    return OutgoingMessage.of(
+        envelope,
+        encode_message(send.message),
+        exchange=exchange,
+        routing_key=routing_key,
+        headers={**trace_context, **send.headers},
+    )
 
 
 async def lock_keys(conn: asyncpg.Connection, keys: Collection[str]) -> frozenset[str]:

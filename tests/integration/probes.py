@@ -1,6 +1,7 @@
 """A probe service for the tests: real handlers, run by the real runtime, whose behaviour a
-test scripts per order id (fail transiently n times, fail for good, or succeed), so retries,
-dead-lettering and rollback are exercised for real, with nothing mocked.
+test scripts per order id (fail transiently n times, fail for good, fail after writing, or
+succeed), so retries, dead-lettering and rollback are exercised for real, with nothing
+mocked.
 
 It is named "inventory" to use the inventory's database; its queues are
 ``<ns>.inventory.probe_*`` and tests publish to them directly (default exchange).
@@ -9,12 +10,14 @@ It is named "inventory" to use the inventory's database; its queues are
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from contracts import Message, OrderConfirmed, OrderPlacedV2, OrderRejected
-from db.unit_of_work import UnitOfWork
+import asyncpg
+
+from contracts import Message, OrderConfirmed, OrderPlacedV2, OrderRejected, Received
 from workers.inventory import store
+from workers.runtime.decision import Decision
 from workers.runtime.errors import PermanentError, TransientError
 from workers.runtime.service import Service
 
@@ -23,6 +26,8 @@ from workers.runtime.service import Service
 class Script:
     transient_failures: Counter[str] = field(default_factory=Counter)
     permanent: set[str] = field(default_factory=set)
+    # Fail for good in write, once the state and the outbox rows are written.
+    fail_after_write: set[str] = field(default_factory=set)
     calls: Counter[str] = field(default_factory=Counter)
     received: list[Message] = field(default_factory=list)
     received_headers: dict[str, Mapping[str, object]] = field(default_factory=dict)
@@ -36,22 +41,45 @@ def probe_sku(order_id: str) -> str:
     return f"probe-{order_id}"
 
 
-@probe.handler(name="probe_effects")
-async def probe_effects(uow: UnitOfWork, message: OrderConfirmed) -> None:
-    """Writes state and an outbox row, then fails if the script says so."""
+@dataclass(frozen=True)
+class Nothing:
+    """The probe's state: it decides on the message alone."""
+
+    def apply(self, change: str) -> Nothing:
+        return self
+
+
+async def load_nothing(conn: asyncpg.Connection, messages: Sequence[Message]) -> Nothing:
+    return Nothing()
+
+
+def probe_effects(state: Nothing, message: OrderConfirmed) -> Decision[str]:
+    """A unit of the order's probe SKU and an order.rejected; fails as the script says."""
     script.calls[message.order_id] += 1
-    await store.seed(uow.conn, probe_sku(message.order_id), 1)
-    uow.emit(OrderRejected(order_id=message.order_id, reason="probe effect"))
-    await uow.flush()  # the outbox row is written before the failure, in the same transaction
     if script.transient_failures[message.order_id] > 0:
         script.transient_failures[message.order_id] -= 1
         raise TransientError("probe: the database hiccuped")
     if message.order_id in script.permanent:
         raise PermanentError("probe: this message can never succeed")
+    return Decision(
+        changes=(message.order_id,),
+        send=(OrderRejected(order_id=message.order_id, reason="probe effect"),),
+    )
 
 
-@probe.handler(name="probe_orders")
-async def probe_orders(uow: UnitOfWork, message: OrderPlacedV2) -> None:
+async def write_effects(conn: asyncpg.Connection, changes: Sequence[str]) -> None:
+    for order_id in changes:
+        await store.seed(conn, probe_sku(order_id), 1)
+    for order_id in changes:
+        if order_id in script.fail_after_write:
+            raise PermanentError("probe: failed after writing its state and outbox rows")
+
+
+def probe_orders(message: OrderPlacedV2, *, received: Received) -> Decision[str]:
     script.received.append(message)
-    assert uow.received is not None  # the runtime always says what is being handled
-    script.received_headers[message.order_id] = uow.received.headers
+    script.received_headers[message.order_id] = received.headers
+    return Decision()
+
+
+probe.handler(probe_effects, load=load_nothing, write=write_effects)
+probe.handler(probe_orders)

@@ -209,13 +209,13 @@ async def test_a_handler_that_fails_before_commit_leaves_no_state_and_no_outbox_
     fleet: Fleet,
 ) -> None:
     order_id = new_id()
-    probes.script.permanent.add(order_id)
+    probes.script.fail_after_write.add(order_id)
     queue = probe_queue(fleet, "probe_effects")
     message = outgoing(OrderConfirmed(order_id=order_id), queue=queue)
     async with fleet.worker(probes.probe, with_relay=False), fleet.publisher() as publisher:
         await publisher.publish(message)
         await wait_for(lambda: _in_dlq(fleet, queue, order_id))
-    assert probes.script.calls[order_id] == 1  # the handler ran, wrote, then failed
+    assert probes.script.calls[order_id] == 1  # it decided, wrote, then failed
     engine = fleet.engine("inventory")
     stock_rows = "SELECT count(*) FROM stock WHERE sku = :sku"
     assert await scalar(engine, stock_rows, sku=probes.probe_sku(order_id)) == 0

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
 import asyncpg
 import sqlalchemy as sa
 
-from workers.inventory.domain import Line, Reservation
+from workers.inventory.domain import (
+    Change,
+    Line,
+    Refused,
+    Released,
+    ReleaseRequest,
+    Reservation,
+    ReservationRequest,
+    Reserved,
+    Status,
+    Stock,
+    TombstoneLeft,
+)
 
 metadata = sa.MetaData()
 
@@ -62,111 +78,137 @@ stock_ledger = sa.Table(
 sa.Index("ix_stock_ledger_sku", stock_ledger.c.sku)
 
 
-# --- Reads and writes, in the caller's transaction (asyncpg, one round trip each). -----
+# --- A batch's load and write, in the caller's transaction (asyncpg). -----------------
 
-
-async def load_reservation(conn: asyncpg.Connection, order_id: str) -> Reservation | None:
-    rows = await conn.fetch(
-        "SELECT r.status, r.reason, l.sku, l.quantity FROM reservations r"
-        " LEFT JOIN reservation_lines l USING (order_id) WHERE r.order_id = $1 ORDER BY l.sku",
-        order_id,
-    )
-    return _reservation(order_id, rows) if rows else None
-
-
-# The order's reservation and, if it has none yet, the stock of the SKUs it wants, rows
-# locked in SKU order (so two reservations never deadlock): one round trip for both.
-_LOAD_FOR_RESERVING = """
-WITH existing AS (
-    SELECT r.status, r.reason, l.sku, l.quantity FROM reservations r
-    LEFT JOIN reservation_lines l USING (order_id) WHERE r.order_id = $1
+# The batch's reservations with their lines, and the stock of every SKU it names or its
+# reservations hold, rows locked in SKU order (two batches never deadlock over them): one
+# statement. A reservation without lines has one row with NULL sku.
+_LOAD_STOCK = """
+WITH held AS (
+    SELECT r.order_id, r.status, r.reason, l.sku, l.quantity FROM reservations r
+    LEFT JOIN reservation_lines l USING (order_id) WHERE r.order_id = ANY($1::text[])
 ), stock_rows AS (
     SELECT sku, available FROM stock
-    WHERE sku = ANY($2::text[]) AND NOT EXISTS (SELECT FROM reservations WHERE order_id = $1)
+    WHERE sku = ANY($2::text[]) OR sku IN (SELECT sku FROM held WHERE status = 'reserved')
     ORDER BY sku FOR UPDATE
 )
-SELECT true AS reserved_before, status, reason, sku, quantity FROM existing
+SELECT order_id, status, reason, sku, quantity FROM held
 UNION ALL
-SELECT false, NULL, NULL, sku, available FROM stock_rows
+SELECT NULL, NULL, NULL, sku, available FROM stock_rows
 """
 
 
-async def load_for_reserving(
-    conn: asyncpg.Connection, order_id: str, skus: list[str]
-) -> tuple[Reservation | None, dict[str, int]]:
-    """The order's reservation, or None and the available stock of the SKUs that exist."""
-    rows = await conn.fetch(_LOAD_FOR_RESERVING, order_id, skus)
-    before = [row for row in rows if row["reserved_before"]]
-    if before:
-        return _reservation(order_id, before), {}
-    return None, {row["sku"]: row["quantity"] for row in rows}
+async def load_stock(
+    conn: asyncpg.Connection, messages: Sequence[ReservationRequest | ReleaseRequest]
+) -> Stock:
+    """What the batch's decisions need: its orders' reservations, and the stock rows they
+    want or hold, locked."""
+    order_ids = sorted({message.order_id for message in messages})
+    skus = sorted({item.sku for m in messages for item in getattr(m, "items", ())})
+    rows = await conn.fetch(_LOAD_STOCK, order_ids, skus)
+    lines: dict[str, list[Line]] = {}
+    first: dict[str, asyncpg.Record] = {}
+    available: dict[str, int] = {}
+    for row in rows:
+        if row["order_id"] is None:
+            available[row["sku"]] = row["quantity"]
+            continue
+        first.setdefault(row["order_id"], row)
+        held = lines.setdefault(row["order_id"], [])
+        if row["sku"] is not None:
+            held.append(Line(row["sku"], row["quantity"]))
+    reservations = {
+        order_id: Reservation(
+            order_id, row["status"], row["reason"], tuple(sorted(lines[order_id], key=_sku))
+        )
+        for order_id, row in first.items()
+    }
+    return Stock(reservations, available)
 
 
-def _reservation(order_id: str, rows: list[asyncpg.Record]) -> Reservation:
-    lines = tuple(Line(row["sku"], row["quantity"]) for row in rows if row["sku"] is not None)
-    return Reservation(order_id, rows[0]["status"], rows[0]["reason"], lines)
+def _sku(line: Line) -> str:
+    return line.sku
 
 
-# A reservation, its lines, the stock it takes and the ledger's entries: one statement.
-_RESERVE = """
-WITH wanted AS (
-    SELECT * FROM unnest($2::text[], $3::int[]) AS w(sku, quantity)
-), reservation AS (
-    INSERT INTO reservations (order_id, status) VALUES ($1, 'reserved')
-), lines AS (
-    INSERT INTO reservation_lines (order_id, sku, quantity) SELECT $1, sku, quantity FROM wanted
-), taken AS (
-    UPDATE stock SET available = stock.available - wanted.quantity
-    FROM wanted WHERE stock.sku = wanted.sku
+class LedgerEntry(NamedTuple):
+    sku: str
+    order_id: str
+    delta: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A batch's changes as the rows they write: each order's reservation as it ends (one
+    row per order, however many changes it had), the lines reserved, each SKU's change of
+    available stock, and the ledger's entries."""
+
+    reservations: dict[str, tuple[Status, str | None]] = field(default_factory=dict)
+    lines: list[tuple[str, Line]] = field(default_factory=list)
+    deltas: dict[str, int] = field(default_factory=dict)
+    ledger: list[LedgerEntry] = field(default_factory=list)
+
+
+def rows_of(changes: Sequence[Change]) -> Rows:
+    rows = Rows()
+    for change in changes:
+        match change:
+            case Reserved(order_id, lines):
+                rows.reservations[order_id] = ("reserved", None)
+                rows.lines.extend((order_id, line) for line in lines)
+                taken = [LedgerEntry(x.sku, order_id, -x.quantity, "reserved") for x in lines]
+                rows.ledger.extend(taken)
+            case Refused(order_id, reason):
+                rows.reservations[order_id] = ("refused", reason)
+            case Released(order_id, lines, reason):
+                rows.reservations[order_id] = ("released", reason)
+                given = [LedgerEntry(x.sku, order_id, x.quantity, "released") for x in lines]
+                rows.ledger.extend(given)
+            case TombstoneLeft(order_id, reason):
+                rows.reservations[order_id] = ("released", reason)
+    for entry in rows.ledger:
+        rows.deltas[entry.sku] = rows.deltas.get(entry.sku, 0) + entry.delta
+    return rows
+
+
+# Reservations as they end, the lines reserved, the stock they move and the ledger's
+# entries: one statement for the whole batch.
+_WRITE_STOCK = """
+WITH reservation_rows AS (
+    INSERT INTO reservations AS r (order_id, status, reason)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+    ON CONFLICT (order_id) DO UPDATE
+    SET status = excluded.status, reason = excluded.reason, updated_at = now()
+), line_rows AS (
+    INSERT INTO reservation_lines (order_id, sku, quantity)
+    SELECT * FROM unnest($4::text[], $5::text[], $6::int[])
+), stock_rows AS (
+    UPDATE stock SET available = stock.available + moved.delta
+    FROM unnest($7::text[], $8::int[]) AS moved(sku, delta) WHERE stock.sku = moved.sku
 )
 INSERT INTO stock_ledger (sku, order_id, delta, reason)
-SELECT sku, $1, -quantity, 'reserved' FROM wanted
+SELECT * FROM unnest($9::text[], $10::text[], $11::int[], $12::text[])
 """
 
 
-async def reserve(conn: asyncpg.Connection, order_id: str, lines: tuple[Line, ...]) -> None:
+async def write_stock(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
+    rows = rows_of(changes)
+    reservations = list(rows.reservations.items())
+    moved = [(sku, delta) for sku, delta in sorted(rows.deltas.items()) if delta]
     await conn.execute(
-        _RESERVE, order_id, [line.sku for line in lines], [line.quantity for line in lines]
-    )
-
-
-async def refuse(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
-    await conn.execute(
-        "INSERT INTO reservations (order_id, status, reason) VALUES ($1, 'refused', $2)",
-        order_id,
-        reason,
-    )
-
-
-# The stock given back, the ledger's entries and the reservation marked: one statement.
-_RELEASE = """
-WITH held AS (
-    SELECT * FROM unnest($2::text[], $3::int[]) AS h(sku, quantity)
-), given_back AS (
-    UPDATE stock SET available = stock.available + held.quantity
-    FROM held WHERE stock.sku = held.sku
-), ledger AS (
-    INSERT INTO stock_ledger (sku, order_id, delta, reason)
-    SELECT sku, $1, quantity, 'released' FROM held
-)
-UPDATE reservations SET status = 'released', reason = $4, updated_at = now()
-WHERE order_id = $1
-"""
-
-
-async def release(
-    conn: asyncpg.Connection, order_id: str, lines: tuple[Line, ...], reason: str
-) -> None:
-    await conn.execute(
-        _RELEASE, order_id, [line.sku for line in lines], [line.quantity for line in lines], reason
-    )
-
-
-async def leave_tombstone(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
-    await conn.execute(
-        "INSERT INTO reservations (order_id, status, reason) VALUES ($1, 'released', $2)",
-        order_id,
-        reason,
+        _WRITE_STOCK,
+        [order_id for order_id, _ in reservations],
+        [status for _, (status, _) in reservations],
+        [reason for _, (_, reason) in reservations],
+        [order_id for order_id, _ in rows.lines],
+        [line.sku for _, line in rows.lines],
+        [line.quantity for _, line in rows.lines],
+        [sku for sku, _ in moved],
+        [delta for _, delta in moved],
+        [entry.sku for entry in rows.ledger],
+        [entry.order_id for entry in rows.ledger],
+        [entry.delta for entry in rows.ledger],
+        [entry.reason for entry in rows.ledger],
     )
 
 

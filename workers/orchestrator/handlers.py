@@ -93,7 +93,7 @@ async def _apply(uow: UnitOfWork, transition: Transition) -> None:
         uow.emit(command, correlation_id=transition.saga.order_id)
 
 
-@service.handler(when=not_choreography)
+@service.legacy_handler(when=not_choreography)
 async def start_saga(uow: UnitOfWork, event: OrderPlacedV2, settings: OrchestratorSettings) -> None:
     await uow.lock(event.order_id)
     if await store.load(uow.conn, event.order_id) is not None:
@@ -108,7 +108,7 @@ async def start_saga(uow: UnitOfWork, event: OrderPlacedV2, settings: Orchestrat
     await _apply(uow, domain.start(facts, _now(), _timeout(settings)))
 
 
-@service.handler(when=not_choreography)
+@service.legacy_handler(when=not_choreography)
 async def advance_saga(uow: UnitOfWork, event: Reply, settings: OrchestratorSettings) -> None:
     await uow.lock(event.order_id)
     saga = await store.load(uow.conn, event.order_id)
@@ -128,7 +128,7 @@ async def advance_saga(uow: UnitOfWork, event: Reply, settings: OrchestratorSett
     await _apply(uow, transition)
 
 
-@service.handler(when=not_choreography)
+@service.legacy_handler(when=not_choreography)
 async def operator_request(
     uow: UnitOfWork, command: RetryStep | CompensateSaga, settings: OrchestratorSettings
 ) -> None:

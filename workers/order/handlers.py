@@ -58,7 +58,7 @@ service = Service(
 FailureEvent = StockReservationFailed | PaymentFailed | ShipmentFailed
 
 
-@service.handler()
+@service.legacy_handler()
 async def place_order(uow: UnitOfWork, command: PlaceOrder, settings: OrderSettings) -> None:
     """Place the order once per order id; placing it again emits nothing new."""
     order_id = domain.order_id_for(command)
@@ -68,7 +68,7 @@ async def place_order(uow: UnitOfWork, command: PlaceOrder, settings: OrderSetti
     await _apply(uow, loaded, decision, settings, correlation_id=order_id)
 
 
-@service.handler()
+@service.legacy_handler()
 async def replay_events(
     uow: UnitOfWork, command: ReplayOrderEvents, settings: OrderSettings
 ) -> None:
@@ -154,7 +154,7 @@ def _first_occurred_at(stored: event_store.StoredEvent) -> datetime:
 
 
 # In orchestration the orchestrator confirms and rejects orders itself (with commands).
-@service.handler(when=command_or_choreography)
+@service.legacy_handler(when=command_or_choreography)
 async def confirm_order(
     uow: UnitOfWork, message: ConfirmOrder | ShipmentCreated, settings: OrderSettings
 ) -> None:
@@ -170,7 +170,7 @@ async def confirm_order(
     await _apply(uow, loaded, decision, settings)
 
 
-@service.handler(when=command_or_choreography)
+@service.legacy_handler(when=command_or_choreography)
 async def reject_order(
     uow: UnitOfWork, message: RejectOrder | FailureEvent, settings: OrderSettings
 ) -> None:

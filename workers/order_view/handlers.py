@@ -39,7 +39,7 @@ service = Service("order_view", emits=())  # a projection: it emits nothing
 ProjectedEvent = OrderPlacedV2 | OrderConfirmed | OrderRejected | PaymentCompleted | ShipmentCreated
 
 
-@service.handler()
+@service.legacy_handler()
 async def project(uow: UnitOfWork, event: ProjectedEvent) -> None:
     before, after = await _project(uow, event)
     _observe_saga_end(before, after)
@@ -87,7 +87,7 @@ service.samplers.append(sample)
 ReplayedMessage = OrderPlacedV2 | OrderConfirmed | OrderRejected | OrderEventsReplayed
 
 
-@service.handler(from_replays=True)
+@service.legacy_handler(from_replays=True)
 async def rebuild(uow: UnitOfWork, message: ReplayedMessage) -> None:
     """Apply what the order service replays from its event store (``fleet view rebuild``)
     exactly as the live events, and count it for the rebuild's progress.

@@ -32,7 +32,7 @@ def _new_payment_id() -> str:
     return str(uuid.uuid4())
 
 
-@service.handler(when=command_or_choreography)
+@service.legacy_handler(when=command_or_choreography)
 async def charge_payment(uow: UnitOfWork, message: ChargePayment | StockReserved) -> None:
     """Charge once per order; insufficient funds, an unknown customer or another currency
     than the account's is a refusal event, not an error. In choreography the charge follows
@@ -87,7 +87,7 @@ async def charge_payment(uow: UnitOfWork, message: ChargePayment | StockReserved
     )
 
 
-@service.handler(when=command_or_choreography)
+@service.legacy_handler(when=command_or_choreography)
 async def refund_payment(uow: UnitOfWork, message: RefundPayment | ShipmentFailed) -> None:
     """Give the charge back once; before any charge, leave a tombstone instead. Every refund
     is answered with ``payment.refunded`` (zero when nothing was charged). In choreography the

@@ -4,8 +4,9 @@
 2. decode the body against the contract and upcast it to the newest version (DLQ on failure);
 3. apply the handler's filter (``when``): a message of another saga style is acked here,
    with no transaction and no inbox row;
-4. in one transaction: record it in the inbox (a duplicate stops here), apply the handler,
-   write the outbox rows it emitted; commit;
+4. in one transaction: record it in the inbox (a duplicate stops here), take its order's
+   lock, load what the handler needs, decide, write the changes and the outbox rows of the
+   messages the decision sends; commit;
 5. only then ack. A transient failure is republished, confirmed, to the namespace's delay
    tier for its attempt (which sends it back to its queue when due), then acked; a
    permanent one to ``<queue>.dlq`` with the reason in headers, then acked. If even that
@@ -13,8 +14,9 @@
    bounds how often).
 
 Deliveries come in batches (``workers.runtime.batches``): the deliveries of one batch that
-reach step 4 share one transaction, one inbox statement and one outbox statement, and are
-acked after its commit. If one of them fails, the transaction is rolled back and each is
+reach step 4 share one transaction, one inbox statement, one load, one write and one outbox
+statement (``workers.runtime.service``: load, decide, write), and are acked after its
+commit. If one of them fails, the transaction is rolled back and each is
 applied again in a transaction of its own, but for one that failed for good (a permanent
 error would only fail again): it takes the dead-letter path at once. A transient failure
 may have been the batch's doing (a lock another transaction holds), so that message is
@@ -34,6 +36,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
@@ -41,12 +44,13 @@ from opentelemetry.trace import Span
 from prometheus_client import Counter as CounterChild
 from prometheus_client import Histogram as HistogramChild
 
-from contracts import ContractError, Envelope, Message, OutgoingMessage, registry
+from contracts import ContractError, Envelope, Message, OutgoingMessage, Received, Send, registry
 from db import inbox, outbox
 from db.engine import ACQUIRE_TIMEOUT
-from db.unit_of_work import Received, UnitOfWork, lock_keys, unit_of_work
+from db.unit_of_work import lock_keys, outgoing
 from workers.runtime import log_context, metrics, tracing
 from workers.runtime.amqp_reading import read_amqp_leniently
+from workers.runtime.decision import after
 from workers.runtime.errors import is_transient, signature
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
 from workers.runtime.service import Handler
@@ -150,7 +154,7 @@ class Consumer:
         for index, delivery in ready.items():
             if index not in results:
                 try:
-                    results[index] = await self._apply_alone(handler, delivery)
+                    results[index] = await self._apply_alone(handler, index, delivery)
                 except Exception as error:  # its retry or dead letter could not be published
                     results[index] = error
         ordered = [results[index] for index in range(len(raws))]
@@ -210,26 +214,19 @@ class Consumer:
             return Outcome.IGNORED
         return Decoded(raw, envelope, message, attempts, span)
 
-    async def _apply_alone(self, handler: Handler, delivery: Decoded) -> Outcome:
-        envelope = delivery.envelope
+    async def _apply_alone(self, handler: Handler, index: int, delivery: Decoded) -> Outcome:
+        """Apply one delivery in a transaction of its own; its retry or dead-letter path if
+        that fails."""
+        try:
+            outcomes = await self._transaction(handler, {index: delivery})
+        except _FailedInBatch as failed:
+            error = failed.error
+        except Exception as failure:
+            error = failure
+        else:
+            return outcomes[index]
         with _Handling(delivery.span, delivery.raw):
-            try:
-                with tracing.span(f"transaction {self.service}"):
-                    async with unit_of_work(
-                        self.pool,
-                        producer=self.service,
-                        namespace=self.settings.namespace,
-                        received=delivery.received,
-                    ) as uow:
-                        if not await inbox.record(
-                            uow.conn, handler.consumer, envelope.message_id, envelope.type
-                        ):
-                            _log_duplicate(handler, envelope)
-                            return Outcome.DUPLICATE
-                        await handler.apply(uow, delivery.message, self.section)
-            except Exception as error:
-                return await self._failed(handler, delivery, error)
-        return Outcome.APPLIED
+            return await self._failed(handler, delivery, error)
 
     async def _apply_together(
         self, handler: Handler, ready: dict[int, Decoded], results: dict[int, Result]
@@ -237,50 +234,10 @@ class Consumer:
         """Apply ``ready`` in one transaction and put their outcomes in ``results``. If it
         cannot commit, leave them out, to be applied alone next: all but one that failed
         for good, which is dead-lettered here."""
-        outcomes: dict[int, Outcome] = {}
-        # The one transaction, seen in the trace of each delivery it carries.
-        transaction_spans = tracing.start_children(
-            f"transaction {self.service}",
-            [delivery.span for delivery in ready.values()],
-            {"fleet.batch.size": len(ready)},
-        )
         try:
-            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
-                # Handlers lock the order they decide about, and a message's correlation id
-                # is its order: take those locks together, first.
-                locked = await lock_keys(conn, {d.envelope.correlation_id for d in ready.values()})
-                fresh = await inbox.record_many(
-                    conn,
-                    handler.consumer,
-                    {d.envelope.message_id: d.envelope.type for d in ready.values()},
-                )
-                emitted: list[OutgoingMessage] = []
-                for index, delivery in ready.items():
-                    message_id = delivery.envelope.message_id
-                    if message_id not in fresh:  # recorded before, or earlier in this batch
-                        _log_duplicate(handler, delivery.envelope)
-                        outcomes[index] = Outcome.DUPLICATE
-                        continue
-                    fresh.discard(message_id)
-                    uow = UnitOfWork(
-                        conn,
-                        producer=self.service,
-                        namespace=self.settings.namespace,
-                        received=delivery.received,
-                        locked=locked,
-                    )
-                    try:
-                        with _Handling(delivery.span, delivery.raw):
-                            await handler.apply(uow, delivery.message, self.section)
-                    except Exception as error:
-                        raise _FailedInBatch(index, error) from error
-                    emitted += uow.emitted
-                    outcomes[index] = Outcome.APPLIED
-                await outbox.append(conn, emitted)
+            outcomes = await self._transaction(handler, ready)
         except _FailedInBatch as failed:
             self.fallbacks += 1
-            for span in transaction_spans:
-                tracing.end(span, failed.error)
             if not is_transient(failed.error):  # it would only fail again alone
                 delivery = ready[failed.index]
                 try:
@@ -291,16 +248,103 @@ class Consumer:
             return
         except Exception as error:  # the batch as a whole: each is tried alone instead
             self.fallbacks += 1
-            for span in transaction_spans:
-                tracing.end(span, error)
             log.info(
                 "%s: a batch of %d failed (%s); one by one", handler.consumer, len(ready), error
             )
             return
-        for span in transaction_spans:
-            tracing.end(span)
         self.batched += len(ready)
         results.update(outcomes)
+
+    async def _transaction(self, handler: Handler, ready: dict[int, Decoded]) -> dict[int, Outcome]:
+        """Apply ``ready`` in one transaction: inbox, locks, load, decide each, write, outbox.
+        Their outcomes once committed; raises ``_FailedInBatch`` when a decision failed, or
+        what stopped the transaction otherwise."""
+        outcomes: dict[int, Outcome] = {}
+        changes: list[Any] = []
+        # The one transaction, seen in the trace of each delivery it carries.
+        transaction_spans = tracing.start_children(
+            f"transaction {self.service}",
+            [delivery.span for delivery in ready.values()],
+            {"fleet.batch.size": len(ready)},
+        )
+        try:
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
+                # The locks of the orders the batch decides about, together and first: a
+                # second transaction deciding about one of them waits here, then sees the
+                # first's outcome (a reservation racing its release).
+                keys = {handler.key(d.message) for d in ready.values()}
+                await lock_keys(conn, {key for key in keys if key is not None})
+                fresh = await inbox.record_many(
+                    conn,
+                    handler.consumer,
+                    {d.envelope.message_id: d.envelope.type for d in ready.values()},
+                )
+                todo: list[tuple[int, Decoded]] = []
+                for index, delivery in ready.items():
+                    message_id = delivery.envelope.message_id
+                    if message_id not in fresh:  # recorded before, or earlier in this batch
+                        _log_duplicate(handler, delivery.envelope)
+                        outcomes[index] = Outcome.DUPLICATE
+                        continue
+                    fresh.discard(message_id)
+                    todo.append((index, delivery))
+                state = await handler.load_state(conn, [d.message for _, d in todo], self.section)
+                sent: list[OutgoingMessage] = []
+                if handler.legacy is not None:  # TRANSITION ONLY (issue 17)
+                    from db.unit_of_work import UnitOfWork
+
+                    for index, delivery in todo:
+                        uow = UnitOfWork(
+                            conn,
+                            producer=self.service,
+                            namespace=self.settings.namespace,
+                            received=delivery.received,
+                            locked=frozenset(k for k in keys if k is not None),
+                        )
+                        with _Handling(delivery.span, delivery.raw):
+                            try:
+                                if handler.legacy_takes_settings:
+                                    await handler.legacy(uow, delivery.message, self.section)
+                                else:
+                                    await handler.legacy(uow, delivery.message)
+                            except Exception as error:
+                                raise _FailedInBatch(index, error) from error
+                        sent += uow.emitted
+                        outcomes[index] = Outcome.APPLIED
+                    todo = []
+                for index, delivery in todo:
+                    with _Handling(delivery.span, delivery.raw):
+                        try:
+                            decision = handler.decision(
+                                state, delivery.message, delivery.received, self.section
+                            )
+                        except Exception as error:
+                            raise _FailedInBatch(index, error) from error
+                        if decision.changes:
+                            state = after(state, decision.changes)
+                            changes += decision.changes
+                        # Made while its span is current: the messages continue its trace.
+                        sent += (self._outgoing(item, delivery.envelope) for item in decision.send)
+                        if decision.note:
+                            log.info("%s: %s", handler.consumer, decision.note)
+                    outcomes[index] = Outcome.APPLIED
+                # The outbox first: a write that fails then rolls back rows already
+                # written, which is how the tests see that nothing of it survives.
+                await outbox.append(conn, sent)
+                await handler.store(conn, changes)
+        except BaseException as error:
+            for span in transaction_spans:
+                tracing.end(span, error.error if isinstance(error, _FailedInBatch) else error)
+            raise
+        for span in transaction_spans:
+            tracing.end(span)
+        if handler.after_commit is not None and changes:
+            handler.after_commit(changes)
+        return outcomes
+
+    def _outgoing(self, item: Message | Send, cause: Envelope) -> OutgoingMessage:
+        send = item if isinstance(item, Send) else Send(item)
+        return outgoing(send, producer=self.service, namespace=self.settings.namespace, cause=cause)
 
     async def _failed(self, handler: Handler, delivery: Decoded, error: Exception) -> Outcome:
         """The retry or dead-letter path of a delivery whose handler failed (its span is

@@ -1,20 +1,31 @@
 """How a service declares its handlers: the one shape every service package uses.
 
     service = Service("inventory", emits=("stock.reserved", ...))
+    service.handler(
+        domain.reserve_stock,          # decide: (state, message) -> Decision, pure
+        load=store.load_stock,         # async (conn, messages) -> state, one statement a kind
+        write=store.write_stock,       # async (conn, changes), one statement a kind of row
+        when=command_or_choreography,  # which messages are this handler's business
+    )
 
-    @service.handler(when=command_or_choreography)
-    async def reserve_stock(uow: UnitOfWork, message: ReserveStock | OrderPlacedV2) -> None: ...
+The runtime (``workers.runtime.consumer``) handles a batch of a queue's deliveries in one
+transaction: it records them in the inbox (a duplicate stops there), takes the lock of each
+message's order (``key``), calls *load* once for the whole batch, *decide* for each message
+in delivery order (each sees the changes of those before it, ``State.apply``), *write* once
+with all the changes, and puts the messages the decisions send in the outbox; then commits,
+then acks. A handler with nothing to load leaves ``load`` out, and its decide takes the
+message alone; one with nothing to store leaves ``write`` out.
 
-The message parameter's annotation (a contract class, or a union of them) says what the
-handler reads: its queue ``<ns>.<service>.<handler>`` is bound to those types, and each class
-must be the newest version of its type, because the runtime decodes and upcasts every
+Decide's message parameter's annotation (a contract class, or a union of them) says what
+the handler reads: its queue ``<ns>.<service>.<handler>`` is bound to those types, and each
+class must be the newest version of its type, because the runtime decodes and upcasts every
 message to the newest before the handler sees it. ``when`` is a filter the runtime applies
 after decoding and before any transaction: a message it refuses is acknowledged with no
-transaction and no inbox row. A handler that needs its service's own settings takes them as
-a third parameter, annotated with the class the service declares.
+transaction and no inbox row.
 
-The handler runs inside a unit of work whose inbox entry (consumer ``<service>.<handler>``),
-state and outbox rows commit together.
+Decide and load may ask for more by keyword-only parameters, named for what they get:
+``settings`` (the service's own settings section, annotated with the class the service
+declares) and, for decide, ``received`` (the message's envelope and headers).
 """
 
 from __future__ import annotations
@@ -23,13 +34,13 @@ import asyncio
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from contracts import Message, registry
+from contracts import Message, Received, registry
 from contracts.routing import exchange_for, replays_exchange
-from db.unit_of_work import UnitOfWork
+from workers.runtime.decision import Decision
 from workers.runtime.settings import ServiceSettings
 from workers.runtime.topology import QueueSpec
 
@@ -39,9 +50,16 @@ if TYPE_CHECKING:
 
     from workers.runtime.settings import Settings
 
-HandlerFunction = Callable[..., Awaitable[None]]
+# The three parts of a handler (their keyword-only extras aside).
+Decide = Callable[..., Decision[Any]]
+Load = Callable[..., Awaitable[Any]]  # (conn, messages) -> the batch's state
+Write = Callable[["asyncpg.Connection", Sequence[Any]], Awaitable[None]]
+# What a handler does once its batch has committed (metrics of what happened).
+AfterCommit = Callable[[Sequence[Any]], None]
 # Which decoded messages a handler takes (True) or leaves, acknowledged, to others (False).
 MessageFilter = Callable[[Message], bool]
+# The order a message is about: the runtime holds its lock from before load to commit.
+LockKey = Callable[[Message], str | None]
 # Work a service does besides handling messages (the orchestrator's deadline watcher): runs
 # from the worker's start until ``stop`` is set, given the settings, the service's own
 # section (None when it declares none) and the pool of its database's connections.
@@ -58,6 +76,12 @@ Sampler = Callable[
 ]
 
 
+def order_of(message: Message) -> str | None:
+    """The default lock key: the order a saga message names."""
+    order_id = getattr(message, "order_id", None)
+    return order_id if isinstance(order_id, str) else None
+
+
 class DeclarationError(TypeError):
     """A handler whose signature does not say what it reads (raised at import)."""
 
@@ -69,13 +93,21 @@ class Handler:
     # The contract classes the handler reads (the newest version of each type), in the
     # order of its annotation.
     models: tuple[type[Message], ...]
-    function: HandlerFunction
+    decide: Decide
+    load: Load | None = None
+    write: Write | None = None
     when: MessageFilter | None = None
-    # True: the function's third parameter takes the service's settings section.
-    takes_settings: bool = False
+    key: LockKey = order_of
+    after_commit: AfterCommit | None = None
     # True: the queue takes what event stores replay to this service (the replays exchange,
     # routing key = the service's name), not the live events of ``types``.
     from_replays: bool = False
+    # The keyword-only extras decide and load asked for (read once, at declaration).
+    decide_wants: frozenset[str] = frozenset()
+    load_wants: frozenset[str] = frozenset()
+    # TRANSITION ONLY (issue 17): an old-style handler (uow, message[, settings]).
+    legacy: Callable[..., Awaitable[None]] | None = None
+    legacy_takes_settings: bool = False
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -100,13 +132,40 @@ class Handler:
     def accepts(self, message: Message) -> bool:
         return self.when is None or self.when(message)
 
-    async def apply(
-        self, uow: UnitOfWork, message: Message, section: ServiceSettings | None
-    ) -> None:
-        if self.takes_settings:
-            await self.function(uow, message, section)
-        else:
-            await self.function(uow, message)
+    # --- What the runtime calls, in this order, in a batch's transaction. ---------------
+
+    async def load_state(
+        self,
+        conn: asyncpg.Connection,
+        messages: Sequence[Message],
+        section: ServiceSettings | None,
+    ) -> Any:
+        """The state the batch's decisions start from (None for a handler without load)."""
+        if self.load is None:
+            return None
+        if "settings" in self.load_wants:
+            return await self.load(conn, messages, settings=section)
+        return await self.load(conn, messages)
+
+    def decision(
+        self,
+        state: Any,
+        message: Message,
+        received: Received,
+        section: ServiceSettings | None,
+    ) -> Decision[Any]:
+        extras: dict[str, Any] = {}
+        if "settings" in self.decide_wants:
+            extras["settings"] = section
+        if "received" in self.decide_wants:
+            extras["received"] = received
+        if self.load is None:
+            return self.decide(message, **extras)
+        return self.decide(state, message, **extras)
+
+    async def store(self, conn: asyncpg.Connection, changes: Sequence[Any]) -> None:
+        if self.write is not None and changes:
+            await self.write(conn, changes)
 
 
 @dataclass
@@ -127,25 +186,63 @@ class Service:
 
     def handler(
         self,
+        decide: Decide,
         *,
+        load: Load | None = None,
+        write: Write | None = None,
         name: str | None = None,
         when: MessageFilter | None = None,
+        key: LockKey = order_of,
+        after_commit: AfterCommit | None = None,
         from_replays: bool = False,
-    ) -> Callable[[HandlerFunction], HandlerFunction]:
-        def register(function: HandlerFunction) -> HandlerFunction:
-            handler_name = name or function.__name__
-            if any(h.name == handler_name for h in self.handlers):
-                raise DeclarationError(f"{self.name} already has a handler named {handler_name}")
-            models, takes_settings = self._read_signature(function)
+    ) -> Handler:
+        """Declare a handler (see the module's docstring); its name is decide's unless
+        given, and names its queue and its inbox."""
+        handler_name = name or decide.__name__
+        if any(h.name == handler_name for h in self.handlers):
+            raise DeclarationError(f"{self.name} already has a handler named {handler_name}")
+        where = f"handler {self.name}.{handler_name}"
+        models, decide_wants = self._read_decide(where, decide, takes_state=load is not None)
+        load_wants = self._read_extras(where, load, ("conn", "messages"), {"settings"})
+        self._read_extras(where, write, ("conn", "changes"), set())
+        handler = Handler(
+            self.name,
+            handler_name,
+            models,
+            decide,
+            load=load,
+            write=write,
+            when=when,
+            key=key,
+            after_commit=after_commit,
+            from_replays=from_replays,
+            decide_wants=decide_wants,
+            load_wants=load_wants,
+        )
+        self.handlers.append(handler)
+        return handler
+
+    def legacy_handler(
+        self, *, name: str | None = None, when: MessageFilter | None = None,
+        from_replays: bool = False,
+    ) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+        """TRANSITION ONLY (issue 17): the old shape, until every service is converted."""
+
+        def register(function: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+            parameters = list(inspect.signature(function).parameters)
+            hints = typing.get_type_hints(function)
+            annotation = hints.get(parameters[1])
+            members = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
             self.handlers.append(
                 Handler(
                     self.name,
-                    handler_name,
-                    models,
-                    function,
+                    name or function.__name__,
+                    tuple(members),
+                    lambda *a: Decision(),
                     when=when,
-                    takes_settings=takes_settings,
                     from_replays=from_replays,
+                    legacy=function,
+                    legacy_takes_settings=len(parameters) == 3,
                 )
             )
             return function
@@ -165,21 +262,23 @@ class Service:
     def queue_specs(self, namespace: str) -> list[QueueSpec]:
         return [handler.queue_spec(namespace) for handler in self.handlers]
 
-    def _read_signature(self, function: HandlerFunction) -> tuple[tuple[type[Message], ...], bool]:
-        """(the message classes, whether it takes the settings) from the annotations."""
-        where = f"handler {self.name}.{function.__name__}"
-        parameters = list(inspect.signature(function).parameters)
-        if len(parameters) not in (2, 3):
-            raise DeclarationError(f"{where} must take (uow, message) or (uow, message, settings)")
-        hints = typing.get_type_hints(function)
-        annotation = hints.get(parameters[1])
+    def _read_decide(
+        self, where: str, decide: Decide, *, takes_state: bool
+    ) -> tuple[tuple[type[Message], ...], frozenset[str]]:
+        """(the message classes, the extras it asks for) from decide's signature."""
+        positional = 2 if takes_state else 1
+        shape = ("state", "message") if takes_state else ("message",)
+        wants = self._read_extras(where, decide, shape, {"settings", "received"})
+        parameters = list(inspect.signature(decide).parameters)
+        hints = typing.get_type_hints(decide)
+        annotation = hints.get(parameters[positional - 1])
         members = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
         models: list[type[Message]] = []
         for member in members:
             if not (isinstance(member, type) and issubclass(member, Message)):
                 raise DeclarationError(
-                    f"{where}: its message parameter must be annotated with contract classes"
-                    f" (one, or a union), not {member!r}"
+                    f"{where}: decide's message parameter must be annotated with contract"
+                    f" classes (one, or a union), not {member!r}"
                 )
             newest = registry.model_for(member.TYPE, registry.latest_version(member.TYPE))
             if newest is not member:
@@ -188,15 +287,42 @@ class Service:
                     f" newest version of {member.TYPE}: {newest.__name__}"
                 )
             models.append(member)
-        if len(parameters) == 3:
-            wanted = hints.get(parameters[2])
+        if "settings" in wants:
+            wanted = hints.get("settings")
             if self.settings is None or wanted is not self.settings:
                 declared = self.settings.__name__ if self.settings else "no settings"
                 raise DeclarationError(
                     f"{where} asks for {wanted!r} as settings; service {self.name} declares"
                     f" {declared}"
                 )
-        return tuple(models), len(parameters) == 3
+        return tuple(models), wants
+
+    def _read_extras(
+        self,
+        where: str,
+        function: Callable[..., Any] | None,
+        shape: tuple[str, ...],
+        allowed: set[str],
+    ) -> frozenset[str]:
+        """The keyword-only parameters ``function`` asks for, after the positional ones
+        ``shape`` names (a decide without load takes the message alone)."""
+        if function is None:
+            return frozenset()
+        parameters = inspect.signature(function).parameters.values()
+        plain = [p for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+        extras = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        name = getattr(function, "__name__", repr(function))
+        if len(plain) != len(shape):
+            raise DeclarationError(
+                f"{where}: {name} must take ({', '.join(shape)}), then keywords only"
+            )
+        unknown = extras - allowed
+        if unknown:
+            raise DeclarationError(
+                f"{where}: {name} asks for {', '.join(sorted(unknown))}; it may ask for"
+                f" {', '.join(sorted(allowed)) or 'nothing more'}"
+            )
+        return frozenset(extras)
 
 
 def _is_union(annotation: Any) -> bool:

@@ -25,7 +25,7 @@ service = Service(
 )
 
 
-@service.handler(when=command_or_choreography)
+@service.legacy_handler(when=command_or_choreography)
 async def create_shipment(
     uow: UnitOfWork, message: CreateShipment | PaymentCompleted, settings: ShippingSettings
 ) -> None:
@@ -60,7 +60,7 @@ async def create_shipment(
     )
 
 
-@service.handler()
+@service.legacy_handler()
 async def cancel_shipment(uow: UnitOfWork, command: CancelShipment) -> None:
     """Cancel the order's shipment once; before any shipment, leave a tombstone instead.
     Choreography never cancels a shipment: it is the saga's last step."""
