@@ -10,7 +10,7 @@ carries the current trace context, without handlers passing ids around.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping, Set
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Set
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -68,6 +68,15 @@ class UnitOfWork:
         envelope = _envelope(send, self.producer, cause)
         self.emitted.append(_outgoing(envelope, send, self.namespace))
         return envelope
+
+    def send(self, items: Iterable[Message | Send]) -> None:
+        """Queue what a decision sends, as the runtime does for a handler's (for work done
+        outside a handler: the orchestrator's deadline watcher)."""
+        cause = self.received.envelope if self.received is not None else None
+        for item in items:
+            send = item if isinstance(item, Send) else Send(item)
+            envelope = _envelope(send, self.producer, cause)
+            self.emitted.append(_outgoing(envelope, send, self.namespace))
 
     async def lock(self, key: str) -> None:
         """Serialise every decision about ``key`` (an order id) until this transaction ends:

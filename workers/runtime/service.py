@@ -223,7 +223,10 @@ class Service:
         return handler
 
     def legacy_handler(
-        self, *, name: str | None = None, when: MessageFilter | None = None,
+        self,
+        *,
+        name: str | None = None,
+        when: MessageFilter | None = None,
         from_replays: bool = False,
     ) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
         """TRANSITION ONLY (issue 17): the old shape, until every service is converted."""
