@@ -45,7 +45,7 @@ def reserve(*items: OrderLine, order_id: str = ORDER, saga: str = "orchestration
     return ReserveStock(
         order_id=order_id,
         items=list(items),
-        saga=saga,  # type: ignore[arg-type]
+        saga=saga,
         customer_id="CUST-1",
         total=total,
         country="DE",
