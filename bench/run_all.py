@@ -1,78 +1,135 @@
 """Every benchmark with small defaults, and one table of the ratios that the goals are set in.
 
 Each benchmark runs as its own process with ``--json`` (in a namespace of its own, torn down
-after), one after the other so they do not compete for the cores; this reads their rows and
-puts each fleet rate beside the baseline it was measured against in the same run:
+after), one after the other so they do not compete for the cores; this checks what each
+printed and puts each fleet rate beside the baseline it was measured against in the same run:
 
 * consumer: the idempotent consumer (one inventory worker in the benchmark's process) beside
-  a bare FastStream consumer at the same prefetch; with the CPU time per message of the
-  process that consumed, for both;
+  the faster of two bare consumers at the same prefetch, aio-pika alone and FastStream
+  without dependency injection (``_support.bare_consumers``); with the CPU time per message
+  of the process that consumed, for all three;
 * sagas: saga messages per second of ``fleet up`` under ``fleet load``, per style, beside the
-  bare consumer; with deliveries and transactions per saga;
-* view: the live projection and a rebuild, events per second, beside the bare consumer;
+  faster bare consumer; with deliveries and transactions per saga;
+* view: the live projection and a rebuild, events per second, beside the faster bare
+  consumer;
 * relay: the outbox relay beside raw pipelined confirmed publishing with aio-pika.
 
-The goals are issue 9's; a ratio is what counts on a shared machine, never an absolute rate.
-Nothing here asserts: it prints, and exits 1 only if a benchmark failed to run.
+The goals are issue 17's ("honest baselines"): each a ratio against the faster bare consumer
+(the relay's against raw publishing), since a ratio is what counts on a shared machine, never
+an absolute rate. Nothing here asserts on time: a run fails (exit 1, naming what failed) when
+a benchmark exits with an error, or its output lacks a row it must print, or a row has an
+error or a rate that is not a positive number.
 
-    uv run python bench/run_all.py [--json]
+``--smoke`` runs every benchmark at a tiny size (seconds each, not minutes) to prove they all
+still run and print every row (CI runs it); its ratios mean nothing.
+
+    uv run python bench/run_all.py [--smoke] [--json]
+
+Adding a benchmark is one entry in ``BENCHMARKS``: its script, its arguments for the full and
+the smoke run, a check of its JSON output and a reader of the table's rows from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _support import show
+from _support import faster, show
 
 HERE = Path(__file__).resolve().parent
 
-# (benchmark script, its small-default arguments)
-RUNS: dict[str, list[str]] = {
-    "consumer": ["consumer_throughput.py", "--messages", "2000", "--prefetch", "20"],
-    "sagas": ["saga_throughput.py", "--orders", "100", "--concurrency", "50"],
-    "view": ["view_throughput.py", "--rebuild-orders", "2000", "--live-orders", "500"],
-    "relay": ["relay_throughput.py", "--messages", "5000", "--runs", "2", "--batch-sizes", "500"],
-}
-GOALS = {"consumer": 0.60, "sagas": 0.35, "live projection": 0.50, "rebuild": 0.40, "relay": 0.90}
+Output = dict[str, Any]  # what a benchmark printed with --json
+Row = dict[str, Any]  # a row of the table (or of a benchmark's output)
 
 
-def run(name: str) -> list[dict[str, Any]]:
-    """The rows benchmark ``name`` prints with --json (its progress goes to our stderr)."""
-    print(f"== {name}: {' '.join(RUNS[name])}", file=sys.stderr, flush=True)
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, str(HERE / RUNS[name][0]), *RUNS[name][1:], "--json"],
-        cwd=HERE.parent,
-        env={**os.environ, "PYTHONPATH": str(HERE)},
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
+@dataclass(frozen=True)
+class Benchmark:
+    """How run_all runs a benchmark, checks its output and reads the table's rows from it."""
+
+    script: str  # in bench/, run with its arguments and --json
+    args: Sequence[str]  # the full run's (small defaults: a few minutes in all)
+    smoke: Sequence[str]  # --smoke's: seconds
+    check: Callable[[Output], list[str]]  # what is wrong with its output (nothing: [])
+    read: Callable[[Output], list[Row]]  # its rows of the table
+
+
+GOALS = {"consumer": 0.50, "sagas": 0.25, "live projection": 0.40, "rebuild": 0.35, "relay": 0.90}
+TIMEOUT = {"full": 3_600.0, "smoke": 600.0}  # seconds a benchmark may take before it is stopped
+
+
+# --- Checks: what a benchmark must print. ------------------------------------------------
+
+
+def rows_present(rate: str, *methods: str) -> Callable[[Output], list[str]]:
+    """A check of a benchmark whose output has ``rows``: a row whose method starts with each
+    of ``methods``, each with a positive number as its ``rate``; no row with an error."""
+
+    def check(output: Output) -> list[str]:
+        rows = output.get("rows")
+        if not isinstance(rows, list):
+            return ["its output has no rows"]
+        problems = []
+        for method in methods:
+            found = [row for row in rows if str(row.get("method", "")).startswith(method)]
+            if not found:
+                problems.append(f"no row {method!r}")
+            for row in found:
+                if not _positive(row.get(rate)):
+                    problems.append(f"{row['method']}: {rate} is {row.get(rate)!r}")
+        problems += [f"{row.get('method')}: {row['error']}" for row in rows if row.get("error")]
+        return problems
+
+    return check
+
+
+def _positive(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
     )
-    print(f"== {name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-    rows: list[dict[str, Any]] = json.loads(result.stdout)["rows"]
-    return rows
+
+
+# --- Readers: a benchmark's rows of the table. --------------------------------------------
+
+
+def bare(rows: list[Row], rate: str) -> Row:
+    """The faster of the bare consumers' rows (by ``rate``): the baseline."""
+    baseline = faster([row for row in rows if "bare" in row["method"]], rate)
+    if baseline is None:
+        raise LookupError("no bare consumer measured")
+    return baseline
+
+
+def first(rows: list[Row], method: str) -> Row:
+    found = next((row for row in rows if row["method"].startswith(method)), None)
+    if found is None:
+        raise LookupError(f"no row {method!r}")
+    return found
 
 
 def ratio_row(
-    name: str,
-    fleet: float | None,
-    baseline: float | None,
-    unit: str,
-    goal: float,
-    **extra: Any,
-) -> dict[str, Any]:
-    ratio = fleet / baseline if fleet and baseline else None
+    name: str, fleet: float | None, baseline: Row, rate: str, unit: str, goal: float, **extra: Any
+) -> Row:
+    base = baseline.get(rate)
+    ratio = fleet / base if fleet and base else None
     return {
         "benchmark": name,
         "fleet": round(fleet) if fleet else None,
-        "baseline": round(baseline) if baseline else None,
+        "baseline": round(base) if base else None,
+        "baseline method": baseline["method"],
         "unit": unit,
         "ratio": f"{ratio:.0%}" if ratio is not None else None,
         "goal": f">= {goal:.0%}",
@@ -81,37 +138,40 @@ def ratio_row(
     }
 
 
-def cpu_ms_per_message(row: dict[str, Any]) -> float | None:
-    cpu, count = row.get("cpu s"), row.get("messages")
-    return round(cpu / count * 1000, 2) if cpu and count else None
+def cpu_ms(row: Row) -> float | None:
+    value = row.get("cpu ms/msg")
+    return round(value, 2) if value else None
 
 
-def consumer_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    bare = next(r for r in rows if r["method"].startswith("bare"))
-    fleet = next(r for r in rows if r["method"].startswith("fleet"))
+def consumer_rows(output: Output) -> list[Row]:
+    rows = output["rows"]
+    fleet = first(rows, "fleet consumer")
     return [
         ratio_row(
             f"consumer, prefetch {fleet['prefetch']}",
             fleet.get("msg/s"),
-            bare.get("msg/s"),
+            bare(rows, "msg/s"),
+            "msg/s",
             "msg/s",
             GOALS["consumer"],
             **{
-                "fleet cpu ms/msg": cpu_ms_per_message(fleet),
-                "bare cpu ms/msg": cpu_ms_per_message(bare),
-                "error": fleet.get("error") or bare.get("error"),
+                "fleet cpu ms/msg": cpu_ms(fleet),
+                "aio-pika cpu ms/msg": cpu_ms(first(rows, "bare aio-pika")),
+                "faststream cpu ms/msg": cpu_ms(first(rows, "bare faststream")),
             },
         )
     ]
 
 
-def saga_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    bare = next(r for r in rows if r["method"].startswith("bare"))
+def saga_rows(output: Output) -> list[Row]:
+    rows = output["rows"]
+    baseline = bare(rows, "messages/s")
     return [
         ratio_row(
             "sagas, " + row["method"].removeprefix("fleet, ").removesuffix(" sagas"),
             row.get("messages/s"),
-            bare.get("messages/s"),
+            baseline,
+            "messages/s",
             "saga msg/s",
             GOALS["sagas"],
             **{
@@ -124,75 +184,211 @@ def saga_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def view_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    bare = next(r for r in rows if r["method"].startswith("bare"))
-    found = []
-    for row in rows:
-        if "projection" in row["method"]:
-            name, goal = "view, live projection", GOALS["live projection"]
-        elif "rebuild" in row["method"]:
-            name, goal = f"view, rebuild of {row['orders']} orders", GOALS["rebuild"]
-        else:
-            continue
-        found.append(ratio_row(name, row.get("events/s"), bare.get("events/s"), "events/s", goal))
-    return found
+def view_rows(output: Output) -> list[Row]:
+    rows = output["rows"]
+    baseline = bare(rows, "events/s")
+    live = first(rows, "order_view projection")
+    rebuild = first(rows, "fleet view rebuild")
+    return [
+        ratio_row(
+            "view, live projection",
+            live.get("events/s"),
+            baseline,
+            "events/s",
+            "events/s",
+            GOALS["live projection"],
+        ),
+        ratio_row(
+            f"view, rebuild of {rebuild['orders']} orders",
+            rebuild.get("events/s"),
+            baseline,
+            "events/s",
+            "events/s",
+            GOALS["rebuild"],
+        ),
+    ]
 
 
-def relay_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    raw = next(r for r in rows if r["method"].startswith("raw"))
-    relay = next(r for r in rows if r["method"].startswith("relay"))
+def relay_rows(output: Output) -> list[Row]:
+    rows = output["rows"]
+    relay = first(rows, "relay")
     return [
         ratio_row(
             f"relay, batch {relay['batch']}",
             relay.get("msg/s"),
-            raw.get("msg/s"),
+            first(rows, "raw"),
+            "msg/s",
             "msg/s",
             GOALS["relay"],
-            error=relay.get("error") or raw.get("error"),
         )
     ]
 
 
-READERS = {"consumer": consumer_rows, "sagas": saga_rows, "view": view_rows, "relay": relay_rows}
+# --- The benchmarks. ----------------------------------------------------------------------
+
+BARE = ("bare aio-pika", "bare faststream")
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "consumer": Benchmark(
+        "consumer_throughput.py",
+        ["--messages", "2000", "--prefetch", "20"],
+        ["--messages", "200", "--prefetch", "20"],
+        rows_present("msg/s", *BARE, "fleet consumer"),
+        consumer_rows,
+    ),
+    "sagas": Benchmark(
+        "saga_throughput.py",
+        ["--orders", "100", "--concurrency", "50"],
+        ["--orders", "10", "--concurrency", "10"],
+        rows_present("messages/s", *BARE, "fleet, orchestration", "fleet, choreography"),
+        saga_rows,
+    ),
+    "view": Benchmark(
+        "view_throughput.py",
+        ["--rebuild-orders", "2000", "--live-orders", "500"],
+        ["--rebuild-orders", "100", "--live-orders", "50", "--bare-messages", "200"],
+        rows_present("events/s", *BARE, "order_view projection", "fleet view rebuild"),
+        view_rows,
+    ),
+    "relay": Benchmark(
+        "relay_throughput.py",
+        ["--messages", "5000", "--runs", "2", "--batch-sizes", "500"],
+        ["--messages", "300", "--runs", "1", "--batch-sizes", "500"],
+        rows_present("msg/s", "raw (batch 500)", "relay (batch 500)"),
+        relay_rows,
+    ),
+    # A benchmark whose output is not ``rows`` brings a check and a reader of its own, e.g.
+    # the soak (its JSON has ``slices`` and ``summary``):
+    # "soak": Benchmark("soak.py", ["--sagas", "2000"], ["--sagas", "20"], soak_check, soak_rows),
+}
 
 
-def main(as_json: bool) -> int:
-    table: list[dict[str, Any]] = []
-    failed = False
-    for name, read in READERS.items():
-        try:
-            table += read(run(name))
-        except (subprocess.CalledProcessError, json.JSONDecodeError, StopIteration) as error:
-            failed = True
-            table.append({"benchmark": name, "error": f"{type(error).__name__}: {error}"})
-    show(
-        "fleet benchmarks: each fleet rate beside its baseline, measured in the same run",
-        [
-            "benchmark",
-            "fleet",
-            "baseline",
-            "unit",
-            "ratio",
-            "goal",
-            "met",
-            "fleet cpu ms/msg",
-            "bare cpu ms/msg",
-            "deliveries/saga",
-            "transactions/saga",
-        ],
-        [{"method": row["benchmark"], **row} for row in table],
-        as_json,
-        width=180,
+# --- Running them. ------------------------------------------------------------------------
+
+
+def run(name: str, benchmark: Benchmark, mode: str) -> tuple[Output | None, list[str]]:
+    """What ``benchmark`` printed with --json, and what went wrong running it; its progress
+    goes to our stderr. Past its timeout, or on Ctrl-C, it is interrupted as Ctrl-C would
+    (it tears its namespace down), and killed only if it does not end within a minute."""
+    args = benchmark.smoke if mode == "smoke" else benchmark.args
+    print(f"== {name}: {benchmark.script} {' '.join(args)}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / benchmark.script), *args, "--json"],
+        cwd=HERE.parent,
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+        stdout=subprocess.PIPE,
+        text=True,
+        # Ctrl-C as the benchmark expects it, even where ours is ignored (a background job).
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
+    )
+    problems = []
+    try:
+        stdout, _ = process.communicate(timeout=TIMEOUT[mode])
+    except subprocess.TimeoutExpired:
+        problems.append(f"still running after {TIMEOUT[mode]:.0f} s: interrupted")
+        stdout = _interrupt(process)
+    except KeyboardInterrupt:
+        _interrupt(process, grace=2.0)
+        raise
+    seconds = time.monotonic() - started
+    print(f"== {name}: {seconds:.0f} s, exit {process.returncode}", file=sys.stderr, flush=True)
+    if process.returncode != 0:
+        problems.append(f"exited with {process.returncode}")
+    try:
+        output = json.loads(stdout)
+    except json.JSONDecodeError:
+        return None, [*problems, "printed no JSON"]
+    return output, problems + benchmark.check(output)
+
+
+def _interrupt(process: subprocess.Popen[str], grace: float = 0.0) -> str:
+    """Stop ``process`` as Ctrl-C does (after ``grace`` seconds: a Ctrl-C at the terminal
+    reached it already); what it printed."""
+    try:
+        return process.communicate(timeout=grace)[0]
+    except subprocess.TimeoutExpired:
+        pass
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        print(f"killed pid {process.pid}: its namespace may be left behind", file=sys.stderr)
+        return process.communicate()[0]
+
+
+COLUMNS = [
+    "benchmark",
+    "fleet",
+    "baseline",
+    "baseline method",
+    "unit",
+    "ratio",
+    "goal",
+    "met",
+    "fleet cpu ms/msg",
+    "aio-pika cpu ms/msg",
+    "faststream cpu ms/msg",
+    "deliveries/saga",
+    "transactions/saga",
+]
+
+
+def main(mode: str, as_json: bool) -> int:
+    started = time.monotonic()
+    table: list[Row] = []
+    failed: dict[str, list[str]] = {}
+    for name, benchmark in BENCHMARKS.items():
+        output, problems = run(name, benchmark, mode)
+        rows: list[Row] = []
+        if output is not None:
+            try:
+                rows = benchmark.read(output)
+            except (KeyError, LookupError, TypeError) as error:
+                problems.append(f"its rows cannot be read: {type(error).__name__}: {error}")
+        if problems:
+            failed[name] = problems
+        table += rows or [{"benchmark": name}]
+        if problems:
+            table[-1]["error"] = "; ".join(problems)
+    if mode == "smoke":
+        for row in table:
+            row["met"] = None  # tiny sizes: no ratio means anything
+    title = (
+        "fleet benchmarks, smoke run (tiny sizes: they run, they print every row; "
+        "the ratios mean nothing)"
+        if mode == "smoke"
+        else "fleet benchmarks: each fleet rate beside the faster baseline, in the same run"
+    )
+    rows = [{"method": row["benchmark"], **row} for row in table]
+    if as_json:
+        sys.stdout.write(json.dumps({"title": title, "rows": rows, "failed": failed}, indent=2))
+        sys.stdout.write("\n")
+    else:
+        show(title, COLUMNS, rows, as_json=False, width=220)
+    seconds = time.monotonic() - started
+    if as_json:  # the table names them otherwise
+        for name, problems in failed.items():
+            print(f"FAILED {name}: {'; '.join(problems)}", file=sys.stderr)
+    verdict = f"failed: {', '.join(failed)}" if failed else "all ran"
+    print(
+        f"{mode} run of {len(BENCHMARKS)} benchmarks, {verdict} ({seconds:.0f} s)", file=sys.stderr
     )
     return 1 if failed else 0
 
 
 def cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every benchmark at a tiny size: check that each runs and prints all its rows",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     try:
-        sys.exit(main(args.json))
+        sys.exit(main("smoke" if args.smoke else "full", args.json))
     except KeyboardInterrupt:
         sys.exit(130)
 
