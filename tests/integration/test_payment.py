@@ -310,6 +310,32 @@ async def test_a_refund_of_a_refused_charge_answers_zero_in_the_order_s_currency
     assert row is not None and row["status"] == "refused"
 
 
+async def test_a_refund_of_a_charge_to_a_customer_without_an_account_is_dead_lettered(
+    seeded: Fleet,
+) -> None:
+    fleet = seeded
+    order_id = new_id()
+    # No handler charges a customer without an account: a row an operator left behind.
+    async with fleet.unit_of_work("payment") as uow:
+        await uow.conn.execute(
+            "INSERT INTO payments (order_id, payment_id, customer_id, amount, currency, status)"
+            " VALUES ($1, $2, 'payment-gone', 1.00, 'EUR', 'charged')",
+            order_id,
+            new_id(),
+        )
+    async with (
+        fleet.worker(catalog.load("payment"), with_relay=False),
+        fleet.publisher() as publisher,
+    ):
+        await publisher.publish(outgoing(refund_command(order_id), queue=refund_queue(fleet)))
+        letter = await wait_for(lambda: fleet.dead_letter(refund_queue(fleet), order_id))
+    assert letter.headers["x-error-type"] == "PermanentError"
+    assert "charged to payment-gone, who has no account" in letter.headers["x-error-message"]
+    assert await emitted(fleet, "payment.refunded", order_id) == []
+    row = await payment_row(fleet, order_id)
+    assert row is not None and row["status"] == "charged"
+
+
 async def test_in_choreography_stock_reserved_leads_to_a_charge(seeded: Fleet) -> None:
     fleet = seeded
     order_id = new_id()

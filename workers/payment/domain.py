@@ -1,10 +1,15 @@
 """The payment's rules, free of I/O: what a charge or a refund does to an account.
 
+    books = Books(payments={...}, accounts={"CUST-1": Account(...)})  # what store.load_books read
+    decision = charge_payment(books, command)                          # changes and the reply
+
 Money is ``Decimal`` in whole cents (two decimals) with a currency; never a float.
 
 Every decision is keyed by the order id and can be asked again: at most one charge per order,
 and asking to charge an order that is already charged answers with the recorded payment
-without a second charge. A refund gives the charged amount back once.
+without a second charge. A refund gives the charged amount back once. An order's payment id
+is derived from its order id, so every row of an order (a charge, a refusal, a tombstone)
+has the same one, whichever process decided it.
 
 A refund can arrive before its charge (a saga compensating a step whose command is still in
 flight). It then leaves a tombstone, a ``refunded`` payment with no amount, so that the late
@@ -20,9 +25,24 @@ in choreography a ``payment.completed`` would ship a cancelled order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Literal
+
+from contracts import (
+    ChargePayment,
+    Money,
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRefunded,
+    RefundPayment,
+    ShipmentFailed,
+    StockReserved,
+)
+from workers.runtime.decision import Decision
+from workers.runtime.errors import PermanentError
 
 Status = Literal["charged", "refused", "refunded"]
 
@@ -34,6 +54,21 @@ ZERO = Decimal("0.00")
 
 REFUNDED_BEFORE_CHARGED = "the payment was refunded (the order cancelled) before it was charged"
 ALREADY_REFUNDED = "the payment was already refunded"
+
+# What asks for a charge, and what asks for a refund (in choreography, a reserved stock is
+# charged and a failed shipment refunded).
+ChargeRequest = ChargePayment | StockReserved
+RefundRequest = RefundPayment | ShipmentFailed
+
+# The namespace of payment ids (uuid5 of the order id). Never change it: an order's payment
+# id must be the same in every process and every release, or a repeated request would name
+# another payment.
+PAYMENT_IDS = uuid.UUID("b03df4a5-5b81-4d38-b387-267d5b8531df")
+
+
+def payment_id_for(order_id: str) -> str:
+    """The id of the order's payment (one per order, whatever happened to it)."""
+    return str(uuid.uuid5(PAYMENT_IDS, order_id))
 
 
 @dataclass(frozen=True)
@@ -73,82 +108,14 @@ def to_cents(amount: Decimal) -> Decimal | None:
     return abs(cents) if cents == 0 else cents  # no "-0.00"
 
 
-# Decisions on a charge request.
-@dataclass(frozen=True)
-class Charge:
-    """Take ``amount`` from the account."""
-
-    amount: Decimal
-    currency: str
+# --- Changes: what a decision does to the books (store.write_books stores them). --------
 
 
 @dataclass(frozen=True)
-class AlreadyCharged:
-    payment_id: str
-    amount: Decimal
-    currency: str
+class Charged:
+    """``amount`` is taken from the customer's account for the order."""
 
-
-@dataclass(frozen=True)
-class Refuse:
-    """A business refusal: nothing is charged (nothing changes but the record)."""
-
-    reason: str
-    new: bool  # False when the refusal was already recorded and is only repeated
-    # The amount to record with a new refusal (None when the amount itself is invalid).
-    amount: Decimal | None = None
-
-
-ChargeDecision = Charge | AlreadyCharged | Refuse
-
-
-def decide_charge(
-    existing: Payment | None,
-    account: Account | None,
-    customer_id: str,
-    amount: Decimal,
-    currency: str,
-) -> ChargeDecision:
-    """``account`` is the customer's account (None if there is none); it is only read when
-    there is no payment for the order yet."""
-    if existing is not None:
-        if existing.status == "charged":
-            assert existing.amount is not None and existing.currency is not None
-            return AlreadyCharged(existing.payment_id, existing.amount, existing.currency)
-        if existing.is_tombstone:
-            return Refuse(REFUNDED_BEFORE_CHARGED, new=False)
-        if existing.status == "refunded":
-            return Refuse(ALREADY_REFUNDED, new=False)
-        return Refuse(existing.reason or "the payment was refused", new=False)
-    cents = to_cents(amount)
-    if cents is None:
-        return Refuse(f"invalid amount: {amount} {currency}", new=True)
-    if cents < 0:
-        return Refuse(f"invalid amount: {cents} {currency} is negative", new=True)
-    if account is None:
-        return Refuse(f"unknown customer: {customer_id}", new=True, amount=cents)
-    if account.currency != currency:
-        return Refuse(
-            f"currency mismatch: the charge is in {currency}, the account of {customer_id}"
-            f" is in {account.currency}",
-            new=True,
-            amount=cents,
-        )
-    if account.balance < cents:
-        return Refuse(
-            f"insufficient funds: balance {account.balance} {account.currency},"
-            f" charge {cents} {currency}",
-            new=True,
-            amount=cents,
-        )
-    return Charge(cents, currency)
-
-
-# Decisions on a refund request.
-@dataclass(frozen=True)
-class Refund:
-    """Give ``amount`` back to ``customer_id``'s account."""
-
+    order_id: str
     payment_id: str
     customer_id: str
     amount: Decimal
@@ -156,48 +123,233 @@ class Refund:
 
 
 @dataclass(frozen=True)
-class AlreadyRefunded:
+class Refused:
+    """The charge is refused: only the refusal is recorded (``amount`` None when the amount
+    itself was invalid)."""
+
+    order_id: str
     payment_id: str
-    amount: Decimal
+    customer_id: str
+    amount: Decimal | None
     currency: str
+    reason: str
 
 
 @dataclass(frozen=True)
-class LeaveTombstone:
-    """Nothing was charged yet: remember the refund so a late charge is refused. Answered
-    with a zero refund."""
+class Refunded:
+    """The charged ``amount`` goes back to the customer's account."""
 
-    amount: Decimal = ZERO
-    currency: str = DEFAULT_CURRENCY
+    order_id: str
+    payment_id: str
+    customer_id: str
+    amount: Decimal
+    currency: str
+    reason: str
 
 
 @dataclass(frozen=True)
-class NothingCharged:
-    """The charge was refused, or this is a tombstone already: answer with a zero refund."""
+class TombstoneLeft:
+    """Refunded before anything was charged: remembered, so the late charge is refused."""
 
+    order_id: str
     payment_id: str
+    reason: str
+
+
+Change = Charged | Refused | Refunded | TombstoneLeft
+
+
+def payment_after(change: Change) -> Payment:
+    """The order's payment as ``change`` leaves it."""
+    match change:
+        case Charged(order_id, payment_id, customer_id, amount, currency):
+            return Payment(order_id, payment_id, customer_id, amount, currency, "charged", None)
+        case Refused(order_id, payment_id, customer_id, amount, currency, reason):
+            return Payment(order_id, payment_id, customer_id, amount, currency, "refused", reason)
+        case Refunded(order_id, payment_id, customer_id, amount, currency, reason):
+            return Payment(order_id, payment_id, customer_id, amount, currency, "refunded", reason)
+        case TombstoneLeft(order_id, payment_id, reason):
+            return Payment(order_id, payment_id, None, None, None, "refunded", reason)
+
+
+@dataclass(frozen=True)
+class Movement:
+    """Money moved on an account for an order (a line of the ledger): a charge takes
+    ``amount``, a refund gives it back."""
+
+    customer_id: str
+    order_id: str
+    kind: Literal["charge", "refund"]
     amount: Decimal
-    currency: str
+
+    @property
+    def delta(self) -> Decimal:
+        """What the movement does to the balance."""
+        return -self.amount if self.kind == "charge" else self.amount
 
 
-RefundDecision = Refund | AlreadyRefunded | LeaveTombstone | NothingCharged
+def movement_of(change: Change) -> Movement | None:
+    """The money ``change`` moves, if any."""
+    match change:
+        case Charged(order_id, _, customer_id, amount, _):
+            return Movement(customer_id, order_id, "charge", amount)
+        case Refunded(order_id, _, customer_id, amount, _, _):
+            return Movement(customer_id, order_id, "refund", amount)
+    return None
 
 
-def decide_refund(existing: Payment | None) -> RefundDecision:
+@dataclass(frozen=True)
+class Books:
+    """What a batch decides on: the payments of its orders (absent: none yet) and the
+    accounts it charges or refunds (absent: no such account)."""
+
+    payments: Mapping[str, Payment] = field(default_factory=dict)
+    accounts: Mapping[str, Account] = field(default_factory=dict)
+
+    def apply(self, change: Change) -> Books:
+        payments = {**self.payments, change.order_id: payment_after(change)}
+        movement = movement_of(change)
+        if movement is None:
+            return Books(payments, self.accounts)
+        account = self.accounts[movement.customer_id]
+        moved = replace(account, balance=account.balance + movement.delta)
+        return Books(payments, {**self.accounts, moved.customer_id: moved})
+
+
+# --- Decisions. ------------------------------------------------------------------------
+
+
+def charge_payment(books: Books, request: ChargeRequest) -> Decision[Change]:
+    """Charge once per order; insufficient funds, an unknown customer, another currency than
+    the account's or an invalid amount is a refusal event, not an error. In choreography the
+    charge follows ``stock.reserved``; an orchestrated order waits for the orchestrator's
+    command. Asked again, it answers as it did the first time."""
+    order_id = request.order_id
+    existing = books.payments.get(order_id)
+    if existing is not None:
+        if existing.status == "charged":
+            assert existing.amount is not None and existing.currency is not None
+            completed = _completed(request, existing.payment_id, existing.amount, existing.currency)
+            return Decision(send=(completed,))
+        return Decision(send=(_failed(request, _refused_before(existing)),))
+    asked = _amount_asked(request)
+    cents = to_cents(asked.amount)
+    if cents is None:
+        return _refuse(request, f"invalid amount: {asked.amount} {asked.currency}", None)
+    if cents < 0:
+        return _refuse(request, f"invalid amount: {cents} {asked.currency} is negative", None)
+    account = books.accounts.get(request.customer_id)
+    reason = _unpayable(account, request.customer_id, cents, asked.currency)
+    if reason is not None:
+        return _refuse(request, reason, cents)
+    change = Charged(order_id, payment_id_for(order_id), request.customer_id, cents, asked.currency)
+    return Decision(
+        changes=(change,), send=(_completed(request, change.payment_id, cents, asked.currency),)
+    )
+
+
+def _amount_asked(request: ChargeRequest) -> Money:
+    return request.total if isinstance(request, StockReserved) else request.amount
+
+
+def _refused_before(existing: Payment) -> str:
+    if existing.is_tombstone:
+        return REFUNDED_BEFORE_CHARGED
+    if existing.status == "refunded":
+        return ALREADY_REFUNDED
+    return existing.reason or "the payment was refused"
+
+
+def _unpayable(
+    account: Account | None, customer_id: str, cents: Decimal, currency: str
+) -> str | None:
+    """Why ``account`` cannot pay ``cents`` (a valid amount) in ``currency``; None when it
+    can."""
+    if account is None:
+        return f"unknown customer: {customer_id}"
+    if account.currency != currency:
+        return (
+            f"currency mismatch: the charge is in {currency}, the account of {customer_id}"
+            f" is in {account.currency}"
+        )
+    if account.balance < cents:
+        return (
+            f"insufficient funds: balance {account.balance} {account.currency},"
+            f" charge {cents} {currency}"
+        )
+    return None
+
+
+def _refuse(request: ChargeRequest, reason: str, amount: Decimal | None) -> Decision[Change]:
+    """The refusal recorded with ``amount`` (None when the amount itself is invalid)."""
+    order_id = request.order_id
+    currency = _amount_asked(request).currency
+    change = Refused(
+        order_id, payment_id_for(order_id), request.customer_id, amount, currency, reason
+    )
+    return Decision(changes=(change,), send=(_failed(request, reason),))
+
+
+def _completed(
+    request: ChargeRequest, payment_id: str, amount: Decimal, currency: str
+) -> PaymentCompleted:
+    return PaymentCompleted(
+        order_id=request.order_id,
+        payment_id=payment_id,
+        amount=_money(amount, currency),
+        saga=request.saga,
+        country=request.country,
+        items=request.items,
+    )
+
+
+def _failed(request: ChargeRequest, reason: str) -> PaymentFailed:
+    return PaymentFailed(order_id=request.order_id, reason=reason, saga=request.saga)
+
+
+def refund_payment(books: Books, request: RefundRequest) -> Decision[Change]:
+    """Give the charge back once; before any charge, leave a tombstone instead. Every refund
+    is answered with ``payment.refunded`` (zero when nothing was charged). In choreography the
+    refund follows ``shipment.failed``; an orchestrated one is the orchestrator's to act on.
+    A charge to a customer who has no account (any more) can never be refunded: an error."""
+    order_id = request.order_id
+    if isinstance(request, ShipmentFailed):
+        reason = f"shipment failed: {request.reason}"
+    else:
+        reason = request.reason
+    existing = books.payments.get(order_id)
     if existing is None:
-        return LeaveTombstone()
+        tombstone = TombstoneLeft(order_id, payment_id_for(order_id), reason)
+        zero = _refunded(request, tombstone.payment_id, ZERO, DEFAULT_CURRENCY)
+        return Decision(changes=(tombstone,), send=(zero,))
     currency = existing.currency or DEFAULT_CURRENCY
     if existing.status == "charged":
-        assert existing.amount is not None and existing.customer_id is not None
-        return Refund(existing.payment_id, existing.customer_id, existing.amount, currency)
+        assert existing.customer_id is not None and existing.amount is not None
+        if existing.customer_id not in books.accounts:
+            raise PermanentError(
+                f"order {order_id} was charged to {existing.customer_id}, who has no account"
+            )
+        change = Refunded(
+            order_id, existing.payment_id, existing.customer_id, existing.amount, currency, reason
+        )
+        given_back = _refunded(request, existing.payment_id, existing.amount, currency)
+        return Decision(changes=(change,), send=(given_back,))
     if existing.status == "refunded" and existing.amount is not None:
-        return AlreadyRefunded(existing.payment_id, existing.amount, currency)
-    return NothingCharged(existing.payment_id, ZERO, currency)
+        return Decision(send=(_refunded(request, existing.payment_id, existing.amount, currency),))
+    # The charge was refused, or this is a tombstone already: nothing was charged.
+    return Decision(send=(_refunded(request, existing.payment_id, ZERO, currency),))
 
 
-def balance_after(account: Account, decision: Charge | Refund) -> Decimal:
-    """The account's balance once ``decision`` is applied (never negative for a Charge that
-    ``decide_charge`` made from this account)."""
-    if isinstance(decision, Charge):
-        return account.balance - decision.amount
-    return account.balance + decision.amount
+def _refunded(
+    request: RefundRequest, payment_id: str, amount: Decimal, currency: str
+) -> PaymentRefunded:
+    return PaymentRefunded(
+        order_id=request.order_id,
+        payment_id=payment_id,
+        amount=_money(amount, currency),
+        saga=request.saga,
+    )
+
+
+def _money(amount: Decimal, currency: str) -> Money:
+    return Money.of(format(amount, "f"), currency)

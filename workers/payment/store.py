@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 
 import asyncpg
 import sqlalchemy as sa
 
-from workers.payment.domain import Account, Payment, to_cents
+from workers.payment.domain import (
+    ZERO,
+    Account,
+    Books,
+    Change,
+    ChargeRequest,
+    Movement,
+    Payment,
+    RefundRequest,
+    movement_of,
+    payment_after,
+    to_cents,
+)
 
 metadata = sa.MetaData()
 
@@ -77,99 +91,119 @@ sa.Index("ix_payment_ledger_customer_id", payment_ledger.c.customer_id)
 sa.Index("ix_payment_ledger_order_id", payment_ledger.c.order_id)
 
 
-# --- Reads and writes, in the caller's transaction (asyncpg, one round trip each). -----
+# --- A batch's load and write, in the caller's transaction (asyncpg). -----------------
 
-
-async def load_payment(conn: asyncpg.Connection, order_id: str) -> Payment | None:
-    row = await conn.fetchrow(
-        "SELECT order_id, payment_id, customer_id, amount, currency, status, reason"
-        " FROM payments WHERE order_id = $1",
-        order_id,
+# The batch's payments, and the accounts of the customers it charges and of the charged
+# payments it refunds, rows locked in customer order (two batches never deadlock over
+# them): one statement. An account is a row with no order id.
+_LOAD_BOOKS = """
+WITH batch_payments AS (
+    SELECT order_id, payment_id, customer_id, amount, currency, status, reason
+    FROM payments WHERE order_id = ANY($1::text[])
+), account_rows AS (
+    SELECT customer_id, balance, currency FROM accounts
+    WHERE customer_id = ANY($2::text[]) OR customer_id IN (
+        SELECT customer_id FROM batch_payments
+        WHERE status = 'charged' AND order_id = ANY($3::text[])
     )
-    return None if row is None else Payment(**dict(row))
-
-
-async def lock_account(conn: asyncpg.Connection, customer_id: str) -> Account | None:
-    """The customer's account, its row locked until the transaction ends."""
-    row = await conn.fetchrow(
-        "SELECT balance, currency FROM accounts WHERE customer_id = $1 FOR UPDATE", customer_id
-    )
-    return None if row is None else Account(customer_id, row["balance"], row["currency"])
-
-
-# A balance set, and the movement written to the ledger, in one statement.
-_SET_BALANCE = """
-WITH updated AS (
-    UPDATE accounts SET balance = $2 WHERE customer_id = $1
+    ORDER BY customer_id FOR UPDATE
 )
-INSERT INTO payment_ledger (customer_id, order_id, kind, amount) VALUES ($1, $3, $4, $5)
+SELECT order_id, payment_id, customer_id, amount, currency, status, reason,
+       NULL::numeric AS balance
+FROM batch_payments
+UNION ALL
+SELECT NULL, NULL, customer_id, NULL, currency, NULL, NULL, balance FROM account_rows
 """
 
-_INSERT_PAYMENT = """
-INSERT INTO payments (order_id, payment_id, customer_id, amount, currency, status, reason)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+
+async def load_books(
+    conn: asyncpg.Connection, messages: Sequence[ChargeRequest | RefundRequest]
+) -> Books:
+    """What the batch's decisions need: its orders' payments, and the accounts they charge
+    or may refund, locked."""
+    order_ids = sorted({message.order_id for message in messages})
+    customers = sorted({m.customer_id for m in messages if isinstance(m, ChargeRequest)})
+    refunds = sorted({m.order_id for m in messages if isinstance(m, RefundRequest)})
+    payments: dict[str, Payment] = {}
+    accounts: dict[str, Account] = {}
+    for row in await conn.fetch(_LOAD_BOOKS, order_ids, customers, refunds):
+        if row["order_id"] is None:
+            accounts[row["customer_id"]] = Account(
+                row["customer_id"], row["balance"], row["currency"]
+            )
+        else:
+            payments[row["order_id"]] = Payment(
+                row["order_id"],
+                row["payment_id"],
+                row["customer_id"],
+                row["amount"],
+                row["currency"],
+                row["status"],
+                row["reason"],
+            )
+    return Books(payments, accounts)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A batch's changes as the rows they write: each order's payment as it ends (one row
+    per order, however many changes it had), each customer's change of balance, and the
+    ledger's entries."""
+
+    payments: dict[str, Payment]
+    deltas: dict[str, Decimal]
+    ledger: list[Movement]
+
+
+def rows_of(changes: Sequence[Change]) -> Rows:
+    payments = {change.order_id: payment_after(change) for change in changes}  # the last wins
+    ledger = [movement for change in changes if (movement := movement_of(change)) is not None]
+    deltas: dict[str, Decimal] = {}
+    for movement in ledger:
+        deltas[movement.customer_id] = deltas.get(movement.customer_id, ZERO) + movement.delta
+    return Rows(payments, deltas, ledger)
+
+
+# Payments as they end, the balances they move and the ledger's entries: one statement for
+# the whole batch. Once recorded, only a payment's status and reason change (a refund).
+_WRITE_BOOKS = """
+WITH payment_rows AS (
+    INSERT INTO payments (order_id, payment_id, customer_id, amount, currency, status, reason)
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[], $7::text[]
+    )
+    ON CONFLICT (order_id) DO UPDATE
+    SET status = excluded.status, reason = excluded.reason, updated_at = now()
+), account_rows AS (
+    UPDATE accounts SET balance = accounts.balance + moved.delta
+    FROM unnest($8::text[], $9::numeric[]) AS moved(customer_id, delta)
+    WHERE accounts.customer_id = moved.customer_id
+)
+INSERT INTO payment_ledger (customer_id, order_id, kind, amount)
+SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::numeric[])
 """
 
 
-async def charge(
-    conn: asyncpg.Connection,
-    order_id: str,
-    payment_id: str,
-    account: Account,
-    new_balance: Decimal,
-    amount: Decimal,
-    currency: str,
-) -> None:
-    """Record the charge and take ``amount`` from the (locked) account."""
+async def write_books(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
+    rows = rows_of(changes)
+    payments = list(rows.payments.values())
+    moved = [(customer_id, delta) for customer_id, delta in sorted(rows.deltas.items()) if delta]
     await conn.execute(
-        _INSERT_PAYMENT,
-        order_id,
-        payment_id,
-        account.customer_id,
-        amount,
-        currency,
-        "charged",
-        None,
+        _WRITE_BOOKS,
+        [payment.order_id for payment in payments],
+        [payment.payment_id for payment in payments],
+        [payment.customer_id for payment in payments],
+        [payment.amount for payment in payments],
+        [payment.currency for payment in payments],
+        [payment.status for payment in payments],
+        [payment.reason for payment in payments],
+        [customer_id for customer_id, _ in moved],
+        [delta for _, delta in moved],
+        [entry.customer_id for entry in rows.ledger],
+        [entry.order_id for entry in rows.ledger],
+        [entry.kind for entry in rows.ledger],
+        [entry.amount for entry in rows.ledger],
     )
-    await conn.execute(_SET_BALANCE, account.customer_id, new_balance, order_id, "charge", amount)
-
-
-async def refuse(
-    conn: asyncpg.Connection,
-    order_id: str,
-    payment_id: str,
-    customer_id: str,
-    amount: Decimal | None,
-    currency: str,
-    reason: str,
-) -> None:
-    await conn.execute(
-        _INSERT_PAYMENT, order_id, payment_id, customer_id, amount, currency, "refused", reason
-    )
-
-
-async def refund(
-    conn: asyncpg.Connection,
-    order_id: str,
-    account: Account,
-    new_balance: Decimal,
-    amount: Decimal,
-    reason: str,
-) -> None:
-    """Give ``amount`` back to the (locked) account and mark the payment refunded."""
-    await conn.execute(_SET_BALANCE, account.customer_id, new_balance, order_id, "refund", amount)
-    await conn.execute(
-        "UPDATE payments SET status = 'refunded', reason = $2, updated_at = now()"
-        " WHERE order_id = $1",
-        order_id,
-        reason,
-    )
-
-
-async def leave_tombstone(
-    conn: asyncpg.Connection, order_id: str, payment_id: str, reason: str
-) -> None:
-    await conn.execute(_INSERT_PAYMENT, order_id, payment_id, None, None, None, "refunded", reason)
 
 
 _SEED_CUSTOMER = """

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 import sqlalchemy as sa
 
-from workers.shipping.domain import Shipment
+from contracts import CancelShipment
+from workers.shipping.domain import Change, CreationRequest, Shipment, Shipments, shipment_after
 
 metadata = sa.MetaData()
 
@@ -36,42 +39,46 @@ shipments = sa.Table(
 )
 
 
-# --- Reads and writes, in the caller's transaction (asyncpg, one round trip each). -----
+# --- A batch's load and write, in the caller's transaction (asyncpg). -----------------
+# No row locks: a shipment is one order's row, and the runtime holds each order's lock.
 
 
-async def load_shipment(conn: asyncpg.Connection, order_id: str) -> Shipment | None:
-    row = await conn.fetchrow(
+async def load_shipments(
+    conn: asyncpg.Connection, messages: Sequence[CreationRequest | CancelShipment]
+) -> Shipments:
+    """What the batch's decisions need: its orders' shipments."""
+    rows = await conn.fetch(
         "SELECT order_id, shipment_id, tracking_number, country, status, reason"
-        " FROM shipments WHERE order_id = $1",
-        order_id,
+        " FROM shipments WHERE order_id = ANY($1::text[])",
+        sorted({message.order_id for message in messages}),
     )
-    return None if row is None else Shipment(**dict(row))
+    return Shipments({row["order_id"]: Shipment(**dict(row)) for row in rows})
 
 
-_INSERT = """
+def rows_of(changes: Sequence[Change]) -> list[Shipment]:
+    """Each order's shipment as the batch's changes leave it (one row per order, however
+    many changes it had)."""
+    return list({change.order_id: shipment_after(change) for change in changes}.values())
+
+
+# Shipments as they end: one statement for the whole batch. Once recorded, only a
+# shipment's status and reason change (a cancellation).
+_WRITE_SHIPMENTS = """
 INSERT INTO shipments (order_id, shipment_id, tracking_number, country, status, reason)
-VALUES ($1, $2, $3, $4, $5, $6)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+ON CONFLICT (order_id) DO UPDATE
+SET status = excluded.status, reason = excluded.reason, updated_at = now()
 """
 
 
-async def create(
-    conn: asyncpg.Connection, order_id: str, shipment_id: str, tracking_number: str, country: str
-) -> None:
-    await conn.execute(_INSERT, order_id, shipment_id, tracking_number, country, "created", None)
-
-
-async def refuse(conn: asyncpg.Connection, order_id: str, country: str, reason: str) -> None:
-    await conn.execute(_INSERT, order_id, None, None, country, "refused", reason)
-
-
-async def cancel(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
+async def write_shipments(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
+    rows = rows_of(changes)
     await conn.execute(
-        "UPDATE shipments SET status = 'cancelled', reason = $2, updated_at = now()"
-        " WHERE order_id = $1",
-        order_id,
-        reason,
+        _WRITE_SHIPMENTS,
+        [row.order_id for row in rows],
+        [row.shipment_id for row in rows],
+        [row.tracking_number for row in rows],
+        [row.country for row in rows],
+        [row.status for row in rows],
+        [row.reason for row in rows],
     )
-
-
-async def leave_tombstone(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
-    await conn.execute(_INSERT, order_id, None, None, None, "cancelled", reason)
