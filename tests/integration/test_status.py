@@ -27,7 +27,7 @@ from tests.integration.support import (
     wait_for,
 )
 from workers.operations import dead_letters
-from workers.runtime import catalog, topology
+from workers.runtime import catalog, connections, topology
 
 pytestmark = pytest.mark.integration
 
@@ -318,3 +318,21 @@ async def test_watch_survives_a_broker_outage_and_exits_as_the_last_screen_says(
 
 async def healthy_screens_since(watch: FleetProcess, healthy_before: int) -> bool:
     return bool(watch.count("nothing needs action") > healthy_before)
+
+
+async def test_reading_a_missing_queue_on_a_workers_robust_connection_leaves_no_channel_open(
+    fleet: Fleet,
+) -> None:
+    """A worker's sampler reads its queues' depths every few seconds over its long-lived
+    robust connection; a queue that is not there once left a channel open per reading (the
+    robust channel reopened itself after the broker closed it), until the broker refused
+    the connection at 2,047 channels."""
+    connection = await connections.connect_robust(fleet.settings.broker_urls)
+    try:
+        missing = f"{fleet.ns}.no.such.queue"
+        for _ in range(20):
+            assert await topology.depths(connection, [missing]) == {missing: None}
+        underlying = connection.transport.connection  # aiormq's, which counts open channels
+        assert len(underlying.channels) == 0
+    finally:
+        await connection.close()

@@ -227,8 +227,11 @@ async def queue_states(
     """Messages and consumers of each queue; None where the queue does not exist."""
     result: dict[str, QueueState | None] = {}
     for name in names:
-        # One channel each: a failed passive declare closes its channel.
-        channel = await connection.channel(publisher_confirms=False)
+        # One channel each: a failed passive declare closes its channel. A plain channel even
+        # on a robust connection: a robust one reopens itself when the broker closes it, so
+        # every probe of a missing queue left one more channel open, for good (a worker's
+        # sampler reached the broker's channel_max, 2047, and lost its connection).
+        channel = await aio_pika.Channel(connection, publisher_confirms=False)
         try:
             declared = (await channel.declare_queue(name, passive=True)).declaration_result
             result[name] = QueueState(declared.message_count or 0, declared.consumer_count or 0)
