@@ -12,7 +12,9 @@ printed and puts each fleet rate beside the baseline it was measured against in 
   faster bare consumer; with deliveries and transactions per saga;
 * view: the live projection and a rebuild, events per second, beside the faster bare
   consumer;
-* relay: the outbox relay beside raw pipelined confirmed publishing with aio-pika.
+* relay: the outbox relay beside raw pipelined confirmed publishing with aio-pika;
+* soak: sagas kept flowing through ``fleet up``; the last tenth's rate against the first's,
+  and the largest worker's memory growth.
 
 The goals are issue 17's ("honest baselines"): each a ratio against the faster bare consumer
 (the relay's against raw publishing), since a ratio is what counts on a shared machine, never
@@ -64,7 +66,15 @@ class Benchmark:
     read: Callable[[Output], list[Row]]  # its rows of the table
 
 
-GOALS = {"consumer": 0.50, "sagas": 0.25, "live projection": 0.40, "rebuild": 0.35, "relay": 0.90}
+GOALS = {
+    "consumer": 0.50,
+    "sagas": 0.25,
+    "live projection": 0.40,
+    "rebuild": 0.35,
+    "relay": 0.90,
+    "soak rate": 0.90,  # the last tenth of a soak against its first
+    "soak memory": 1.20,  # the largest worker's RSS at the end over its RSS after a tenth
+}
 TIMEOUT = {"full": 3_600.0, "smoke": 600.0}  # seconds a benchmark may take before it is stopped
 
 
@@ -224,6 +234,55 @@ def relay_rows(output: Output) -> list[Row]:
     ]
 
 
+def soak_check(output: Output) -> list[str]:
+    """The soak prints ``slices`` (a tenth of the run each) and a ``summary``."""
+    slices, summary = output.get("slices"), output.get("summary")
+    if not isinstance(slices, list) or len(slices) != 10:
+        return ["its output has no ten slices"]
+    if not isinstance(summary, dict):
+        return ["its output has no summary"]
+    problems = [
+        f"slice {n}: sagas/s is {row.get('sagas_per_second')!r}"
+        for n, row in enumerate(slices, start=1)
+        if not _positive(row.get("sagas_per_second"))
+    ]
+    for key in ("first_rate", "last_rate", "rss_growth"):
+        if not _positive(summary.get(key)):
+            problems.append(f"summary: {key} is {summary.get(key)!r}")
+    return problems
+
+
+def soak_rows(output: Output) -> list[Row]:
+    """How cost grows with work: the last tenth's rate against the first's (a ratio of the
+    fleet with itself, so its baseline is its own first tenth), and memory growth."""
+    summary = output["summary"]
+    sagas = summary["sagas"]
+    first_rate, last_rate, growth = (
+        summary["first_rate"],
+        summary["last_rate"],
+        summary["rss_growth"],
+    )
+    return [
+        {
+            "benchmark": f"soak of {sagas:,} sagas, last tenth",
+            "fleet": round(last_rate, 1),
+            "baseline": round(first_rate, 1),
+            "baseline method": "its first tenth",
+            "unit": "sagas/s",
+            "ratio": f"{last_rate / first_rate:.0%}",
+            "goal": f">= {GOALS['soak rate']:.0%}",
+            "met": "yes" if last_rate / first_rate >= GOALS["soak rate"] else "no",
+        },
+        {
+            "benchmark": f"soak of {sagas:,} sagas, largest worker's memory",
+            "unit": "RSS last / first",
+            "ratio": f"{growth:.2f}",
+            "goal": f"<= {GOALS['soak memory']:.2f}",
+            "met": "yes" if growth <= GOALS["soak memory"] else "no",
+        },
+    ]
+
+
 # --- The benchmarks. ----------------------------------------------------------------------
 
 BARE = ("bare aio-pika", "bare faststream")
@@ -239,7 +298,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "sagas": Benchmark(
         "saga_throughput.py",
         ["--orders", "100", "--concurrency", "50"],
-        ["--orders", "10", "--concurrency", "10"],
+        ["--orders", "10", "--concurrency", "10", "--bare-messages", "200"],
         rows_present("messages/s", *BARE, "fleet, orchestration", "fleet, choreography"),
         saga_rows,
     ),
@@ -257,9 +316,13 @@ BENCHMARKS: dict[str, Benchmark] = {
         rows_present("msg/s", "raw (batch 500)", "relay (batch 500)"),
         relay_rows,
     ),
-    # A benchmark whose output is not ``rows`` brings a check and a reader of its own, e.g.
-    # the soak (its JSON has ``slices`` and ``summary``):
-    # "soak": Benchmark("soak.py", ["--sagas", "2000"], ["--sagas", "20"], soak_check, soak_rows),
+    "soak": Benchmark(
+        "soak.py",
+        ["--sagas", "2000"],
+        ["--sagas", "20", "--concurrency", "10"],
+        soak_check,
+        soak_rows,
+    ),
 }
 
 

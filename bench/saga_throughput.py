@@ -125,11 +125,11 @@ async def quiet(settings: Settings, bench: Any) -> None:
         await asyncio.sleep(1.0)
 
 
-async def main(orders: int, concurrency: int, as_json: bool) -> None:
+async def main(orders: int, concurrency: int, bare_count: int, as_json: bool) -> None:
     settings = Settings(namespace=fresh_namespace())
     rows: list[dict[str, Any]] = []
     async with bench_namespace(settings) as bench:
-        rows += await bare_consumers(bench, orders * 10, settings.prefetch, RATE)
+        rows += await bare_consumers(bench, bare_count, settings.prefetch, RATE)
         baseline = faster(rows, RATE)
         fleet = await start_fleet(settings)
         try:
@@ -191,11 +191,18 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument(
+        "--bare-messages",
+        type=int,
+        help="messages for the bare consumers (default: 10 per order, at least 5,000, so"
+        " that connecting is not most of their time)",
+    )
     parser.add_argument("--json", action="store_true")
     add_loop_option(parser)
     args = parser.parse_args()
+    bare_count = args.bare_messages or max(5_000, args.orders * 10)
     try:
-        run(main(args.orders, args.concurrency, args.json), args.loop)
+        run(main(args.orders, args.concurrency, bare_count, args.json), args.loop)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -27,8 +27,9 @@ order they ended):
 * at the slice's end (when the poll that saw it ran): each worker's resident memory (VmRSS of
   ``fleet up``'s children, named by service and replica as ``fleet up`` names them), CPU
   per saga ended since the last snapshot, of the workers and of the PostgreSQL backends
-  serving the namespace's databases (pooled backends, sampled from /proc), and the exact rows of every service's inbox and
-  outbox (unpublished ones too) and of the order service's event store (``events``);
+  serving the namespace's databases (pooled backends, sampled from /proc), and the exact
+  rows of every service's inbox and outbox (unpublished ones too) and of the order
+  service's event store (``events``);
 * the cores busy meanwhile: the fleet's (workers, their backends, this process) and the rest
   of the machine's (RabbitMQ, other runs on a shared machine).
 
@@ -85,17 +86,6 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _STARTED = re.compile(r"started \(pid (\d+)\)")
 
 
-def soak_env(settings: Settings) -> dict[str, str]:
-    """``fleet_env``, made to round-trip: archive_retention as seconds (``str(timedelta)``
-    reads ``14 days, 0:00:00``, which the setting refuses) and no None written as "None"."""
-    env = fleet_env(settings)
-    env["FLEET_ARCHIVE_RETENTION"] = f"{settings.archive_retention.total_seconds():.0f}s"
-    for key, value in settings.model_dump().items():
-        if value is None:
-            env.pop(f"FLEET_{key.upper()}", None)
-    return env
-
-
 # --- fleet up, and its workers ------------------------------------------------------------
 
 
@@ -120,7 +110,7 @@ class Fleet:
             sys.executable,
             *("-m", "cli", "up", "--replicas", str(replicas)),
             cwd=ROOT,
-            env=soak_env(settings),
+            env=fleet_env(settings),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
