@@ -1,291 +1,740 @@
-"""The orchestrated saga's state machine, with no servers."""
+"""The orchestrated saga's decisions, with no servers: for each step and each thing that can
+arrive, the exact decision (the saga as it must be stored, its step-log line, the commands
+with all their fields); then properties of any sequence of replies, deadlines and operator
+requests, decided one after the other as a batch is."""
 
 from __future__ import annotations
 
+import typing
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts import (
     CancelShipment,
     ChargePayment,
+    Command,
+    CompensateSaga,
     ConfirmOrder,
     CreateShipment,
+    Envelope,
     Money,
+    OrderConfirmed,
     OrderLine,
+    OrderPlacedV2,
+    OrderRejected,
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRefunded,
+    Received,
     RefundPayment,
     RejectOrder,
     ReleaseStock,
     ReserveStock,
+    RetryStep,
+    Send,
+    ShipmentCancelled,
+    ShipmentCreated,
+    ShipmentFailed,
+    StockReleased,
+    StockReservationFailed,
+    StockReserved,
 )
-from workers.orchestrator import domain
-from workers.orchestrator.domain import OrderFacts, Saga, Transition
+from workers.orchestrator import domain, store
+from workers.orchestrator.domain import (
+    OperatorRequest,
+    OrderFacts,
+    Recorded,
+    Reply,
+    Saga,
+    Sagas,
+    Status,
+    Step,
+)
+from workers.orchestrator.settings import OrchestratorSettings
+from workers.runtime.decision import Decision, after
 
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ORDER_ID = "6f1c1a3e-9a1c-4a43-9a49-7b0c5a9e1f10"
 PAYMENT_ID = "0d4b7c2e-51f3-4c8e-9a1d-2b3c4d5e6f70"
+SHIPMENT_ID = "1e5c8d3f-62a4-4d9f-8b2e-3c4d5e6f7a81"
+REQUEST_ID = "2f6d9e4a-73b5-4e0a-9c3f-4d5e6f7a8b92"
+TRACKING = "TRK-0000000001"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)  # when the saga's step was sent
+LATER = NOW + timedelta(minutes=5)  # when the decision is made: past the step's deadline
+SETTINGS = OrchestratorSettings(step_timeout_seconds=30.0, deadline_poll_seconds=1.0)
 TIMEOUT = timedelta(seconds=30)
-FACTS = OrderFacts(
+ITEMS = [OrderLine(sku="A", quantity=2, unit_price=Money.of("5.00", "EUR"))]
+TOTAL = Money.of("10.00", "EUR")
+FACTS = OrderFacts(ORDER_ID, "c-1", tuple(ITEMS), TOTAL, "DE")
+
+# --- The commands, every field spelled out. --------------------------------------------
+
+RESERVE = ReserveStock(
+    order_id=ORDER_ID,
+    items=ITEMS,
+    saga="orchestration",
+    customer_id="c-1",
+    total=TOTAL,
+    country="DE",
+)
+CHARGE = ChargePayment(
     order_id=ORDER_ID,
     customer_id="c-1",
-    items=(OrderLine(sku="A", quantity=2, unit_price=Money.of("5.00", "EUR")),),
-    total=Money.of("10.00", "EUR"),
+    amount=TOTAL,
+    saga="orchestration",
     country="DE",
+    items=ITEMS,
+)
+SHIP = CreateShipment(order_id=ORDER_ID, country="DE", items=ITEMS, saga="orchestration")
+CONFIRM = ConfirmOrder(order_id=ORDER_ID, payment_id=PAYMENT_ID, tracking_number=TRACKING)
+
+
+def release(reason: str) -> ReleaseStock:
+    return ReleaseStock(order_id=ORDER_ID, reason=reason, saga="orchestration")
+
+
+def refund(reason: str) -> RefundPayment:
+    return RefundPayment(order_id=ORDER_ID, reason=reason, saga="orchestration")
+
+
+def cancel(reason: str) -> CancelShipment:
+    return CancelShipment(order_id=ORDER_ID, reason=reason, saga="orchestration")
+
+
+def reject(reason: str) -> RejectOrder:
+    return RejectOrder(order_id=ORDER_ID, reason=reason)
+
+
+# --- What arrives. -----------------------------------------------------------------------
+
+PLACED = OrderPlacedV2(
+    order_id=ORDER_ID,
+    customer_id="c-1",
+    items=ITEMS,
+    total=TOTAL,
+    country="DE",
+    saga="orchestration",
+)
+STOCK_RESERVED = StockReserved(
+    order_id=ORDER_ID,
+    items=ITEMS,
+    saga="orchestration",
+    customer_id="c-1",
+    total=TOTAL,
+    country="DE",
+)
+OUT_OF_STOCK = StockReservationFailed(
+    order_id=ORDER_ID, reason="out of stock: A", saga="orchestration", customer_id="c-1"
+)
+PAID = PaymentCompleted(
+    order_id=ORDER_ID,
+    payment_id=PAYMENT_ID,
+    amount=TOTAL,
+    saga="orchestration",
+    country="DE",
+    items=ITEMS,
+)
+PAYMENT_REFUSED = PaymentFailed(
+    order_id=ORDER_ID, reason="insufficient funds", saga="orchestration"
+)
+SHIPPED = ShipmentCreated(
+    order_id=ORDER_ID, shipment_id=SHIPMENT_ID, tracking_number=TRACKING, saga="orchestration"
+)
+SHIPPING_REFUSED = ShipmentFailed(order_id=ORDER_ID, reason="blocked: XX", saga="orchestration")
+CONFIRMED = OrderConfirmed(order_id=ORDER_ID, payment_id=PAYMENT_ID, tracking_number=TRACKING)
+STOCK_RELEASED = StockReleased(order_id=ORDER_ID, saga="orchestration")
+REFUNDED = PaymentRefunded(
+    order_id=ORDER_ID, payment_id=PAYMENT_ID, amount=TOTAL, saga="orchestration"
+)
+CANCELLED = ShipmentCancelled(order_id=ORDER_ID, saga="orchestration")
+REJECTED = OrderRejected(order_id=ORDER_ID, reason="refused")
+REPLIES: tuple[Reply, ...] = (
+    STOCK_RESERVED,
+    OUT_OF_STOCK,
+    PAID,
+    PAYMENT_REFUSED,
+    SHIPPED,
+    SHIPPING_REFUSED,
+    CONFIRMED,
+    STOCK_RELEASED,
+    REFUNDED,
+    CANCELLED,
+    REJECTED,
+)
+RETRY = RetryStep(order_id=ORDER_ID, requested_by="alice")
+COMPENSATE = CompensateSaga(order_id=ORDER_ID, reason="customer called", requested_by="alice")
+# The deadline watcher's turn (not a message).
+DEADLINE: Literal["deadline"] = "deadline"
+Arrival = Reply | OperatorRequest | Literal["deadline"]
+ASKED = f"operator retry by alice (request {REQUEST_ID})"
+ASKED_TO_COMPENSATE = f"operator compensation by alice (request {REQUEST_ID})"
+
+
+# How an operator request arrives: its message id names it in the step log.
+RECEIVED = Received(
+    Envelope.new("orchestrator.retry_step", 1, "fleet-cli", message_id=REQUEST_ID), {}
 )
 
 
-def reply(saga: Saga, type_: str, reason: str | None = None) -> Transition:
-    return domain.on_reply(saga, type_, reason, NOW, TIMEOUT)
+def decide(sagas: Sagas, arrival: Arrival) -> Decision[Recorded]:
+    """What the orchestrator decides when ``arrival`` comes for the order's saga."""
+    if isinstance(arrival, str):
+        return domain.deadline_passed(sagas, ORDER_ID, settings=SETTINGS)
+    if isinstance(arrival, RetryStep | CompensateSaga):
+        return domain.operator_request(sagas, arrival, settings=SETTINGS, received=RECEIVED)
+    return domain.advance_saga(sagas, arrival, settings=SETTINGS)
 
 
-def run(*replies: str) -> tuple[Saga, list[object]]:
-    transition = domain.start(FACTS, NOW, TIMEOUT)
-    sent: list[object] = list(transition.commands)
-    saga = transition.saga
-    for type_ in replies:
-        transition = reply(saga, type_, "refused" if type_ in domain.REFUSAL else None)
-        saga = transition.saga
-        sent.extend(transition.commands)
-    return saga, sent
+def saga(
+    step: Step,
+    *completed: domain.Action,
+    status: Status = "running",
+    pending: tuple[domain.Compensation, ...] = (),
+    reason: str | None = None,
+    deadline_at: datetime | None = NOW + TIMEOUT,
+) -> Saga:
+    """The order's saga at ``step`` as loaded (version 3), with what its completed steps
+    reported."""
+    return Saga(
+        FACTS,
+        status,
+        step,
+        completed,
+        pending,
+        reason,
+        deadline_at,
+        version=3,
+        payment_id=PAYMENT_ID if "charge_payment" in completed else None,
+        tracking_number=TRACKING if "create_shipment" in completed else None,
+    )
 
 
-def test_the_happy_path_runs_the_four_steps_in_order() -> None:
-    saga, sent = run("stock.reserved", "payment.completed", "shipment.created", "order.confirmed")
-    assert [type(c).__name__ for c in sent] == [
-        "ReserveStock",
-        "ChargePayment",
-        "CreateShipment",
-        ConfirmOrder.__name__,
+def compensating(step: Step, *pending: domain.Compensation, reason: str = "refused") -> Saga:
+    return saga(
+        step,
+        "reserve_stock",
+        "charge_payment",
+        status="compensating",
+        pending=pending,
+        reason=reason,
+    )
+
+
+def moved(after_decision: Saga) -> Saga:
+    """The saga as a decision that sends its step's command must store it: the step's
+    deadline starts when the decision is made (``LATER``)."""
+    return replace(after_decision, deadline_at=LATER + TIMEOUT)
+
+
+CONFIRMING = saga("confirm_order", "reserve_stock", "charge_payment", "create_shipment")
+
+# (the saga, what arrives, the saga as it must be stored next or None when it must not
+# change, its step-log line, the commands sent)
+DECISIONS = [
+    # A step done: the next one.
+    pytest.param(
+        saga("reserve_stock"),
+        STOCK_RESERVED,
+        moved(saga("charge_payment", "reserve_stock")),
+        "reserve_stock done; next: charge_payment",
+        [CHARGE],
+        id="stock reserved",
+    ),
+    pytest.param(
+        saga("charge_payment", "reserve_stock"),
+        PAID,
+        moved(saga("create_shipment", "reserve_stock", "charge_payment")),
+        "charge_payment done; next: create_shipment",
+        [SHIP],
+        id="paid",
+    ),
+    pytest.param(
+        saga("create_shipment", "reserve_stock", "charge_payment"),
+        SHIPPED,
+        moved(CONFIRMING),
+        "create_shipment done; next: confirm_order",
+        [CONFIRM],
+        id="shipped: the confirmation carries the payment and the tracking number",
+    ),
+    pytest.param(
+        CONFIRMING,
+        CONFIRMED,
+        replace(CONFIRMING, status="confirmed", completed=domain.ACTIONS, deadline_at=None),
+        "confirm_order done: confirmed",
+        [],
+        id="confirmed",
+    ),
+    # A step refused: what was done is undone, last first, then the order rejected.
+    pytest.param(
+        saga("reserve_stock"),
+        OUT_OF_STOCK,
+        moved(
+            saga("reject_order", status="compensating", reason="out of stock: A"),
+        ),
+        "reserve_stock refused: out of stock: A; compensating: reject_order",
+        [reject("out of stock: A")],
+        id="out of stock",
+    ),
+    pytest.param(
+        saga("charge_payment", "reserve_stock"),
+        PAYMENT_REFUSED,
+        moved(
+            saga(
+                "release_stock",
+                "reserve_stock",
+                status="compensating",
+                pending=("reject_order",),
+                reason="insufficient funds",
+            )
+        ),
+        "charge_payment refused: insufficient funds; compensating: release_stock",
+        [release("insufficient funds")],
+        id="payment refused",
+    ),
+    pytest.param(
+        saga("create_shipment", "reserve_stock", "charge_payment"),
+        SHIPPING_REFUSED,
+        moved(
+            compensating("refund_payment", "release_stock", "reject_order", reason="blocked: XX")
+        ),
+        "create_shipment refused: blocked: XX; compensating: refund_payment",
+        [refund("blocked: XX")],
+        id="shipping refused",
+    ),
+    # A compensation done: the next one, then the rejection.
+    pytest.param(
+        compensating("refund_payment", "release_stock", "reject_order"),
+        REFUNDED,
+        moved(compensating("release_stock", "reject_order")),
+        "refund_payment done; next: release_stock",
+        [release("refused")],
+        id="refunded",
+    ),
+    pytest.param(
+        compensating("release_stock", "reject_order"),
+        STOCK_RELEASED,
+        moved(compensating("reject_order")),
+        "release_stock done; next: reject_order",
+        [reject("refused")],
+        id="stock released",
+    ),
+    pytest.param(
+        compensating("reject_order"),
+        REJECTED,
+        replace(compensating("reject_order"), status="rejected", deadline_at=None),
+        "reject_order done: rejected",
+        [],
+        id="rejected",
+    ),
+    # A deadline passed: the step may have completed, so it is undone too, first, not
+    # waited for; confirm_order and the compensations are sent again instead.
+    pytest.param(
+        saga("reserve_stock"),
+        DEADLINE,
+        moved(saga("reject_order", status="compensating", reason="reserve_stock timed out")),
+        "reserve_stock timed out; compensating: reject_order",
+        [release("reserve_stock timed out"), reject("reserve_stock timed out")],
+        id="deadline at reserve_stock",
+    ),
+    pytest.param(
+        saga("charge_payment", "reserve_stock"),
+        DEADLINE,
+        moved(
+            saga(
+                "release_stock",
+                "reserve_stock",
+                status="compensating",
+                pending=("reject_order",),
+                reason="charge_payment timed out",
+            )
+        ),
+        "charge_payment timed out; compensating: release_stock",
+        [refund("charge_payment timed out"), release("charge_payment timed out")],
+        id="deadline at charge_payment",
+    ),
+    pytest.param(
+        saga("create_shipment", "reserve_stock", "charge_payment"),
+        DEADLINE,
+        moved(
+            compensating(
+                "refund_payment",
+                "release_stock",
+                "reject_order",
+                reason="create_shipment timed out",
+            )
+        ),
+        "create_shipment timed out; compensating: refund_payment",
+        [cancel("create_shipment timed out"), refund("create_shipment timed out")],
+        id="deadline at create_shipment",
+    ),
+    pytest.param(
+        CONFIRMING,
+        DEADLINE,
+        moved(CONFIRMING),
+        "confirm_order timed out: sent again",
+        [CONFIRM],
+        id="deadline at the pivot",
+    ),
+    pytest.param(
+        compensating("release_stock", "reject_order"),
+        DEADLINE,
+        moved(compensating("release_stock", "reject_order")),
+        "release_stock timed out: sent again",
+        [release("refused")],
+        id="deadline at a compensation",
+    ),
+    pytest.param(
+        compensating("reject_order"),
+        DEADLINE,
+        moved(compensating("reject_order")),
+        "reject_order timed out: sent again",
+        [reject("refused")],
+        id="deadline at the rejection",
+    ),
+    pytest.param(
+        saga("charge_payment", "reserve_stock", deadline_at=LATER + timedelta(seconds=1)),
+        DEADLINE,
+        None,
+        "deadline not reached",
+        [],
+        id="deadline not reached",
+    ),
+    # An operator's retry: the current step again, its deadline restarted.
+    pytest.param(
+        saga("charge_payment", "reserve_stock"),
+        RETRY,
+        moved(saga("charge_payment", "reserve_stock")),
+        f"{ASKED}: charge_payment sent again",
+        [CHARGE],
+        id="retry",
+    ),
+    pytest.param(
+        CONFIRMING,
+        RETRY,
+        moved(CONFIRMING),
+        f"{ASKED}: confirm_order sent again",
+        [CONFIRM],
+        id="retry at the pivot",
+    ),
+    pytest.param(
+        compensating("release_stock", "reject_order"),
+        RETRY,
+        moved(compensating("release_stock", "reject_order")),
+        f"{ASKED}: release_stock sent again",
+        [release("refused")],
+        id="retry of a compensation",
+    ),
+    pytest.param(
+        replace(CONFIRMING, status="confirmed", completed=domain.ACTIONS, deadline_at=None),
+        RETRY,
+        None,
+        f"{ASKED}: retry refused: the saga already ended confirmed",
+        [],
+        id="retry of an ended saga",
+    ),
+    # An operator's compensation: as a deadline does, with the operator's reason.
+    pytest.param(
+        saga("reserve_stock"),
+        COMPENSATE,
+        moved(saga("reject_order", status="compensating", reason="customer called")),
+        f"{ASKED_TO_COMPENSATE}: compensation requested at reserve_stock: customer called;"
+        " compensating: reject_order",
+        [release("customer called"), reject("customer called")],
+        id="compensate at reserve_stock",
+    ),
+    pytest.param(
+        saga("charge_payment", "reserve_stock"),
+        COMPENSATE,
+        moved(
+            saga(
+                "release_stock",
+                "reserve_stock",
+                status="compensating",
+                pending=("reject_order",),
+                reason="customer called",
+            )
+        ),
+        f"{ASKED_TO_COMPENSATE}: compensation requested at charge_payment: customer called;"
+        " compensating: release_stock",
+        [refund("customer called"), release("customer called")],
+        id="compensate at charge_payment",
+    ),
+    pytest.param(
+        saga("create_shipment", "reserve_stock", "charge_payment"),
+        COMPENSATE,
+        moved(
+            compensating(
+                "refund_payment", "release_stock", "reject_order", reason="customer called"
+            )
+        ),
+        f"{ASKED_TO_COMPENSATE}: compensation requested at create_shipment: customer called;"
+        " compensating: refund_payment",
+        [cancel("customer called"), refund("customer called")],
+        id="compensate at create_shipment",
+    ),
+    pytest.param(
+        CONFIRMING,
+        COMPENSATE,
+        None,
+        f"{ASKED_TO_COMPENSATE}: compensation refused: past the pivot (confirm_order):"
+        " it only goes forward",
+        [],
+        id="compensate past the pivot",
+    ),
+    pytest.param(
+        compensating("release_stock", "reject_order"),
+        COMPENSATE,
+        None,
+        f"{ASKED_TO_COMPENSATE}: compensation refused: already compensating at release_stock",
+        [],
+        id="compensate while compensating",
+    ),
+    pytest.param(
+        replace(compensating("reject_order"), status="rejected", deadline_at=None),
+        COMPENSATE,
+        None,
+        f"{ASKED_TO_COMPENSATE}: compensation refused: the saga already ended rejected",
+        [],
+        id="compensate an ended saga",
+    ),
+    # Replies that do not match the step, or come after the end: only a step-log line.
+    pytest.param(
+        saga("charge_payment", "reserve_stock"),
+        STOCK_RESERVED,
+        None,
+        "stock.reserved while waiting for charge_payment: ignored",
+        [],
+        id="a duplicate reply",
+    ),
+    pytest.param(
+        compensating("release_stock", "reject_order"),
+        PAYMENT_REFUSED,
+        None,
+        "payment.failed while waiting for release_stock: ignored",
+        [],
+        id="a refusal while compensating",
+    ),
+    pytest.param(
+        compensating("release_stock", "reject_order"),
+        CANCELLED,
+        None,
+        "shipment.cancelled while waiting for release_stock: ignored",
+        [],
+        id="the reply to a compensation not waited for",
+    ),
+    pytest.param(
+        replace(compensating("reject_order"), status="rejected", deadline_at=None),
+        CONFIRMED,
+        None,
+        "late order.confirmed after the saga ended rejected: ignored",
+        [],
+        id="a late reply",
+    ),
+]
+
+
+@pytest.mark.parametrize(("before", "arrival", "stored", "entry", "commands"), DECISIONS)
+def test_what_the_orchestrator_decides(
+    before: Saga,
+    arrival: Arrival,
+    stored: Saga | None,
+    entry: str,
+    commands: list[Command],
+) -> None:
+    decision = decide(Sagas(LATER, {ORDER_ID: before}), arrival)
+    # Replies are noted in the worker's log when they change nothing; the deadline
+    # watcher's and the operators' decisions always.
+    noted = stored is None or not isinstance(arrival, Reply)
+    assert decision == Decision(
+        changes=(Recorded(stored or before, entry, changed=stored is not None),),
+        send=tuple(Send(command, correlation_id=ORDER_ID) for command in commands),
+        note=f"saga {ORDER_ID}: {entry}" if noted else None,
+    )
+
+
+def test_order_placed_starts_the_saga_with_the_reservation_once() -> None:
+    decision = domain.start_saga(Sagas(LATER), PLACED, settings=SETTINGS)
+    started = Saga(FACTS, "running", "reserve_stock", (), (), None, LATER + TIMEOUT, version=0)
+    assert decision == Decision(
+        changes=(Recorded(started, "started: reserve_stock"),),
+        send=(Send(RESERVE, correlation_id=ORDER_ID),),
+    )
+    # order.placed delivered again (under another id): the saga is there, nothing is done.
+    again = domain.start_saga(after(Sagas(LATER), decision.changes), PLACED, settings=SETTINGS)
+    assert again == Decision(note=f"saga {ORDER_ID}: already started; order.placed ignored")
+
+
+@pytest.mark.parametrize("arrival", [STOCK_RESERVED, RETRY, COMPENSATE])
+def test_a_reply_or_request_for_an_order_without_a_saga_is_only_noted(
+    arrival: Reply | OperatorRequest,
+) -> None:
+    assert decide(Sagas(LATER), arrival) == Decision(
+        note=f"{arrival.TYPE} for order {ORDER_ID}, which has no saga: ignored"
+    )
+
+
+def test_the_reply_contracts_are_the_replies_the_saga_understands() -> None:
+    # The advance_saga queue is bound to the types of the Reply union.
+    assert {model.TYPE for model in typing.get_args(Reply)} == set(domain.REPLY_TYPES)
+    assert {reply.TYPE for reply in REPLIES} == set(domain.REPLY_TYPES)
+
+
+def test_a_batch_decides_each_message_on_the_sagas_the_ones_before_it_left() -> None:
+    sagas = after(Sagas(LATER), domain.start_saga(Sagas(LATER), PLACED, settings=SETTINGS).changes)
+    sent: list[Command] = [RESERVE]
+    for reply in (STOCK_RESERVED, PAID, SHIPPED, CONFIRMED):
+        decision = decide(sagas, reply)
+        sagas = after(sagas, decision.changes)
+        sent += commands([decision])
+    assert sent == [RESERVE, CHARGE, SHIP, CONFIRM]
+    assert sagas.by_order[ORDER_ID].status == "confirmed"
+
+
+# --- What write stores: each saga once, as it ends the batch; every line. --------------
+
+
+def test_several_transitions_of_one_saga_write_its_last_state_once_and_every_line() -> None:
+    start = Recorded(saga("reserve_stock"), "started")
+    reserved = Recorded(saga("charge_payment", "reserve_stock"), "reserved")
+    ignored = Recorded(saga("charge_payment", "reserve_stock"), "ignored", changed=False)
+    other = replace(saga("reserve_stock"), facts=replace(FACTS, order_id="other"))
+    only_noted = Recorded(other, "late", changed=False)
+    rows = store.rows_of([start, only_noted, reserved, ignored])
+    assert rows.sagas == [reserved.saga]  # at the version it was loaded at
+    assert rows.log == [
+        store.LogLine(ORDER_ID, "running", "reserve_stock", "started"),
+        store.LogLine("other", "running", "reserve_stock", "late"),
+        store.LogLine(ORDER_ID, "running", "charge_payment", "reserved"),
+        store.LogLine(ORDER_ID, "running", "charge_payment", "ignored"),
     ]
-    assert saga.status == "confirmed" and saga.deadline_at is None
-    assert saga.completed == domain.ACTIONS
 
 
-def test_confirm_order_carries_the_payment_and_tracking_the_steps_reported() -> None:
-    saga = domain.start(FACTS, NOW, TIMEOUT).saga
-    saga = reply(saga, "stock.reserved").saga
-    paid = domain.on_reply(saga, "payment.completed", None, NOW, TIMEOUT, payment_id=PAYMENT_ID)
-    shipped = domain.on_reply(
-        paid.saga, "shipment.created", None, NOW, TIMEOUT, tracking_number="TRK-0000000001"
-    )
-    assert shipped.commands == (
-        ConfirmOrder(order_id=ORDER_ID, payment_id=PAYMENT_ID, tracking_number="TRK-0000000001"),
-    )
-    # Sent again on its deadline, the confirmation still carries them (they are saga state).
-    again = domain.on_deadline(shipped.saga, NOW + 2 * TIMEOUT, TIMEOUT)
-    assert again.commands == shipped.commands
+# --- Properties of any sequence of replies, deadlines and operator requests. ----------
+
+# The reply each step waits for: half of what arrives, so that sagas get far.
+AWAITED: Literal["awaited"] = "awaited"
+Drawn = Arrival | Literal["awaited"]
+SUCCESS_OF: dict[Step, Reply] = {
+    "reserve_stock": STOCK_RESERVED,
+    "charge_payment": PAID,
+    "create_shipment": SHIPPED,
+    "confirm_order": CONFIRMED,
+    "release_stock": STOCK_RELEASED,
+    "refund_payment": REFUNDED,
+    "cancel_shipment": CANCELLED,
+    "reject_order": REJECTED,
+}
+arrivals = st.lists(
+    st.one_of(st.just(AWAITED), st.sampled_from([*REPLIES, DEADLINE, RETRY, COMPENSATE])),
+    max_size=40,
+)
+UNDO: dict[domain.Action, type[Command]] = {
+    "reserve_stock": ReleaseStock,
+    "charge_payment": RefundPayment,
+    "create_shipment": CancelShipment,
+}
+COMPENSATIONS = {ReleaseStock, RefundPayment, CancelShipment, RejectOrder}
 
 
-def test_a_refusal_compensates_completed_steps_in_reverse_then_rejects() -> None:
-    saga, sent = run(
-        "stock.reserved",
-        "payment.completed",
-        "shipment.failed",
-        "payment.refunded",
-        "stock.released",
-        "order.rejected",
-    )
-    assert [type(c) for c in sent] == [
-        ReserveStock,
-        ChargePayment,
-        CreateShipment,
-        RefundPayment,
-        ReleaseStock,
-        RejectOrder,
-    ]
-    assert saga.status == "rejected" and saga.reason == "refused"
-    assert isinstance(sent[-1], RejectOrder) and sent[-1].reason == "refused"
+def answers(reply: Reply) -> Step:
+    """The step ``reply`` answers."""
+    return domain.SUCCESS.get(reply.TYPE) or domain.REFUSAL[reply.TYPE]
 
 
-def test_out_of_stock_rejects_with_nothing_to_undo() -> None:
-    saga, sent = run("stock.reservation_failed", "order.rejected")
-    assert [type(c) for c in sent] == [ReserveStock, RejectOrder]
-    assert saga.status == "rejected"
+@dataclass(frozen=True)
+class Run:
+    sagas: list[Saga]  # before each arrival, and after the last
+    arrived: list[Arrival]
+    decisions: list[Decision[Recorded]]  # the start's, then one for each arrival
 
 
-def test_a_timed_out_step_is_compensated_too_because_it_may_have_completed() -> None:
-    saga, _ = run("stock.reserved", "payment.completed")
-    late = NOW + TIMEOUT + timedelta(seconds=1)
-    transition = domain.on_deadline(saga, late, TIMEOUT)
-    # The silent service's undo is sent without waiting for it; then the chain, one by one.
-    assert [type(c) for c in transition.commands] == [CancelShipment, RefundPayment]
-    assert transition.saga.step == "refund_payment"
-    assert transition.saga.pending == ("release_stock", "reject_order")
-    assert transition.saga.reason == "create_shipment timed out"
-    assert transition.saga.deadline_at == late + TIMEOUT
-
-
-def test_the_deadline_is_durable_data_not_a_timer() -> None:
-    saga, _ = run("stock.reserved")
-    assert saga.deadline_at == NOW + TIMEOUT
-    assert not domain.on_deadline(saga, NOW + TIMEOUT - timedelta(seconds=1), TIMEOUT).changed
-
-
-def test_confirm_and_compensations_are_sent_again_on_their_deadline_never_undone() -> None:
-    saga, _ = run("stock.reserved", "payment.completed", "shipment.created")
-    assert saga.step == "confirm_order"
-    late = NOW + 2 * TIMEOUT
-    again = domain.on_deadline(saga, late, TIMEOUT)
-    assert [type(c) for c in again.commands] == [ConfirmOrder] and again.saga.status == "running"
-    saga, _ = run("stock.reserved", "payment.failed")
-    again = domain.on_deadline(saga, late, TIMEOUT)
-    assert [type(c) for c in again.commands] == [ReleaseStock]
-    assert again.saga.status == "compensating"
-
-
-def test_late_and_stray_replies_change_nothing() -> None:
-    saga, _ = run("stock.reservation_failed", "order.rejected")
-    for type_ in ("stock.reserved", "payment.completed", "order.confirmed", "shipment.failed"):
-        transition = reply(saga, type_)
-        assert not transition.changed and transition.commands == () and transition.saga == saga
-    running, _ = run("stock.reserved")
-    duplicate = reply(running, "stock.reserved")
-    assert not duplicate.changed and "ignored" in duplicate.log
-
-
-replies = st.sampled_from([*domain.REPLY_TYPES, "deadline"])
-
-
-@given(st.lists(replies, max_size=40))
-def test_whatever_arrives_the_saga_keeps_its_promises(arrivals: list[str]) -> None:
-    transition = domain.start(FACTS, NOW, TIMEOUT)
-    saga, sent = transition.saga, list(transition.commands)
-    clock = NOW
+def run(arrivals: list[Drawn]) -> Run:
+    """The saga started, then each arrival decided in turn on the sagas the decisions
+    before it left, a little later each time (a deadline, once the step's passed)."""
+    sagas = Sagas(NOW)
+    start = domain.start_saga(sagas, PLACED, settings=SETTINGS)
+    sagas = after(sagas, start.changes)
+    done = Run([sagas.by_order[ORDER_ID]], [], [start])
     for arrival in arrivals:
-        if arrival == "deadline":
-            clock += 2 * TIMEOUT
-            transition = domain.on_deadline(saga, clock, TIMEOUT)
+        current = sagas.by_order[ORDER_ID]
+        arrived = SUCCESS_OF[current.step] if arrival == AWAITED else arrival
+        wait = 2 * TIMEOUT if arrived == DEADLINE else TIMEOUT / 10
+        sagas = replace(sagas, now=sagas.now + wait)
+        decision = decide(sagas, arrived)
+        sagas = after(sagas, decision.changes)
+        done.sagas.append(sagas.by_order[ORDER_ID])
+        done.arrived.append(arrived)
+        done.decisions.append(decision)
+    return done
+
+
+def commands(decisions: list[Decision[Recorded]]) -> list[Command]:
+    """What ``decisions`` sent, in order; each in the saga's correlation."""
+    sent: list[Command] = []
+    for decision in decisions:
+        for item in decision.send:
+            assert isinstance(item, Send) and item.correlation_id == ORDER_ID
+            assert isinstance(item.message, Command)
+            sent.append(item.message)
+    return sent
+
+
+@given(arrivals)
+def test_a_saga_never_both_confirms_and_compensates(arrivals: list[Drawn]) -> None:
+    done = run(arrivals)
+    sent = {type(command) for command in commands(done.decisions)}
+    assert not (ConfirmOrder in sent and sent & COMPENSATIONS)
+    statuses = [saga.status for saga in done.sagas]
+    if "compensating" in statuses:
+        assert "confirmed" not in statuses
+    if statuses[-1] == "confirmed":
+        assert done.sagas[-1].completed == domain.ACTIONS and done.sagas[-1].reason is None
+
+
+@given(arrivals)
+def test_a_rejected_saga_undoes_every_completed_action_last_first_then_rejects(
+    arrivals: list[Drawn],
+) -> None:
+    done = run(arrivals)
+    end = done.sagas[-1]
+    if end.status != "rejected":
+        return
+    sent = [type(command) for command in commands(done.decisions)]
+    assert sent[-1] is RejectOrder
+    undos = [UNDO[action] for action in reversed(end.completed)]  # last done first
+    assert set(undos) <= set(sent)
+    first_sent = [sent.index(undo) for undo in undos]
+    assert first_sent == sorted(first_sent)
+    assert all(at < sent.index(RejectOrder) for at in first_sent)
+
+
+@given(arrivals)
+def test_a_final_saga_changes_nothing_and_sends_nothing(arrivals: list[Drawn]) -> None:
+    done = run(arrivals)
+    for before, decision in zip(done.sagas[:-1], done.decisions[1:], strict=True):
+        if before.final:
+            assert decision.send == ()
+            assert all(not change.changed and change.saga == before for change in decision.changes)
+
+
+@given(arrivals)
+def test_a_reply_that_does_not_match_the_step_changes_nothing(arrivals: list[Drawn]) -> None:
+    done = run(arrivals)
+    steps = zip(done.sagas[:-1], done.arrived, done.decisions[1:], strict=True)
+    for before, arrival, decision in steps:
+        if isinstance(arrival, str | RetryStep | CompensateSaga):
+            continue
+        matches = (
+            not before.final
+            and answers(arrival) == before.step
+            and (arrival.TYPE not in domain.REFUSAL or before.status == "running")
+        )
+        (change,) = decision.changes
+        if matches:
+            assert change.changed and change.saga != before
         else:
-            transition = domain.on_reply(saga, arrival, "no", clock, TIMEOUT)
-        if saga.final:
-            assert not transition.commands  # an ended saga never acts again
-        saga = transition.saga
-        sent.extend(transition.commands)
-    kinds = [type(command).__name__ for command in sent]
-    if saga.status == "confirmed":
-        assert saga.completed == domain.ACTIONS and saga.reason is None
-        assert not {"RejectOrder", "ReleaseStock", "RefundPayment", "CancelShipment"} & set(kinds)
-    if saga.status == "rejected":
-        assert ConfirmOrder.__name__ not in kinds and kinds[-1] == "RejectOrder"
-        # Every action that completed is undone, and undos run last-done-first.
-        undo = {
-            "ReserveStock": "ReleaseStock",
-            "ChargePayment": "RefundPayment",
-            "CreateShipment": "CancelShipment",
-        }
-        started = [undo[k] for k in dict.fromkeys(kinds) if k in undo]
-        compensations = [k for k in dict.fromkeys(kinds) if k in undo.values()]
-        assert compensations == [c for c in reversed(started) if c in compensations]
-        completed = {type(domain.command_for(a, saga)).__name__ for a in saga.completed}
-        assert {undo[k] for k in completed if k in undo} <= set(compensations)
-
-
-# --- Operator requests: retry the current step, compensate now. -------------------------
-
-HAPPY_PATH = ("stock.reserved", "payment.completed", "shipment.created", "order.confirmed")
-
-
-def test_a_retry_sends_the_current_step_again_and_restarts_its_deadline() -> None:
-    saga, sent = run("stock.reserved")
-    later = NOW + timedelta(hours=2)  # long stuck: the deadline may have passed or not
-    transition = domain.on_retry(saga, later, TIMEOUT)
-    assert transition.changed
-    assert transition.commands == (sent[-1],)  # the same ChargePayment, whose reply is awaited
-    assert isinstance(transition.commands[0], ChargePayment)
-    assert transition.saga.step == "charge_payment" and transition.saga.status == "running"
-    assert transition.saga.completed == saga.completed
-    assert transition.saga.deadline_at == later + TIMEOUT
-    assert "charge_payment sent again" in transition.log
-
-
-def test_a_retry_while_compensating_sends_the_compensation_again() -> None:
-    saga, _ = run("stock.reserved", "payment.failed")
-    transition = domain.on_retry(saga, NOW, TIMEOUT)
-    assert [type(c) for c in transition.commands] == [ReleaseStock]
-    assert transition.saga.status == "compensating" and transition.saga.pending == saga.pending
-
-
-def test_a_retry_at_the_pivot_sends_the_confirmation_again() -> None:
-    saga, _ = run("stock.reserved", "payment.completed", "shipment.created")
-    transition = domain.on_retry(saga, NOW, TIMEOUT)
-    assert [type(c) for c in transition.commands] == [ConfirmOrder]
-
-
-def test_a_retry_or_a_compensation_of_an_ended_saga_changes_nothing() -> None:
-    for saga, _ in (run("stock.reservation_failed", "order.rejected"), run(*HAPPY_PATH)):
-        for transition in (
-            domain.on_retry(saga, NOW, TIMEOUT),
-            domain.on_compensate(saga, "operator", NOW, TIMEOUT),
-        ):
-            assert not transition.changed and transition.commands == ()
-            assert transition.saga == saga
-            assert f"already ended {saga.status}" in transition.log
-
-
-def test_a_compensation_undoes_what_was_done_and_the_current_step_without_waiting() -> None:
-    saga, _ = run("stock.reserved")
-    later = NOW + timedelta(minutes=5)
-    transition = domain.on_compensate(saga, "customer called", later, TIMEOUT)
-    # The charge may have happened (or may still arrive): its refund goes first, not
-    # waited for; then the completed reservation is released, then the order rejected.
-    assert [type(c) for c in transition.commands] == [RefundPayment, ReleaseStock]
-    assert transition.saga.status == "compensating"
-    assert transition.saga.step == "release_stock"
-    assert transition.saga.pending == ("reject_order",)
-    assert transition.saga.reason == "customer called"
-    assert transition.saga.deadline_at == later + TIMEOUT
-    saga = transition.saga
-    for type_ in ("payment.refunded", "stock.released", "order.rejected"):
-        saga = reply(saga, type_).saga  # the refund's reply is not awaited: ignored
-    assert saga.status == "rejected"
-
-
-def test_a_compensation_at_the_first_step_releases_and_rejects() -> None:
-    saga = domain.start(FACTS, NOW, TIMEOUT).saga
-    transition = domain.on_compensate(saga, "operator", NOW, TIMEOUT)
-    assert [type(c) for c in transition.commands] == [ReleaseStock, RejectOrder]
-    assert transition.saga.step == "reject_order" and transition.saga.pending == ()
-
-
-def test_a_compensation_is_refused_past_the_pivot_and_while_compensating() -> None:
-    at_pivot, _ = run("stock.reserved", "payment.completed", "shipment.created")
-    refused = domain.on_compensate(at_pivot, "operator", NOW, TIMEOUT)
-    assert not refused.changed and refused.commands == () and refused.saga == at_pivot
-    assert "past the pivot" in refused.log
-    compensating, _ = run("stock.reserved", "payment.failed")
-    refused = domain.on_compensate(compensating, "operator", NOW, TIMEOUT)
-    assert not refused.changed and refused.commands == ()
-    assert "already compensating" in refused.log
-
-
-arrivals_with_operators = st.sampled_from([*domain.REPLY_TYPES, "deadline", "retry", "compensate"])
-
-
-@given(st.lists(arrivals_with_operators, max_size=40))
-def test_operator_requests_amid_replies_keep_the_sagas_promises(arrivals: list[str]) -> None:
-    transition = domain.start(FACTS, NOW, TIMEOUT)
-    saga, sent = transition.saga, list(transition.commands)
-    clock = NOW
-    for arrival in arrivals:
-        clock += timedelta(seconds=1)
-        if arrival == "retry":
-            transition = domain.on_retry(saga, clock, TIMEOUT)
-        elif arrival == "compensate":
-            transition = domain.on_compensate(saga, "operator", clock, TIMEOUT)
-        elif arrival == "deadline":
-            clock += 2 * TIMEOUT
-            transition = domain.on_deadline(saga, clock, TIMEOUT)
-        else:
-            transition = domain.on_reply(saga, arrival, "no", clock, TIMEOUT)
-        if saga.final:
-            assert not transition.changed and not transition.commands
-        if saga.step == "confirm_order" and arrival == "compensate":
-            assert transition.saga.status == saga.status  # never undone past the pivot
-        saga = transition.saga
-        sent.extend(transition.commands)
-    kinds = [type(command).__name__ for command in sent]
-    if saga.status == "confirmed":
-        assert not {"RejectOrder", "ReleaseStock", "RefundPayment", "CancelShipment"} & set(kinds)
-    if saga.status == "rejected":
-        assert ConfirmOrder.__name__ not in kinds and kinds[-1] == "RejectOrder"
+            assert decision.send == () and not change.changed and change.saga == before

@@ -3,8 +3,11 @@
     reserve_stock -> charge_payment -> create_shipment -> confirm_order
 
 Every transition takes the saga as it is stored and returns the saga as it must be stored
-next, the commands to send, and a line for the step log. The handler persists the result
-(optimistic concurrency on ``version``) and emits the commands through the outbox.
+next, the commands to send, and a line for the step log. The handlers' decisions
+(``start_saga``, ``advance_saga``, ``operator_request``) and the deadline watcher's
+(``deadline_passed``) are those transitions on the sagas a batch loaded (``Sagas``, with
+the time of now): a ``Recorded`` change that ``store.write_sagas`` stores (optimistic
+concurrency on ``version``), and the commands to send, in the saga's correlation.
 
 On a refusal the completed steps are compensated in reverse order, each waiting for its
 reply, then the order is rejected. When a step's deadline passes, the step *may* have
@@ -15,7 +18,7 @@ is refused). Two steps are never compensated but sent again when their deadline
 passes: ``confirm_order``, the pivot (once shipping has created the shipment the saga can
 only go forward), and every compensation (an undo must eventually happen). A reply that
 does not match the step the saga waits for, or that arrives after the saga ended, changes
-nothing.
+nothing (but its step-log line).
 
 An operator may ask for a stuck saga's current step to be sent again (``on_retry``) or for
 its compensation to start now (``on_compensate``, refused past the pivot); the orchestrator
@@ -24,7 +27,8 @@ decides, as for a reply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -32,15 +36,33 @@ from contracts import (
     CancelShipment,
     ChargePayment,
     Command,
+    CompensateSaga,
     ConfirmOrder,
     CreateShipment,
     Money,
+    OrderConfirmed,
     OrderLine,
+    OrderPlacedV2,
+    OrderRejected,
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRefunded,
+    Received,
     RefundPayment,
     RejectOrder,
     ReleaseStock,
     ReserveStock,
+    RetryStep,
+    Send,
+    ShipmentCancelled,
+    ShipmentCreated,
+    ShipmentFailed,
+    StockReleased,
+    StockReservationFailed,
+    StockReserved,
 )
+from workers.orchestrator.settings import OrchestratorSettings
+from workers.runtime.decision import Decision
 
 Status = Literal["running", "compensating", "confirmed", "rejected"]
 Action = Literal["reserve_stock", "charge_payment", "create_shipment", "confirm_order"]
@@ -77,6 +99,24 @@ REFUSAL: dict[str, Action] = {
     "shipment.failed": "create_shipment",
 }
 REPLY_TYPES: tuple[str, ...] = (*SUCCESS, *REFUSAL)
+
+# The replies as contracts: every answer of a step or a compensation (their types are
+# REPLY_TYPES), and the refusals among them.
+Reply = (
+    StockReserved
+    | StockReservationFailed
+    | PaymentCompleted
+    | PaymentFailed
+    | ShipmentCreated
+    | ShipmentFailed
+    | OrderConfirmed
+    | StockReleased
+    | PaymentRefunded
+    | ShipmentCancelled
+    | OrderRejected
+)
+Refusal = StockReservationFailed | PaymentFailed | ShipmentFailed
+OperatorRequest = RetryStep | CompensateSaga
 
 
 @dataclass(frozen=True)
@@ -119,7 +159,7 @@ class Transition:
     saga: Saga
     commands: tuple[Command, ...]
     log: str  # what happened, for the step log
-    changed: bool = True  # False: nothing to store (a late or stray reply)
+    changed: bool = True  # False: the saga stays as it is (a late or stray reply, a refusal)
 
 
 def command_for(step: Step, saga: Saga) -> Command:
@@ -306,3 +346,121 @@ def on_compensate(saga: Saga, reason: str, now: datetime, timeout: timedelta) ->
         f"compensation requested at {current}: {reason}",
         (COMPENSATION_OF[current],),
     )
+
+
+# --- What the handlers and the deadline watcher decide, on the sagas a batch loaded. ----
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What one transition stores: the saga as it must be stored (only when ``changed``),
+    and its line in the step log (always)."""
+
+    saga: Saga
+    entry: str
+    changed: bool = True
+
+
+@dataclass(frozen=True)
+class Sagas:
+    """What a batch decides on: the sagas of its orders (absent: none yet), each at the
+    version it was loaded at, and the time of now (read by load, not by the decisions)."""
+
+    now: datetime
+    by_order: Mapping[str, Saga] = field(default_factory=dict)
+
+    def apply(self, change: Recorded) -> Sagas:
+        return replace(self, by_order={**self.by_order, change.saga.order_id: change.saga})
+
+
+def request_tag(message_id: str) -> str:
+    """How an operator request's step-log line names it, so its answer can be found."""
+    return f"(request {message_id})"
+
+
+def _timeout(settings: OrchestratorSettings) -> timedelta:
+    return timedelta(seconds=settings.step_timeout_seconds)
+
+
+def _decided(transition: Transition, note: str | None = None) -> Decision[Recorded]:
+    """``transition`` as a decision: its saga and step-log line to store, its commands in
+    the saga's correlation (its order id, whatever caused this step). What changed nothing
+    is noted in the worker's log, unless ``note`` says otherwise."""
+    saga = transition.saga
+    if note is None and not transition.changed:
+        note = f"saga {saga.order_id}: {transition.log}"
+    return Decision(
+        changes=(Recorded(saga, transition.log, transition.changed),),
+        send=tuple(Send(command, correlation_id=saga.order_id) for command in transition.commands),
+        note=note,
+    )
+
+
+def start_saga(
+    sagas: Sagas, event: OrderPlacedV2, *, settings: OrchestratorSettings
+) -> Decision[Recorded]:
+    """order.placed starts the order's saga, once (delivered again under another id, it
+    finds the saga started)."""
+    if event.order_id in sagas.by_order:
+        return Decision(note=f"saga {event.order_id}: already started; order.placed ignored")
+    facts = OrderFacts(
+        order_id=event.order_id,
+        customer_id=event.customer_id,
+        items=tuple(event.items),
+        total=event.total,
+        country=event.country,
+    )
+    return _decided(start(facts, sagas.now, _timeout(settings)))
+
+
+def advance_saga(
+    sagas: Sagas, reply: Reply, *, settings: OrchestratorSettings
+) -> Decision[Recorded]:
+    """A service answered a step or a compensation of the order's saga."""
+    saga = sagas.by_order.get(reply.order_id)
+    if saga is None:
+        return Decision(note=f"{reply.TYPE} for order {reply.order_id}, which has no saga: ignored")
+    transition = on_reply(
+        saga,
+        reply.TYPE,
+        reply.reason if isinstance(reply, Refusal) else None,
+        sagas.now,
+        _timeout(settings),
+        payment_id=reply.payment_id if isinstance(reply, PaymentCompleted) else None,
+        tracking_number=reply.tracking_number if isinstance(reply, ShipmentCreated) else None,
+    )
+    return _decided(transition)
+
+
+def operator_request(
+    sagas: Sagas,
+    request: OperatorRequest,
+    *,
+    settings: OrchestratorSettings,
+    received: Received,
+) -> Decision[Recorded]:
+    """An operator's retry or compensation (``fleet saga retry / compensate``), decided
+    like a reply; its step-log line names the request's message id, by which the
+    operator's tool finds the answer (a refusal's too: it changes nothing else)."""
+    saga = sagas.by_order.get(request.order_id)
+    if saga is None:
+        return Decision(
+            note=f"{request.TYPE} for order {request.order_id}, which has no saga: ignored"
+        )
+    if isinstance(request, RetryStep):
+        transition = on_retry(saga, sagas.now, _timeout(settings))
+        asked = f"operator retry by {request.requested_by}"
+    else:
+        transition = on_compensate(saga, request.reason, sagas.now, _timeout(settings))
+        asked = f"operator compensation by {request.requested_by}"
+    entry = f"{asked} {request_tag(received.envelope.message_id)}: {transition.log}"
+    return _decided(replace(transition, log=entry), note=f"saga {saga.order_id}: {entry}")
+
+
+def deadline_passed(
+    sagas: Sagas, order_id: str, *, settings: OrchestratorSettings
+) -> Decision[Recorded]:
+    """The deadline watcher found the saga of ``order_id`` past its step's deadline (the
+    watcher logs the note as a warning)."""
+    transition = on_deadline(sagas.by_order[order_id], sagas.now, _timeout(settings))
+    return _decided(transition, note=f"saga {order_id}: {transition.log}")

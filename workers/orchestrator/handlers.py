@@ -1,6 +1,7 @@
 """The orchestrator's wiring: start a saga on order.placed, advance it on every reply, act
-on an operator's retry or compensation, and watch deadlines in the background (they live in
-the database, so they survive restarts)."""
+on an operator's retry or compensation, each a decision of ``domain`` on the sagas
+``store.load_sagas`` reads, written back by ``store.write_sagas``; and watch deadlines in
+the background (they live in the database, so they survive restarts)."""
 
 from __future__ import annotations
 
@@ -8,32 +9,15 @@ import asyncio
 import contextlib
 import logging
 import typing
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import asyncpg
 from aio_pika.abc import AbstractConnection
 
-from contracts import (
-    CompensateSaga,
-    OrderConfirmed,
-    OrderPlacedV2,
-    OrderRejected,
-    PaymentCompleted,
-    PaymentFailed,
-    PaymentRefunded,
-    RetryStep,
-    ShipmentCancelled,
-    ShipmentCreated,
-    ShipmentFailed,
-    StockReleased,
-    StockReservationFailed,
-    StockReserved,
-    not_choreography,
-)
-from db.unit_of_work import UnitOfWork, unit_of_work
+from contracts import not_choreography
+from db.unit_of_work import unit_of_work
 from workers.orchestrator import domain, store
-from workers.orchestrator.domain import OrderFacts, Transition
+from workers.orchestrator.domain import Recorded
 from workers.orchestrator.settings import OrchestratorSettings
 from workers.runtime import metrics, tracing
 from workers.runtime.service import Service
@@ -56,102 +40,15 @@ service = Service(
     ),
 )
 
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _timeout(settings: OrchestratorSettings) -> timedelta:
-    return timedelta(seconds=settings.step_timeout_seconds)
-
-
-# Every answer of a step or a compensation (domain.SUCCESS and domain.REFUSAL).
-Reply = (
-    StockReserved
-    | StockReservationFailed
-    | PaymentCompleted
-    | PaymentFailed
-    | ShipmentCreated
-    | ShipmentFailed
-    | OrderConfirmed
-    | StockReleased
-    | PaymentRefunded
-    | ShipmentCancelled
-    | OrderRejected
+service.handler(
+    domain.start_saga, load=store.load_sagas, write=store.write_sagas, when=not_choreography
 )
-
-
-async def _apply(uow: UnitOfWork, transition: Transition) -> None:
-    if not transition.changed:
-        log.info("saga %s: %s", transition.saga.order_id, transition.log)
-        await store.log(uow.conn, transition.saga, transition.log)
-        return
-    await store.save(uow.conn, transition.saga)
-    await store.log(uow.conn, transition.saga, transition.log)
-    for command in transition.commands:
-        # The saga's correlation id is its order id, whatever caused this step.
-        uow.emit(command, correlation_id=transition.saga.order_id)
-
-
-@service.legacy_handler(when=not_choreography)
-async def start_saga(uow: UnitOfWork, event: OrderPlacedV2, settings: OrchestratorSettings) -> None:
-    await uow.lock(event.order_id)
-    if await store.load(uow.conn, event.order_id) is not None:
-        return  # already started: order.placed delivered again under another id
-    facts = OrderFacts(
-        order_id=event.order_id,
-        customer_id=event.customer_id,
-        items=tuple(event.items),
-        total=event.total,
-        country=event.country,
-    )
-    await _apply(uow, domain.start(facts, _now(), _timeout(settings)))
-
-
-@service.legacy_handler(when=not_choreography)
-async def advance_saga(uow: UnitOfWork, event: Reply, settings: OrchestratorSettings) -> None:
-    await uow.lock(event.order_id)
-    saga = await store.load(uow.conn, event.order_id)
-    if saga is None:
-        log.info("%s for order %s, which has no saga: ignored", event.TYPE, event.order_id)
-        return
-    reason = getattr(event, "reason", None) if event.TYPE in domain.REFUSAL else None
-    transition = domain.on_reply(
-        saga,
-        event.TYPE,
-        reason,
-        _now(),
-        _timeout(settings),
-        payment_id=getattr(event, "payment_id", None),
-        tracking_number=getattr(event, "tracking_number", None),
-    )
-    await _apply(uow, transition)
-
-
-@service.legacy_handler(when=not_choreography)
-async def operator_request(
-    uow: UnitOfWork, command: RetryStep | CompensateSaga, settings: OrchestratorSettings
-) -> None:
-    """An operator's retry or compensation (``fleet saga retry / compensate``): decided by
-    the domain like a reply, under the order's lock; a refusal changes nothing and is
-    logged, in the saga's step log too."""
-    await uow.lock(command.order_id)
-    saga = await store.load(uow.conn, command.order_id)
-    if saga is None:
-        log.info("%s for order %s, which has no saga: ignored", command.TYPE, command.order_id)
-        return
-    if isinstance(command, RetryStep):
-        transition = domain.on_retry(saga, _now(), _timeout(settings))
-        asked = f"operator retry by {command.requested_by}"
-    else:
-        transition = domain.on_compensate(saga, command.reason, _now(), _timeout(settings))
-        asked = f"operator compensation by {command.requested_by}"
-    # The request's message id in the line: the operator's tool finds its answer by it.
-    request = uow.received.envelope.message_id if uow.received is not None else None
-    entry = f"{asked} {store.request_tag(request)}: {transition.log}"
-    if transition.changed:  # (_apply logs a refusal itself)
-        log.warning("saga %s: %s", saga.order_id, entry)
-    await _apply(uow, replace(transition, log=entry))
+service.handler(
+    domain.advance_saga, load=store.load_sagas, write=store.write_sagas, when=not_choreography
+)
+service.handler(
+    domain.operator_request, load=store.load_sagas, write=store.write_sagas, when=not_choreography
+)
 
 
 async def watch_deadlines(
@@ -170,10 +67,15 @@ async def watch_deadlines(
 async def fire_due_deadlines(
     settings: Settings, section: OrchestratorSettings, pool: asyncpg.Pool, limit: int = 100
 ) -> int:
+    """Decide about the sagas past their deadline, in one transaction: load them, decide
+    each, write, and the commands to the outbox. Their row locks serialise the watcher with
+    the handlers, whose load locks the same rows (after the order's lock): a handler waits
+    for the watcher there, and the watcher, skipping locked rows, never waits for a handler.
+    (Taking the order's lock too could deadlock: a handler holding it waits for the row.)"""
     async with unit_of_work(pool, producer=service.name, namespace=settings.namespace) as uow:
-        now = _now()
-        due = await store.due(uow.conn, now, limit)
-        for order_id in due:
+        sagas = await store.load_due(uow.conn, datetime.now(UTC), limit)
+        changes: list[Recorded] = []
+        for order_id in sagas.by_order:
             with tracing.span(
                 f"deadline {order_id}",
                 attributes={
@@ -181,13 +83,13 @@ async def fire_due_deadlines(
                     "messaging.message.conversation_id": order_id,
                 },
             ):
-                await uow.lock(order_id)
-                saga = await store.load(uow.conn, order_id)
-                if saga is not None:
-                    transition = domain.on_deadline(saga, now, _timeout(section))
-                    log.warning("saga %s: %s", order_id, transition.log)
-                    await _apply(uow, transition)
-    return len(due)
+                decision = domain.deadline_passed(sagas, order_id, settings=section)
+                log.warning("%s", decision.note)
+                changes += decision.changes
+                uow.send(decision.send)  # in the span: the commands continue its trace
+        if changes:
+            await store.write_sagas(uow.conn, changes)
+    return len(sagas.by_order)
 
 
 service.background.append(watch_deadlines)
@@ -199,11 +101,7 @@ async def sample(settings: Settings, conn: asyncpg.Connection, broker: AbstractC
     counts = await store.counts_by_status(conn)
     for status in typing.get_args(domain.Status):
         metrics.SAGAS.labels("orchestration", status).set(counts.get(status, 0))
-    metrics.DEADLINES_OVERDUE.set(await store.overdue_count(conn, _now()))
+    metrics.DEADLINES_OVERDUE.set(await store.overdue_count(conn, datetime.now(UTC)))
 
 
 service.samplers.append(sample)
-
-# The union says which types the queue is bound to; the domain says which it understands.
-if {model.TYPE for model in typing.get_args(Reply)} != set(domain.REPLY_TYPES):
-    raise TypeError("Reply and domain.REPLY_TYPES name different types")

@@ -28,7 +28,7 @@ PIVOT = "confirm_order"  # from this step on a saga only goes forward: no compen
 async def saga_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
     """The saga's state and step log; None when the orchestrator runs no saga for it."""
     async with connect_once(settings.database_url(SERVICE)) as conn:
-        saga = await store.load(conn, order_id)
+        saga = await store.find_saga(conn, order_id)
         if saga is None:
             return None
         steps = await store.step_log(conn, order_id)
@@ -109,4 +109,4 @@ async def request_answer(settings: Settings, order_id: str, message_id: str) -> 
     """The saga's step-log line for the operator request sent as ``message_id`` (the
     orchestrator names the request in it); None while it has not handled it."""
     async with connect_once(settings.database_url(SERVICE)) as conn:
-        return await store.log_entry_containing(conn, order_id, store.request_tag(message_id))
+        return await store.log_entry_containing(conn, order_id, domain.request_tag(message_id))

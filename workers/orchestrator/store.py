@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import replace
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from contracts import Money, OrderLine
-from workers.orchestrator.domain import OrderFacts, Saga
+from contracts import Money, OrderLine, OrderPlacedV2
+from workers.orchestrator.domain import OperatorRequest, OrderFacts, Recorded, Reply, Saga, Sagas
 from workers.runtime.errors import TransientError
 
 metadata = sa.MetaData()
 
-# version: optimistic concurrency; every save names the version it was loaded at.
+# version: optimistic concurrency; every write names the version it was loaded at.
 sagas = sa.Table(
     "sagas",
     metadata,
@@ -101,70 +102,136 @@ def _saga(row: asyncpg.Record) -> Saga:
     )
 
 
-# --- Reads and writes, in the caller's transaction (asyncpg; jsonb as Python values). ---
+# --- A batch's load and write, in the caller's transaction (asyncpg). -----------------
+
+# The batch's sagas, their rows locked in order-id order: a saga the deadline watcher holds
+# (``load_due``) is decided about once the watcher is done with it, and the watcher leaves
+# alone a saga a batch holds.
+_LOAD_SAGAS = "SELECT * FROM sagas WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE"
 
 
-async def load(conn: asyncpg.Connection, order_id: str) -> Saga | None:
+async def load_sagas(
+    conn: asyncpg.Connection, messages: Sequence[OrderPlacedV2 | Reply | OperatorRequest]
+) -> Sagas:
+    """The sagas of the batch's orders, and the time of now."""
+    order_ids = sorted({message.order_id for message in messages})
+    rows = await conn.fetch(_LOAD_SAGAS, order_ids)
+    return Sagas(datetime.now(UTC), {row["order_id"]: _saga(row) for row in rows})
+
+
+# Still waiting, deadline passed, soonest first: locked, skipping those locked already, so
+# that two orchestrators never take the same saga and the watcher never waits for a batch
+# deciding about one.
+_LOAD_DUE = """
+SELECT * FROM sagas WHERE status IN ('running', 'compensating') AND deadline_at <= $1
+ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED
+"""
+
+
+async def load_due(conn: asyncpg.Connection, now: datetime, limit: int) -> Sagas:
+    """The sagas whose deadline passed by ``now`` (at most ``limit``, soonest first)."""
+    rows = await conn.fetch(_LOAD_DUE, now, limit)
+    return Sagas(now, {row["order_id"]: _saga(row) for row in rows})
+
+
+class LogLine(NamedTuple):
+    order_id: str
+    status: str
+    step: str
+    entry: str
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A batch's changes as the rows they write: each saga that changed as it ends the
+    batch (once, however many transitions it had; at the version it was loaded at, which
+    every transition keeps), and every step-log line, in order."""
+
+    sagas: list[Saga]
+    log: list[LogLine]
+
+
+def rows_of(changes: Sequence[Recorded]) -> Rows:
+    last: dict[str, Saga] = {}
+    lines: list[LogLine] = []
+    for change in changes:
+        saga = change.saga
+        if change.changed:
+            last[saga.order_id] = saga
+        lines.append(LogLine(saga.order_id, saga.status, saga.step, change.entry))
+    return Rows(list(last.values()), lines)
+
+
+# New sagas (version 0) inserted at version 1; the others updated only at the version they
+# were loaded at (optimistic concurrency), their ids returned (their facts never change);
+# the step log's lines in their order: one statement for the whole batch. The jsonb columns
+# arrive as JSON text: asyncpg would take a list inside a jsonb[] for a dimension.
+_WRITE_SAGAS = """
+WITH saga_rows AS (
+    SELECT order_id, status, step, completed::jsonb, pending::jsonb, reason, facts::jsonb,
+           deadline_at, payment_id, tracking_number, version
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::int[])
+        AS s(order_id, status, step, completed, pending, reason, facts, deadline_at,
+             payment_id, tracking_number, version)
+), inserted AS (
+    INSERT INTO sagas (order_id, status, step, completed, pending, reason, facts, deadline_at,
+                       payment_id, tracking_number, version)
+    SELECT order_id, status, step, completed, pending, reason, facts, deadline_at,
+           payment_id, tracking_number, 1
+    FROM saga_rows WHERE version = 0
+), updated AS (
+    UPDATE sagas SET status = s.status, step = s.step, completed = s.completed,
+                     pending = s.pending, reason = s.reason, deadline_at = s.deadline_at,
+                     payment_id = s.payment_id, tracking_number = s.tracking_number,
+                     version = sagas.version + 1, updated_at = now()
+    FROM saga_rows s
+    WHERE s.version > 0 AND sagas.order_id = s.order_id AND sagas.version = s.version
+    RETURNING sagas.order_id
+), logged AS (
+    INSERT INTO saga_log (order_id, status, step, entry)
+    SELECT order_id, status, step, entry
+    FROM unnest($12::text[], $13::text[], $14::text[], $15::text[]) WITH ORDINALITY
+        AS l(order_id, status, step, entry, n)
+    ORDER BY n
+)
+SELECT array(SELECT order_id FROM updated)
+"""
+
+
+async def write_sagas(conn: asyncpg.Connection, changes: Sequence[Recorded]) -> None:
+    """Store the batch's sagas and step-log lines; ``SagaConflict`` when a saga changed
+    since it was loaded (the transaction is then rolled back and retried)."""
+    rows = rows_of(changes)
+    updated: list[str] = await conn.fetchval(
+        _WRITE_SAGAS,
+        [saga.order_id for saga in rows.sagas],
+        [saga.status for saga in rows.sagas],
+        [saga.step for saga in rows.sagas],
+        [json.dumps(saga.completed) for saga in rows.sagas],
+        [json.dumps(saga.pending) for saga in rows.sagas],
+        [saga.reason for saga in rows.sagas],
+        [json.dumps(_facts_to_json(saga.facts)) for saga in rows.sagas],
+        [saga.deadline_at for saga in rows.sagas],
+        [saga.payment_id for saga in rows.sagas],
+        [saga.tracking_number for saga in rows.sagas],
+        [saga.version for saga in rows.sagas],
+        [line.order_id for line in rows.log],
+        [line.status for line in rows.log],
+        [line.step for line in rows.log],
+        [line.entry for line in rows.log],
+    )
+    stale = [s.order_id for s in rows.sagas if s.version > 0 and s.order_id not in updated]
+    if stale:
+        raise SagaConflict(f"saga {', '.join(stale)} changed since it was loaded")
+
+
+# --- Reads for the rest of the fleet (public.py). ---------------------------------------
+
+
+async def find_saga(conn: asyncpg.Connection, order_id: str) -> Saga | None:
     row = await conn.fetchrow("SELECT * FROM sagas WHERE order_id = $1", order_id)
     return None if row is None else _saga(row)
-
-
-_INSERT = """
-INSERT INTO sagas (order_id, status, step, completed, pending, reason, facts, deadline_at,
-                   payment_id, tracking_number, version)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)
-"""
-# Optimistic concurrency: only the version it was loaded at is updated.
-_UPDATE = """
-UPDATE sagas SET status = $2, step = $3, completed = $4, pending = $5, reason = $6,
-                 facts = $7, deadline_at = $8, payment_id = $9, tracking_number = $10,
-                 version = version + 1, updated_at = now()
-WHERE order_id = $1 AND version = $11
-"""
-
-
-async def save(conn: asyncpg.Connection, saga: Saga) -> Saga:
-    """Insert (version 0) or update at the version it was loaded at; returns it as stored."""
-    values = (
-        saga.order_id,
-        saga.status,
-        saga.step,
-        list(saga.completed),
-        list(saga.pending),
-        saga.reason,
-        _facts_to_json(saga.facts),
-        saga.deadline_at,
-        saga.payment_id,
-        saga.tracking_number,
-    )
-    if saga.version == 0:
-        # The caller holds the order's lock and found no saga: a second start waits for
-        # the first and then finds it.
-        await conn.execute(_INSERT, *values)
-    elif await conn.execute(_UPDATE, *values, saga.version) != "UPDATE 1":
-        raise SagaConflict(f"saga {saga.order_id} changed since version {saga.version}")
-    return replace(saga, version=saga.version + 1)
-
-
-async def log(conn: asyncpg.Connection, saga: Saga, entry: str) -> None:
-    await conn.execute(
-        "INSERT INTO saga_log (order_id, status, step, entry) VALUES ($1, $2, $3, $4)",
-        saga.order_id,
-        saga.status,
-        saga.step,
-        entry,
-    )
-
-
-async def due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[str]:
-    """Sagas whose deadline passed, locked so that no other orchestrator takes them too."""
-    rows = await conn.fetch(
-        "SELECT order_id FROM sagas WHERE status IN ('running', 'compensating')"
-        " AND deadline_at <= $1 ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-        now,
-        limit,
-    )
-    return [row["order_id"] for row in rows]
 
 
 async def step_log(conn: asyncpg.Connection, order_id: str) -> list[dict[str, Any]]:
@@ -222,11 +289,6 @@ async def summary(conn: asyncpg.Connection, order_id: str) -> asyncpg.Record | N
         f"SELECT {_LISTING_COLUMNS} FROM sagas WHERE order_id = $1", order_id
     )
     return row
-
-
-def request_tag(message_id: str | None) -> str:
-    """How an operator request's step-log line names it, so its answer can be found."""
-    return f"(request {message_id})"
 
 
 async def log_entry_containing(conn: asyncpg.Connection, order_id: str, text: str) -> str | None:
