@@ -24,7 +24,7 @@ stream is replayed from the start): an old shape is never trusted.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -157,6 +157,58 @@ async def append(
     return expected_version + len(messages)
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append at ``version`` of its stream (the version after the one its
+    writer decided on)."""
+
+    stream_id: str
+    version: int
+    message: Message
+    metadata: Mapping[str, Any]
+
+
+# Rows another writer took first are skipped (the primary key waits for that writer's
+# transaction, then finds its row) and so missing from what the statement returns.
+_APPEND_EVENTS = """
+INSERT INTO events (stream_id, version, type, contract_version, data, metadata)
+SELECT stream_id, version, type, contract_version, data::jsonb, metadata::jsonb
+FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[])
+     WITH ORDINALITY AS e(stream_id, version, type, contract_version, data, metadata, n)
+ORDER BY n
+ON CONFLICT ON CONSTRAINT events_pkey DO NOTHING
+RETURNING stream_id, version
+"""
+
+
+async def append_events(conn: asyncpg.Connection, events: Sequence[NewEvent]) -> None:
+    """Append the events of several streams in one statement, in the order given (which
+    their global positions keep).
+
+    Raises :class:`ConcurrencyConflict` naming a stream of which another writer took one of
+    those versions; the caller's transaction must then be rolled back and retried as a
+    whole (it holds the events that did go in).
+    """
+    if not events:
+        return
+    rows = await conn.fetch(
+        _APPEND_EVENTS,
+        [event.stream_id for event in events],
+        [event.version for event in events],
+        [event.message.TYPE for event in events],
+        [event.message.VERSION for event in events],
+        # Through the registry: only a registered model of its (type, version) is stored.
+        [registry.encode(event.message).decode() for event in events],
+        [json.dumps(dict(event.metadata)) for event in events],
+    )
+    appended = {(row["stream_id"], row["version"]) for row in rows}
+    taken = [event for event in events if (event.stream_id, event.version) not in appended]
+    if taken:
+        stream_id = taken[0].stream_id
+        first_new = min(event.version for event in events if event.stream_id == stream_id)
+        raise ConcurrencyConflict(stream_id, first_new - 1)
+
+
 # --- Reading. --------------------------------------------------------------------------
 
 # data as text: the registry validates the JSON itself, as it does a message body.
@@ -191,6 +243,52 @@ async def load(
         after_version,
     )
     return [_stored(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class StreamTail:
+    """A stream as a writer reads it: its snapshot, if one of the schema asked for exists,
+    and the events after it."""
+
+    snapshot: tuple[int, dict[str, Any]] | None  # (version, state)
+    events: list[StoredEvent]
+
+
+# Snapshot rows and event rows in one result: a snapshot row has no type, and comes first
+# in its stream (its version is below those of the events read after it).
+_LOAD_STREAMS = f"""
+WITH snapshot AS (
+    SELECT stream_id, version, state FROM snapshots
+    WHERE stream_id = ANY($1::text[]) AND schema_version = $2
+)
+SELECT stream_id, version, NULL::text AS type, NULL::int AS contract_version,
+       state::text AS data, NULL::text AS metadata, NULL::timestamptz AS recorded_at,
+       NULL::bigint AS global_position
+FROM snapshot
+UNION ALL
+SELECT {_EVENT_COLUMNS} FROM events
+WHERE stream_id = ANY($1::text[])
+  AND version > coalesce((SELECT s.version FROM snapshot s WHERE s.stream_id = events.stream_id), 0)
+ORDER BY stream_id, version
+"""
+
+
+async def load_streams(
+    conn: asyncpg.Connection, stream_ids: Collection[str], schema_version: int | None
+) -> dict[str, StreamTail]:
+    """Every stream of ``stream_ids`` (one that does not exist is empty) from its snapshot of
+    ``schema_version`` (None: from its first event), in one statement."""
+    rows = await conn.fetch(_LOAD_STREAMS, list(stream_ids), schema_version)
+    snapshots: dict[str, tuple[int, dict[str, Any]]] = {}
+    events: dict[str, list[StoredEvent]] = {stream_id: [] for stream_id in stream_ids}
+    for row in rows:
+        if row["type"] is None:
+            snapshots[row["stream_id"]] = (row["version"], json.loads(row["data"]))
+        else:
+            events[row["stream_id"]].append(_stored(row))
+    return {
+        stream_id: StreamTail(snapshots.get(stream_id), tail) for stream_id, tail in events.items()
+    }
 
 
 async def load_all_streams(conn: asyncpg.Connection) -> list[StoredEvent]:
@@ -246,6 +344,73 @@ async def count_events(conn: asyncpg.Connection, up_to_position: int) -> int:
     return int(await conn.fetchval(sql, up_to_position))
 
 
+@dataclass(frozen=True)
+class PageRequest:
+    """A page of the whole store: the events after ``after_position``, up to
+    ``up_to_position`` (None: the store's last position when read)."""
+
+    after_position: int
+    up_to_position: int | None
+    # Also count the store's events up to the page's end position.
+    count: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    events: list[StoredEvent]
+    up_to_position: int  # as asked, or the store's last position when read
+    count: int | None  # the store's events up to ``up_to_position``, if asked
+
+
+# One row per event of each page, in page order; a page with no events is one row of NULLs.
+_READ_PAGES = f"""
+WITH wanted AS (
+    SELECT n, after_position,
+           coalesce(up_to_position,
+                    (SELECT coalesce(max(global_position), 0) FROM events)) AS up_to,
+           counted
+    FROM unnest($1::bigint[], $2::bigint[], $3::bool[])
+         WITH ORDINALITY AS w(after_position, up_to_position, counted, n)
+), bounded AS (
+    SELECT n, after_position, up_to,
+           CASE WHEN counted THEN
+               (SELECT count(*) FROM events WHERE global_position <= up_to)
+           END AS stored
+    FROM wanted
+)
+SELECT b.n, b.up_to, b.stored, page.*
+FROM bounded b LEFT JOIN LATERAL (
+    SELECT {_EVENT_COLUMNS} FROM events
+    WHERE global_position > b.after_position AND global_position <= b.up_to
+    ORDER BY global_position LIMIT $4
+) page ON true
+ORDER BY b.n, page.global_position
+"""
+
+
+async def read_pages(
+    conn: asyncpg.Connection, requests: Sequence[PageRequest], limit: int
+) -> list[Page]:
+    """Pages of at most ``limit`` events in global position order (see ``all_events``),
+    one per request, in one statement (so all read the store as it was at one moment)."""
+    if not requests:
+        return []
+    rows = await conn.fetch(
+        _READ_PAGES,
+        [request.after_position for request in requests],
+        [request.up_to_position for request in requests],
+        [request.count for request in requests],
+        limit,
+    )
+    ends: dict[int, tuple[int, int | None]] = {}
+    events: dict[int, list[StoredEvent]] = {n: [] for n in range(1, len(requests) + 1)}
+    for row in rows:
+        ends[row["n"]] = (row["up_to"], row["stored"])
+        if row["stream_id"] is not None:
+            events[row["n"]].append(_stored(row))
+    return [Page(events[n], *ends[n]) for n in sorted(events)]
+
+
 # --- Snapshots. ------------------------------------------------------------------------
 
 
@@ -275,6 +440,40 @@ async def save_snapshot(
     """Keep ``state`` as the stream's snapshot at ``version``, replacing an older one (or one
     of another schema version); a snapshot never moves backwards within one schema."""
     await conn.execute(_SAVE_SNAPSHOT, stream_id, version, schema_version, json.dumps(dict(state)))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    stream_id: str
+    version: int
+    schema_version: int
+    state: Mapping[str, Any]
+
+
+_SAVE_SNAPSHOTS = """
+INSERT INTO snapshots AS existing (stream_id, version, schema_version, state)
+SELECT stream_id, version, schema_version, state::jsonb
+FROM unnest($1::text[], $2::int[], $3::int[], $4::text[])
+     AS s(stream_id, version, schema_version, state)
+ON CONFLICT (stream_id) DO UPDATE
+SET version = excluded.version, schema_version = excluded.schema_version,
+    state = excluded.state, taken_at = now()
+WHERE existing.version < excluded.version OR existing.schema_version <> excluded.schema_version
+"""
+
+
+async def save_snapshots(conn: asyncpg.Connection, snapshots: Sequence[Snapshot]) -> None:
+    """``save_snapshot`` for several streams in one statement: at most one snapshot per
+    stream (a statement cannot change one row twice)."""
+    if not snapshots:
+        return
+    await conn.execute(
+        _SAVE_SNAPSHOTS,
+        [snapshot.stream_id for snapshot in snapshots],
+        [snapshot.version for snapshot in snapshots],
+        [snapshot.schema_version for snapshot in snapshots],
+        [json.dumps(dict(snapshot.state)) for snapshot in snapshots],
+    )
 
 
 async def load_snapshot(

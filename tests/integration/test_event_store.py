@@ -262,3 +262,128 @@ async def test_a_snapshot_never_moves_backwards(fleet: Fleet) -> None:
         await event_store.save_snapshot(conn, stream, 5, 1, {"at": 5})
     async with fleet.connection(ORDER) as conn:
         assert await event_store.load_snapshot(conn, stream, 1) == (5, {"at": 5})
+
+
+# --- A batch's statements: several streams at once. -------------------------------------
+
+
+async def test_several_streams_load_from_their_snapshots_in_one_statement(fleet: Fleet) -> None:
+    snapshotted, plain, missing = new_id(), new_id(), new_id()
+    async with fleet.transaction(ORDER) as conn:
+        await event_store.append(conn, snapshotted, 0, confirmed(3))
+        await event_store.save_snapshot(conn, snapshotted, 2, 1, {"at": 2})
+        await event_store.append(conn, plain, 0, confirmed(2))
+    async with fleet.connection(ORDER) as conn:
+        tails = await event_store.load_streams(conn, [snapshotted, plain, missing], 1)
+        whole = await event_store.load_streams(conn, [snapshotted], None)
+        other_schema = await event_store.load_streams(conn, [snapshotted], 2)
+    assert tails[snapshotted].snapshot == (2, {"at": 2})
+    assert [e.version for e in tails[snapshotted].events] == [3]
+    assert tails[plain].snapshot is None
+    assert [e.version for e in tails[plain].events] == [1, 2]
+    assert tails[missing] == event_store.StreamTail(None, [])
+    for tail in (whole[snapshotted], other_schema[snapshotted]):
+        assert tail.snapshot is None
+        assert [e.version for e in tail.events] == [1, 2, 3]
+
+
+async def test_several_streams_append_in_one_statement_in_the_order_given(fleet: Fleet) -> None:
+    a, b = new_id(), new_id()
+    async with fleet.transaction(ORDER) as conn:
+        await event_store.append(conn, a, 0, confirmed(1))
+    first, second, third = confirmed(3)
+    async with fleet.transaction(ORDER) as conn:
+        await event_store.append_events(
+            conn,
+            [
+                event_store.NewEvent(b, 1, first, {"message_id": "m-1"}),
+                event_store.NewEvent(a, 2, second, {"message_id": "m-2"}),
+                event_store.NewEvent(b, 2, third, {}),
+            ],
+        )
+    async with fleet.connection(ORDER) as conn:
+        stored_a, stored_b = await event_store.load(conn, a), await event_store.load(conn, b)
+    assert [e.message for e in stored_b] == [first, third]
+    assert [e.metadata for e in stored_b] == [{"message_id": "m-1"}, {}]
+    assert stored_a[1].message == second
+    assert stored_b[0].global_position < stored_a[1].global_position < stored_b[1].global_position
+
+
+async def test_a_batch_appending_where_another_writer_was_first_is_a_conflict(fleet: Fleet) -> None:
+    moved, untouched = new_id(), new_id()
+    async with fleet.connection(ORDER) as first, fleet.connection(ORDER) as second:
+        first_tx, second_tx = first.transaction(), second.transaction()
+        await first_tx.start()
+        await second_tx.start()
+        await event_store.append(first, moved, 0, confirmed(1))
+        racing = asyncio.create_task(
+            event_store.append_events(
+                second,
+                [
+                    event_store.NewEvent(untouched, 1, confirmed(1)[0], {}),
+                    event_store.NewEvent(moved, 1, confirmed(1)[0], {}),
+                    event_store.NewEvent(moved, 2, confirmed(1)[0], {}),
+                ],
+            )
+        )
+        # The batch waits on the first writer's row for version 1 of ``moved`` ...
+        await wait_for(lambda: _waiting_for_a_lock(fleet, 1))
+        assert not racing.done()
+        await first_tx.commit()
+        # ... and names that stream, at the version it decided on, once the first commits.
+        with pytest.raises(ConcurrencyConflict) as raised:
+            await racing
+        await second_tx.rollback()
+    assert (raised.value.stream_id, raised.value.expected_version) == (moved, 0)
+    assert await versions(fleet, moved) == [1]
+    assert await versions(fleet, untouched) == []
+
+
+async def test_several_snapshots_save_in_one_statement_never_moving_backwards(
+    fleet: Fleet,
+) -> None:
+    ahead, behind, new = new_id(), new_id(), new_id()
+    async with fleet.transaction(ORDER) as conn:
+        await event_store.save_snapshot(conn, ahead, 5, 1, {"at": 5})
+        await event_store.save_snapshot(conn, behind, 1, 1, {"at": 1})
+        await event_store.save_snapshots(
+            conn,
+            [
+                event_store.Snapshot(ahead, 3, 1, {"at": 3}),
+                event_store.Snapshot(behind, 2, 1, {"at": 2}),
+                event_store.Snapshot(new, 4, 1, {"at": 4}),
+            ],
+        )
+    async with fleet.connection(ORDER) as conn:
+        assert await event_store.load_snapshot(conn, ahead, 1) == (5, {"at": 5})
+        assert await event_store.load_snapshot(conn, behind, 1) == (2, {"at": 2})
+        assert await event_store.load_snapshot(conn, new, 1) == (4, {"at": 4})
+
+
+async def test_pages_of_the_store_read_in_one_statement(fleet: Fleet) -> None:
+    stream = new_id()
+    async with fleet.transaction(ORDER) as conn:
+        await event_store.append(conn, stream, 0, confirmed(5))
+    async with fleet.connection(ORDER) as conn:
+        ours = await event_store.load(conn, stream)
+        start = ours[0].global_position - 1
+        end = await event_store.last_position(conn)
+        first, middle, past_the_end, to_now = await event_store.read_pages(
+            conn,
+            [
+                event_store.PageRequest(start, ours[3].global_position, count=True),
+                event_store.PageRequest(ours[1].global_position, ours[3].global_position),
+                event_store.PageRequest(ours[4].global_position, ours[4].global_position),
+                event_store.PageRequest(start, None),
+            ],
+            limit=2,
+        )
+        counted = await event_store.count_events(conn, ours[3].global_position)
+        assert await event_store.read_pages(conn, [], limit=2) == []
+    assert [e.version for e in first.events] == [1, 2]
+    assert (first.up_to_position, first.count) == (ours[3].global_position, counted)
+    assert [e.version for e in middle.events] == [3, 4]
+    assert middle.count is None
+    assert past_the_end.events == []
+    assert past_the_end.up_to_position == ours[4].global_position
+    assert to_now.up_to_position >= end and [e.version for e in to_now.events] == [1, 2]

@@ -42,6 +42,7 @@ from workers.order import domain, store
 from workers.order.domain import Status
 from workers.order.settings import OrderSettings
 from workers.runtime import catalog
+from workers.runtime.settings import Settings
 from workers.runtime.worker import Worker
 
 pytestmark = pytest.mark.integration
@@ -363,12 +364,15 @@ async def _blocked_on_a_lock(orders: OrderFleet, n: int) -> bool:
     return int(await scalar(orders.engine, query)) >= n
 
 
-async def test_a_confirm_and_a_reject_racing_for_one_order_one_wins_the_other_is_retried(
+async def test_a_writer_racing_the_handlers_makes_one_of_them_conflict_and_retry_on_its_event(
     orders: OrderFleet, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The runtime holds an order's lock while it decides about it, so a confirm and a
+    reject of one order take turns; a writer that appends without that lock (the gate)
+    still collides with the first of them on the stream's primary key."""
     order_id = await orders.place(place_command())
-    # Hold version 2 of the stream in an open transaction, so that both commands load the
-    # order at version 1 and both try to append version 2 while it is held: they must race.
+    # Hold version 2 of the stream in an open transaction: the first handler decides at
+    # version 1 and waits on that row, the second waits for the order's lock.
     async with orders.fleet.connection("order") as gate:
         gate_tx = gate.transaction()
         await gate_tx.start()
@@ -378,10 +382,9 @@ async def test_a_confirm_and_a_reject_racing_for_one_order_one_wins_the_other_is
         confirm = await orders.send(ConfirmOrder(order_id=order_id), "confirm_order")
         reject = await orders.send(RejectOrder(order_id=order_id, reason="no"), "reject_order")
         await wait_for(lambda: _blocked_on_a_lock(orders, 2))
-        await gate_tx.rollback()  # open the gate: one append wins, the other conflicts
+        await gate_tx.commit()  # the first handler's append conflicts; the second goes on
 
-    await orders.wait_handled(confirm)
-    await orders.wait_handled(reject)
+    await orders.wait_handled(confirm, reject)
     retries = [
         record.getMessage()
         for record in caplog.records
@@ -391,17 +394,13 @@ async def test_a_confirm_and_a_reject_racing_for_one_order_one_wins_the_other_is
     loser = confirm if confirm in retries[0] else reject
     assert loser in retries[0]
 
-    stream = await orders.stream(order_id)
-    assert [version for version, _, _ in stream] == [1, 2]  # no gap, nothing twice
-    winner_type = stream[1][1]
-    assert winner_type in ("order.confirmed", "order.rejected")
-    assert await orders.outbox_types(order_id) == ["order.placed", winner_type]
-    assert (winner_type == "order.confirmed") == (loser == reject)
+    # Both decided on the gate's rejection in the end: nothing more is stored or sent.
+    assert await orders.stream(order_id) == [(1, "order.placed", 2), (2, "order.rejected", 2)]
+    assert await orders.outbox_types(order_id) == ["order.placed"]
     loaded = await orders.load(order_id)
     assert loaded.order is not None
-    expected = Status.CONFIRMED if winner_type == "order.confirmed" else Status.REJECTED
-    assert loaded.order.status is expected
-    # The loser was applied once on its retry (a late reply, refused), and never dead-lettered.
+    assert (loaded.order.status, loaded.order.rejection_reason) == (Status.REJECTED, "the gate")
+    # The loser was applied once on its retry, and never dead-lettered.
     inbox = "SELECT count(*) FROM inbox WHERE message_id = :id"
     assert await scalar(orders.engine, inbox, id=loser) == 1
     for handler in ("confirm_order", "reject_order"):
@@ -425,6 +424,50 @@ async def test_the_same_key_placed_twice_at_once_places_one_order(
         await orders.wait_handled(*(m.message_id for m in messages if m.message_id))
     assert await orders.stream(order_id) == [(1, "order.placed", 2)]
     assert await orders.outbox_types(order_id) == ["order.placed"]
+
+
+def batched(fleet: Fleet) -> Settings:
+    """Settings under which messages queued together meet in one batch."""
+    return fleet.settings.model_copy(
+        update={"batch_size": 10, "batch_wait_ms": 500.0, "prefetch": 20}
+    )
+
+
+async def queue_all(fleet: Fleet, handler: str, messages: list[Message]) -> list[str]:
+    sent = [outgoing(message, queue=queue(fleet, handler)) for message in messages]
+    async with fleet.publisher() as publisher:
+        await publisher.publish_many(sent)
+    return [message.message_id for message in sent if message.message_id]
+
+
+async def test_requests_for_one_order_in_one_batch_are_decided_each_on_the_one_before(
+    fleet: Fleet,
+) -> None:
+    """Queued together, they meet in one transaction per queue: the second placing of a
+    key and the second confirmation of an order see the first's event, so nothing collides
+    on a stream (a collision would make the batch fall back to one message at a time)."""
+    orders = OrderFleet(fleet)
+    first, second = place_command(), place_command()
+    first_id, second_id = domain.order_id_for(first), domain.order_id_for(second)
+    every_event = OrderSettings(snapshot_every=1)
+    async with fleet.worker(
+        catalog.load("order"), with_relay=False, settings=batched(fleet), section=every_event
+    ) as worker:
+        await orders.wait_handled(*await queue_all(fleet, "place_order", [first, second, first]))
+        confirms = [ConfirmOrder(order_id=first_id), ConfirmOrder(order_id=second_id)]
+        await orders.wait_handled(
+            *await queue_all(fleet, "confirm_order", [*confirms, confirms[0]])
+        )
+        assert worker.consumer is not None
+        assert worker.consumer.batched == 6
+        assert worker.consumer.fallbacks == 0
+    for order_id in (first_id, second_id):
+        assert await orders.stream(order_id) == [
+            (1, "order.placed", 2),
+            (2, "order.confirmed", 3),
+        ]
+        assert await orders.outbox_types(order_id) == ["order.placed", "order.confirmed"]
+        assert await snapshot_row(orders, order_id) == (2, domain.SCHEMA_VERSION)
 
 
 # --- Choreography. ----------------------------------------------------------------------

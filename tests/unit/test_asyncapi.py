@@ -194,7 +194,7 @@ DECLARED_NOT_CONSTRUCTED: dict[tuple[str, str], str] = {
 }
 CONSTRUCTED_NOT_DECLARED: dict[tuple[str, str], str] = {
     # emits puts a publisher on <ns>.events or <ns>.commands; this one never goes there.
-    ("order", "order.events_replayed"): "sent only to <ns>.replays (uow.emit(route=...))",
+    ("order", "order.events_replayed"): "sent only to <ns>.replays (Send(replay_to=...))",
 }
 
 WORKERS = Path(__file__).resolve().parents[2] / "workers"
