@@ -6,7 +6,9 @@ functions included), as tests/unit/test_asyncapi.py reads the code for what it e
 - the operator tools and the entry points (``cli``, ``api``) use a service only through
   its public module (``workers/<service>/public.py``), never its rules or its tables;
 - nothing outside ``cli/`` imports ``cli``;
-- ``db`` imports only ``contracts``; ``contracts`` imports nothing of the fleet.
+- ``db`` imports only ``contracts``; ``contracts`` imports nothing of the fleet;
+- the modules of one package import each other in no circle (neither could be read, or
+  loaded, without the other).
 
 The catalog names each service's handlers module as a string (it is loaded by name), which
 is how the runtime runs services without importing them.
@@ -15,7 +17,8 @@ is how the runtime runs services without importing them.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+import graphlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -146,6 +149,35 @@ RULES = {
 @pytest.mark.parametrize("rule", RULES)
 def test_the_layering_holds(rule: str) -> None:
     assert violations(rule) == []
+
+
+def sibling_circle(imports: Mapping[str, set[str]]) -> list[str] | None:
+    """A circle of imports among the modules of one package, if there is one. (A package's
+    ``__init__`` is not one of its modules: ``from api import routes`` names it as well.)"""
+
+    def package(module: str) -> str:
+        return module.rpartition(".")[0]
+
+    siblings = {
+        module: {
+            target
+            for target in imported
+            if target in imports and target != module and package(target) == package(module)
+        }
+        for module, imported in imports.items()
+    }
+    try:
+        graphlib.TopologicalSorter(siblings).prepare()
+    except graphlib.CycleError as error:
+        circle: list[str] = error.args[1]
+        return circle
+    return None
+
+
+def test_the_modules_of_a_package_import_each_other_in_no_circle() -> None:
+    assert sibling_circle(IMPORTS) is None
+    assert sibling_circle({"a.x": {"a.y"}, "a.y": {"a.z"}, "a.z": {"a.x"}}) is not None
+    assert sibling_circle({"a": {"a.x"}, "a.x": {"a"}, "b.x": {"a.x"}}) is None
 
 
 def test_the_reader_sees_every_package_and_their_imports() -> None:

@@ -13,11 +13,11 @@ import asyncpg
 from aio_pika.abc import AbstractConnection
 
 from db.engine import connect_once
-from workers.order_view import store
+from workers.order_view import lag, store
 from workers.order_view.domain import STATUSES, Status, Summary
 from workers.order_view.handlers import service
+from workers.order_view.lag import lag_seconds
 from workers.order_view.store import Rebuild
-from workers.runtime import connections, topology
 from workers.runtime.settings import Settings
 
 __all__ = [
@@ -67,13 +67,8 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
 
 
 def lag_queues(settings: Settings) -> list[str]:
-    """The view's queues: what waits there is not projected yet. (A view event waiting in
-    a delay tier for its retry is not counted: the tiers are shared by every handler.)"""
-    return [
-        name
-        for spec in service.queue_specs(settings.namespace)
-        for name in (spec.name, *topology.legacy_retry_queues(settings, spec))
-    ]
+    """The view's queues: what waits there is not projected yet."""
+    return lag.lag_queues(service, settings)
 
 
 async def view_lag(
@@ -82,28 +77,7 @@ async def view_lag(
     """How far behind the write side the view is: what waits in its queues (and their retry
     queues) and when it last applied an order event. Over ``connection`` when given (a
     server's long-lived one), else over a connection of its own."""
-    queues = lag_queues(settings)
-    if connection is None:
-        own = await connections.connect(settings.broker_urls)
-        try:
-            depths = await topology.depths(own, queues)
-        finally:
-            await own.close()
-    else:
-        depths = await topology.depths(connection, queues)
-    return {
-        "messages_waiting": sum(depth or 0 for depth in depths.values()),
-        "last_update": last_update,
-    }
-
-
-def lag_seconds(lag: dict[str, Any], now: datetime) -> float:
-    """The view's lag in seconds, from ``view_lag``: 0 when nothing waits for it, else how
-    long since it last applied an event (it is that far behind at least)."""
-    last_update = lag["last_update"]
-    if not lag["messages_waiting"] or last_update is None:
-        return 0.0
-    return max(0.0, float((now - last_update).total_seconds()))
+    return await lag.view_lag(service, settings, last_update, connection=connection)
 
 
 async def last_update(conn: asyncpg.Connection) -> datetime | None:
@@ -120,7 +94,7 @@ async def orders_by_saga_and_status(conn: asyncpg.Connection) -> dict[tuple[str,
 async def known_order(conn: asyncpg.Connection, order_id: str) -> Summary | None:
     """The order's row, unless the view has none or only references without an order event
     yet (status NULL): readers never see such a row."""
-    found = await store.load(conn, order_id)
+    found = await store.find_summary(conn, order_id)
     return found if found is not None and found.status is not None else None
 
 

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
 import sqlalchemy as sa
 
-from workers.order_view.domain import Summary
+from contracts import OrderEventsReplayed
+from workers.order_view.domain import (
+    AppliedForReplay,
+    Change,
+    ProjectedEvent,
+    ReplayedMessage,
+    ReplaySent,
+    SagaEnded,
+    Summaries,
+    Summary,
+)
 
 metadata = sa.MetaData()
 
@@ -70,43 +80,131 @@ def _summary(row: asyncpg.Record) -> Summary:
     return Summary(**dict(row))
 
 
-async def load(conn: asyncpg.Connection, order_id: str) -> Summary | None:
+async def find_summary(conn: asyncpg.Connection, order_id: str) -> Summary | None:
     row = await conn.fetchrow(
         f"SELECT {_SUMMARY_COLUMNS} FROM order_summaries WHERE order_id = $1", order_id
     )
     return None if row is None else _summary(row)
 
 
-_SAVE = f"""
-INSERT INTO order_summaries ({_SUMMARY_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-ON CONFLICT (order_id) DO UPDATE SET
-    status = excluded.status, customer_id = excluded.customer_id,
-    item_count = excluded.item_count, total_amount = excluded.total_amount,
-    currency = excluded.currency, saga = excluded.saga, payment_id = excluded.payment_id,
-    tracking_number = excluded.tracking_number, rejection_reason = excluded.rejection_reason,
-    created_at = excluded.created_at, updated_at = excluded.updated_at,
-    last_version = excluded.last_version
+# --- A batch's load and write, in the caller's transaction. -----------------------------
+
+
+async def load_summaries(
+    conn: asyncpg.Connection, messages: Sequence[ProjectedEvent | ReplayedMessage]
+) -> Summaries:
+    """The stored rows of the batch's orders (the runtime holds each order's lock, so no
+    row lock is needed: nobody else writes them before the batch commits)."""
+    order_ids = sorted({m.order_id for m in messages if not isinstance(m, OrderEventsReplayed)})
+    if not order_ids:  # only the ends of replays
+        return Summaries()
+    rows = await conn.fetch(
+        f"SELECT {_SUMMARY_COLUMNS} FROM order_summaries WHERE order_id = ANY($1::text[])",
+        order_ids,
+    )
+    return Summaries({row["order_id"]: _summary(row) for row in rows})
+
+
+@dataclass(frozen=True)
+class ReplayCount:
+    """What a batch adds to one replay's counters."""
+
+    applied: int = 0
+    expected: int | None = None
+    sent: int | None = None
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A batch's changes as the rows they write: each order's row as it ends (one per
+    order, however many events it had), and what each replay's counters gain."""
+
+    summaries: dict[str, Summary] = field(default_factory=dict)
+    replays: dict[str, ReplayCount] = field(default_factory=dict)
+
+
+def rows_of(changes: Sequence[Change]) -> Rows:
+    rows = Rows()
+    for change in changes:
+        match change:
+            case Summary():
+                rows.summaries[change.order_id] = change
+            case AppliedForReplay(replay_id, expected):
+                count = rows.replays.get(replay_id, ReplayCount())
+                rows.replays[replay_id] = ReplayCount(
+                    count.applied + 1,
+                    expected if expected is not None else count.expected,
+                    count.sent,
+                )
+            case ReplaySent(replay_id, events):
+                count = rows.replays.get(replay_id, ReplayCount())
+                rows.replays[replay_id] = ReplayCount(count.applied, count.expected, events)
+            case SagaEnded():
+                pass  # observed once the batch has committed, not stored
+    return rows
+
+
+# The rows, as the batch leaves them, and the replays' counters, in one statement. The
+# counters are added to in SQL (another view worker may be counting the same replay), a
+# replay nobody started with `fleet view rebuild` (sent with `fleet publish`) gets its row
+# on first sight, and a replay is finished once all that was sent is applied: decided
+# here, on the counts as they now are. (In ON CONFLICT's SET, ``r`` is the row before.)
+_WRITE_VIEW = f"""
+WITH summary_rows AS (
+    INSERT INTO order_summaries ({_SUMMARY_COLUMNS})
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::int[], $5::numeric[], $6::text[], $7::text[],
+        $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[],
+        $13::int[]
+    )
+    ON CONFLICT (order_id) DO UPDATE SET
+        status = excluded.status, customer_id = excluded.customer_id,
+        item_count = excluded.item_count, total_amount = excluded.total_amount,
+        currency = excluded.currency, saga = excluded.saga, payment_id = excluded.payment_id,
+        tracking_number = excluded.tracking_number,
+        rejection_reason = excluded.rejection_reason, created_at = excluded.created_at,
+        updated_at = excluded.updated_at, last_version = excluded.last_version
+)
+INSERT INTO rebuilds AS r (rebuild_id, applied_events, expected_events, sent_events, finished_at)
+SELECT rebuild_id, applied, expected, sent, CASE WHEN applied >= sent THEN now() END
+FROM unnest($14::text[], $15::int[], $16::int[], $17::int[])
+    AS counted(rebuild_id, applied, expected, sent)
+ON CONFLICT (rebuild_id) DO UPDATE SET
+    applied_events = r.applied_events + excluded.applied_events,
+    expected_events = coalesce(excluded.expected_events, r.expected_events),
+    sent_events = coalesce(excluded.sent_events, r.sent_events),
+    finished_at = coalesce(
+        r.finished_at,
+        CASE WHEN r.applied_events + excluded.applied_events
+            >= coalesce(excluded.sent_events, r.sent_events) THEN now() END
+    )
 """
 
 
-async def save(conn: asyncpg.Connection, summary: Summary) -> None:
-    s = summary
+async def write_view(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
+    rows = rows_of(changes)
+    # In key order: two transactions upserting the same rows take their locks in one order.
+    summaries = [rows.summaries[order_id] for order_id in sorted(rows.summaries)]
+    replays = sorted(rows.replays.items())
     await conn.execute(
-        _SAVE,
-        s.order_id,
-        s.status,
-        s.customer_id,
-        s.item_count,
-        s.total_amount,
-        s.currency,
-        s.saga,
-        s.payment_id,
-        s.tracking_number,
-        s.rejection_reason,
-        s.created_at,
-        s.updated_at,
-        s.last_version,
+        _WRITE_VIEW,
+        [s.order_id for s in summaries],
+        [s.status for s in summaries],
+        [s.customer_id for s in summaries],
+        [s.item_count for s in summaries],
+        [s.total_amount for s in summaries],
+        [s.currency for s in summaries],
+        [s.saga for s in summaries],
+        [s.payment_id for s in summaries],
+        [s.tracking_number for s in summaries],
+        [s.rejection_reason for s in summaries],
+        [s.created_at for s in summaries],
+        [s.updated_at for s in summaries],
+        [s.last_version for s in summaries],
+        [replay_id for replay_id, _ in replays],
+        [count.applied for _, count in replays],
+        [count.expected for _, count in replays],
+        [count.sent for _, count in replays],
     )
 
 
@@ -187,42 +285,6 @@ async def start_rebuild(conn: asyncpg.Connection, rebuild_id: str) -> None:
     """Empty the view and open a rebuild row (the caller then asks for the replay)."""
     await conn.execute("TRUNCATE order_summaries")
     await conn.execute("INSERT INTO rebuilds (rebuild_id) VALUES ($1)", rebuild_id)
-
-
-# Upserts: a replay nobody started with `fleet view rebuild` (sent with `fleet publish`)
-# still counts, its row made on first sight. Finished once all that was sent is applied.
-_COUNT_APPLIED = """
-INSERT INTO rebuilds AS r (rebuild_id, applied_events, expected_events) VALUES ($1, 1, $2)
-ON CONFLICT (rebuild_id) DO UPDATE
-SET applied_events = r.applied_events + 1,
-    expected_events = coalesce(excluded.expected_events, r.expected_events)
-RETURNING applied_events, sent_events, finished_at
-"""
-_REPLAY_ENDED = """
-INSERT INTO rebuilds AS r (rebuild_id, sent_events) VALUES ($1, $2)
-ON CONFLICT (rebuild_id) DO UPDATE SET sent_events = excluded.sent_events
-RETURNING applied_events, sent_events, finished_at
-"""
-
-
-async def count_applied(conn: asyncpg.Connection, rebuild_id: str, expected: int | None) -> None:
-    """One more replayed event applied (in the transaction that applied it)."""
-    await _finish_if_done(
-        conn, rebuild_id, await conn.fetchrow(_COUNT_APPLIED, rebuild_id, expected)
-    )
-
-
-async def replay_ended(conn: asyncpg.Connection, rebuild_id: str, sent: int) -> None:
-    """The replay says it sent ``sent`` events in all."""
-    await _finish_if_done(conn, rebuild_id, await conn.fetchrow(_REPLAY_ENDED, rebuild_id, sent))
-
-
-async def _finish_if_done(conn: asyncpg.Connection, rebuild_id: str, row: asyncpg.Record) -> None:
-    applied, sent, finished_at = row["applied_events"], row["sent_events"], row["finished_at"]
-    if finished_at is None and sent is not None and applied >= sent:
-        await conn.execute(
-            "UPDATE rebuilds SET finished_at = now() WHERE rebuild_id = $1", rebuild_id
-        )
 
 
 async def rebuild_status(conn: asyncpg.Connection, rebuild_id: str) -> Rebuild | None:
