@@ -37,7 +37,7 @@ class SagaFleet:
 
     async def start(self, service: str) -> None:
         process = await self.fleet.spawn("worker", service)
-        await process.wait_for_line("consuming")
+        await process.wait_for_line("consuming", timeout=90)  # several start at once
         self.workers[service] = process
 
     async def kill(self, service: str) -> None:

@@ -81,7 +81,7 @@ class FleetProcess:
         async for line in self.process.stdout:
             self.lines.append(line.decode(errors="replace").rstrip())
 
-    async def wait_for_line(self, text: str, timeout: float = 20.0) -> str:
+    async def wait_for_line(self, text: str, timeout: float = 60.0) -> str:
         async def found() -> str | None:
             if self.process.returncode is not None and not any(text in line for line in self.lines):
                 raise AssertionError(

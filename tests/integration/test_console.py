@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 
 TOKEN_NAME, TOKEN_SECRET = "ops-alice", "correct-horse-battery"
 UNDECODABLE = "InvalidBody at contracts.registry.Registry.decode"  # the group replayed
-NEVER_PLACED = "PermanentError at workers.order.handlers._apply"  # the group left
+NEVER_PLACED = "PermanentError at workers.order.domain._placed_order"  # the group left
 UNDECODABLE_COUNT, NEVER_PLACED_COUNT = 5, 3
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -142,7 +142,7 @@ async def test_one_message_archived_restored_and_then_replayed(failed: Fleet) ->
     assert await depth(failed, "order") == EACH - 1
     (listed,) = await cli_json(failed, "dlq", "archived", "--queue", order_dlq)
     assert listed["message_id"] == message_id
-    assert listed["signature"] == "PermanentError at workers.order.handlers._apply"
+    assert listed["signature"] == "PermanentError at workers.order.domain._placed_order"
     assert "was never placed" in listed["reason"]
 
     restored = await cli_json(failed, "dlq", "restore", "--message-id", message_id)

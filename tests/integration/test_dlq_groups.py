@@ -69,9 +69,9 @@ async def test_three_kinds_make_three_groups_with_their_counts(failed: Fleet) ->
     assert signatures == {
         "InvalidBody at contracts.registry.Registry.decode",
         "ContractError at workers.runtime.consumer.Consumer._decode",
-        "PermanentError at workers.order.handlers._apply",
+        "PermanentError at workers.order.domain._placed_order",
     }
-    rejected = found["PermanentError at workers.order.handlers._apply"]
+    rejected = found["PermanentError at workers.order.domain._placed_order"]
     assert rejected.queues == (f"{ns}.order.reject_order.dlq",)
     assert "was never placed" in rejected.latest_reason
     assert rejected.example_message_id

@@ -332,6 +332,7 @@ async def test_reading_a_missing_queue_on_a_workers_robust_connection_leaves_no_
         missing = f"{fleet.ns}.no.such.queue"
         for _ in range(20):
             assert await topology.depths(connection, [missing]) == {missing: None}
+        assert connection.transport is not None
         underlying = connection.transport.connection  # aiormq's, which counts open channels
         assert len(underlying.channels) == 0
     finally:

@@ -18,7 +18,7 @@ from workers.runtime.settings import Settings
 # list of tables with timestamps), our x-error-*, a trace context, and the odd value.
 HEADERS: dict[str, Any] = {
     "x-error-type": "PermanentError",
-    "x-error-signature": "PermanentError at workers.order.handlers._apply",
+    "x-error-signature": "PermanentError at workers.order.domain._placed_order",
     "x-attempts": 3,
     "x-death": [
         {

@@ -186,7 +186,7 @@ def test_a_service_cannot_declare_that_it_emits_an_unknown_type() -> None:
 # must be constructed there. It catches an emit added or removed without the declaration.
 # It does not see a message built another way (``model_copy``, ``model_validate``, a model
 # looked up in the registry, a message received and sent on), one built in another package,
-# nor which exchange a message really goes to (``uow.emit(..., route=...)``); and it takes a
+# nor which exchange a message really goes to (``Send(..., replay_to=...)``); and it takes a
 # constructed message for an emitted one. The exceptions below say why, one by one.
 
 DECLARED_NOT_CONSTRUCTED: dict[tuple[str, str], str] = {

@@ -13,7 +13,7 @@ services' events are left, acknowledged, to the orchestrator (``command_or_chore
 
 from __future__ import annotations
 
-from contracts import Message, PlaceOrder, command_or_choreography
+from contracts import command_or_choreography
 from workers.order import domain, store
 from workers.order.settings import OrderSettings
 from workers.runtime.service import Service
@@ -31,13 +31,9 @@ service = Service(
 )
 
 
-def placed_order_id(message: Message) -> str | None:
-    """The lock key of a PlaceOrder: the order it places (it may leave the id to us)."""
-    return domain.order_id_for(message) if isinstance(message, PlaceOrder) else None
-
-
+# A PlaceOrder may leave its order id to us: its lock is the order it places.
 service.handler(
-    domain.place_order, load=store.load_orders, write=store.write_orders, key=placed_order_id
+    domain.place_order, load=store.load_orders, write=store.write_orders, key=domain.order_id_for
 )
 service.handler(domain.replay_events, load=store.load_pages)
 service.handler(

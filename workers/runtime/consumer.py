@@ -290,28 +290,6 @@ class Consumer:
                     todo.append((index, delivery))
                 state = await handler.load_state(conn, [d.message for _, d in todo], self.section)
                 sent: list[OutgoingMessage] = []
-                if handler.legacy is not None:  # TRANSITION ONLY (issue 17)
-                    from db.unit_of_work import UnitOfWork
-
-                    for index, delivery in todo:
-                        uow = UnitOfWork(
-                            conn,
-                            producer=self.service,
-                            namespace=self.settings.namespace,
-                            received=delivery.received,
-                            locked=frozenset(k for k in keys if k is not None),
-                        )
-                        with _Handling(delivery.span, delivery.raw):
-                            try:
-                                if handler.legacy_takes_settings:
-                                    await handler.legacy(uow, delivery.message, self.section)
-                                else:
-                                    await handler.legacy(uow, delivery.message)
-                            except Exception as error:
-                                raise _FailedInBatch(index, error) from error
-                        sent += uow.emitted
-                        outcomes[index] = Outcome.APPLIED
-                    todo = []
                 for index, delivery in todo:
                     with _Handling(delivery.span, delivery.raw):
                         try:

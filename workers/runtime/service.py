@@ -59,7 +59,8 @@ AfterCommit = Callable[[Sequence[Any]], None]
 # Which decoded messages a handler takes (True) or leaves, acknowledged, to others (False).
 MessageFilter = Callable[[Message], bool]
 # The order a message is about: the runtime holds its lock from before load to commit.
-LockKey = Callable[[Message], str | None]
+# (Any: a handler's key reads the message types of its own annotation.)
+LockKey = Callable[[Any], str | None]
 # Work a service does besides handling messages (the orchestrator's deadline watcher): runs
 # from the worker's start until ``stop`` is set, given the settings, the service's own
 # section (None when it declares none) and the pool of its database's connections.
@@ -105,9 +106,6 @@ class Handler:
     # The keyword-only extras decide and load asked for (read once, at declaration).
     decide_wants: frozenset[str] = frozenset()
     load_wants: frozenset[str] = frozenset()
-    # TRANSITION ONLY (issue 17): an old-style handler (uow, message[, settings]).
-    legacy: Callable[..., Awaitable[None]] | None = None
-    legacy_takes_settings: bool = False
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -221,36 +219,6 @@ class Service:
         )
         self.handlers.append(handler)
         return handler
-
-    def legacy_handler(
-        self,
-        *,
-        name: str | None = None,
-        when: MessageFilter | None = None,
-        from_replays: bool = False,
-    ) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
-        """TRANSITION ONLY (issue 17): the old shape, until every service is converted."""
-
-        def register(function: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-            parameters = list(inspect.signature(function).parameters)
-            hints = typing.get_type_hints(function)
-            annotation = hints.get(parameters[1])
-            members = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
-            self.handlers.append(
-                Handler(
-                    self.name,
-                    name or function.__name__,
-                    tuple(members),
-                    lambda *a: Decision(),
-                    when=when,
-                    from_replays=from_replays,
-                    legacy=function,
-                    legacy_takes_settings=len(parameters) == 3,
-                )
-            )
-            return function
-
-        return register
 
     def handler_named(self, name: str) -> Handler:
         for handler in self.handlers:
