@@ -10,7 +10,7 @@ carries the current trace context, without handlers passing ids around.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Set
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -20,7 +20,7 @@ from opentelemetry import propagate, trace
 
 from contracts import Envelope, Message, OutgoingMessage, Received, Send, encode_message
 from contracts.routing import exchange_for, replays_exchange
-from db import outbox
+from db import inbox, outbox
 from db.engine import ACQUIRE_TIMEOUT
 
 
@@ -32,13 +32,11 @@ class UnitOfWork:
         producer: str,
         namespace: str,
         received: Received | None = None,
-        locked: Set[str] = frozenset(),
     ) -> None:
         self.conn = conn
         self.producer = producer
         self.namespace = namespace
         self.received = received
-        self.locked = locked  # keys this transaction holds already (see lock_keys)
         self.emitted: list[OutgoingMessage] = []
 
     def emit(
@@ -79,11 +77,9 @@ class UnitOfWork:
             self.emitted.append(_outgoing(envelope, send, self.namespace))
 
     async def lock(self, key: str) -> None:
-        """Serialise every decision about ``key`` (an order id) until this transaction ends:
-        a second handler deciding about the same order waits here, then sees the first's
-        outcome (a reservation racing its release, a charge racing its refund)."""
-        if key not in self.locked:
-            await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
+        """Serialise every decision about ``key`` (an order id) until this transaction ends,
+        as a handler's batch does (``inbox.record_locked``)."""
+        await inbox.lock_order(self.conn, key)
 
     async def flush(self) -> None:
         await outbox.append(self.conn, self.emitted)
@@ -129,18 +125,6 @@ def _outgoing(envelope: Envelope, send: Send, namespace: str) -> OutgoingMessage
         routing_key=routing_key,
         headers={**trace_context, **send.headers},
     )
-
-
-async def lock_keys(conn: asyncpg.Connection, keys: Collection[str]) -> frozenset[str]:
-    """Take the locks of ``UnitOfWork.lock`` for all ``keys`` at once, until the transaction
-    ends: one round trip for a batch, not one per message. In the order of their lock ids,
-    so that two transactions locking several keys each never deadlock over them."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(id) FROM"
-        " (SELECT DISTINCT hashtext(key) AS id FROM unnest($1::text[]) AS key ORDER BY id) ids",
-        list(keys),
-    )
-    return frozenset(keys)
 
 
 @asynccontextmanager

@@ -23,7 +23,7 @@ from contracts import (
     PaymentCompleted,
     StockReserved,
 )
-from db.unit_of_work import lock_keys
+from db import inbox
 from tests.integration import probes
 from tests.integration.support import Fleet, new_id, outgoing, reserve_command, scalar, wait_for
 from workers.inventory import store as inventory_store
@@ -246,15 +246,18 @@ async def _equals(value: Awaitable[object], expected: object) -> bool:
 async def test_the_locks_a_batch_takes_first_hold_off_a_handler_of_the_same_order(
     fleet: Fleet,
 ) -> None:
-    """A batch locks its messages' orders in one statement before any handler runs; a
+    """A batch locks its messages' orders in its inbox statement, before any decision; a
     handler deciding about one of those orders elsewhere waits until the batch commits."""
     first, second = new_id(), new_id()
+    message_id = new_id()
     async with fleet.connection("inventory") as batch_conn, fleet.unit_of_work("inventory") as uow:
         batch = batch_conn.transaction()
         await batch.start()
         try:
-            locked = await lock_keys(batch_conn, {first, second})
-            assert locked == {first, second}
+            fresh = await inbox.record_locked(
+                batch_conn, "test.locks", {message_id: "test.type"}, {first, second}
+            )
+            assert fresh == {message_id}
             waiting = asyncio.create_task(uow.lock(second))
             done, _ = await asyncio.wait({waiting}, timeout=0.5)
             assert not done, "the handler's lock went through while the batch held it"

@@ -47,7 +47,7 @@ from prometheus_client import Histogram as HistogramChild
 from contracts import ContractError, Envelope, Message, OutgoingMessage, Received, Send, registry
 from db import inbox, outbox
 from db.engine import ACQUIRE_TIMEOUT
-from db.unit_of_work import lock_keys, outgoing
+from db.unit_of_work import outgoing
 from workers.runtime import log_context, metrics, tracing
 from workers.runtime.amqp_reading import read_amqp_leniently
 from workers.runtime.decision import after
@@ -269,15 +269,14 @@ class Consumer:
         )
         try:
             async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
-                # The locks of the orders the batch decides about, together and first: a
-                # second transaction deciding about one of them waits here, then sees the
-                # first's outcome (a reservation racing its release).
+                # The locks of the orders the batch decides about, together and first,
+                # then the inbox: a duplicate stops there.
                 keys = {handler.key(d.message) for d in ready.values()}
-                await lock_keys(conn, {key for key in keys if key is not None})
-                fresh = await inbox.record_many(
+                fresh = await inbox.record_locked(
                     conn,
                     handler.consumer,
                     {d.envelope.message_id: d.envelope.type for d in ready.values()},
+                    {key for key in keys if key is not None},
                 )
                 todo: list[tuple[int, Decoded]] = []
                 for index, delivery in ready.items():
