@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # within batch_wait_ms of the first. 1: a transaction per delivery.
     batch_size: int = Field(default=10, ge=1)
     batch_wait_ms: float = Field(default=2.0, ge=0)
+    # How a worker consumes its handler queues: straight through aio-pika, or through
+    # FastStream subscribers (workers.runtime.faststream_subscription); the same batches
+    # and acks either way.
+    consumer: Literal["aio-pika", "faststream"] = "aio-pika"
     # A worker's database connections: this many pooled, as many again in bursts. Handlers
     # beyond that wait for one (back-pressure), so a fleet stays under max_connections.
     db_pool_size: int = 4

@@ -141,18 +141,27 @@ class Subscription:
             self._held.discard(task)
 
     async def _process(self, deliveries: Sequence[AbstractIncomingMessage]) -> list[Result]:
-        try:
-            results = await self._consumer.process_batch(self._handler, deliveries)
-        except BaseException:
-            # Not even a decision: every delivery goes back to the queue.
-            for delivery in deliveries:
-                await _settle(delivery, ack=False)
-            raise
-        if all(isinstance(result, Outcome) for result in results):
-            await _ack_all(deliveries)
-        else:
-            await _settle_each(deliveries, results)
-        return results
+        return await process_and_settle(self._consumer, self._handler, deliveries)
+
+
+async def process_and_settle(
+    consumer: Consumer, handler: Handler, deliveries: Sequence[AbstractIncomingMessage]
+) -> list[Result]:
+    """One batch through the consumer, then its acks: one ``multiple`` ack when every
+    delivery has an outcome, else an ack or a nack each; a nack each if the consumer
+    failed. (Shared by both ways of consuming, ``workers.runtime.faststream_subscription``.)"""
+    try:
+        results = await consumer.process_batch(handler, deliveries)
+    except BaseException:
+        # Not even a decision: every delivery goes back to the queue.
+        for delivery in deliveries:
+            await _settle(delivery, ack=False)
+        raise
+    if all(isinstance(result, Outcome) for result in results):
+        await _ack_all(deliveries)
+    else:
+        await _settle_each(deliveries, results)
+    return results
 
 
 async def _ack_all(deliveries: Sequence[AbstractIncomingMessage]) -> None:

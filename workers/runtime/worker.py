@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from functools import partial
 
 import asyncpg
@@ -29,11 +30,11 @@ from db.engine import ACQUIRE_TIMEOUT, create_pool
 from workers.runtime import connections, control, metrics, topology
 from workers.runtime.consumer import Consumer
 from workers.runtime.errors import broker_loss_as_connection_error
+from workers.runtime.faststream_subscription import HandlerSubscription, subscribe
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.relay import Relay
 from workers.runtime.service import Service
 from workers.runtime.settings import ServiceSettings, Settings
-from workers.runtime.subscription import Subscription
 
 log = logging.getLogger("fleet.worker")
 
@@ -47,7 +48,9 @@ async def declare_topology(settings: Settings, services: list[Service]) -> None:
         await publisher.close()
 
 
-async def _apply_pauses(subscriptions: list[Subscription], paused: frozenset[str]) -> None:
+async def _apply_pauses(
+    subscriptions: Sequence[HandlerSubscription], paused: frozenset[str]
+) -> None:
     """Pause the subscriptions whose queue is in ``paused``, resume the others; every one is
     tried, then the first failure is raised (the watcher tries again)."""
     failures: list[BaseException] = []
@@ -101,10 +104,8 @@ class Worker:
             # queues (the DLQs) there, so the publisher could not come back through another.
             await declare_topology(settings, [self.service])
             self.consumer = Consumer(settings, pool, publisher, self.service.name, self.section)
-            subscriptions = [
-                Subscription(consuming, settings, handler, self.consumer)
-                for handler in self.service.handlers
-            ]
+            # Straight through aio-pika or through FastStream (FLEET_CONSUMER), alike.
+            subscriptions = subscribe(consuming, settings, self.service.handlers, self.consumer)
             watcher = control.PauseWatcher(
                 settings,
                 [subscription.queue_name for subscription in subscriptions],
