@@ -2,12 +2,15 @@
 
     document = asyncapi.generate(settings, catalog.load_all())   # a JSON-ready dict
 
-FastStream writes the document from a broker's subscribers and publishers, but the runtime's
-subscribers take raw bytes (the consumer decodes against the contracts itself), so their
-schema says nothing. This module builds a broker of its own that is never connected:
+FastStream writes the document from a broker's subscribers and publishers. The subscribers
+are the very ones that consume (``workers.runtime.faststream_subscription.subscribe_handler``,
+as a worker with ``FLEET_CONSUMER=faststream`` declares them), on a ``FleetBroker`` that is
+never connected, so nothing is declared and nothing consumed:
 
-- per handler, a subscriber on its queue ``<ns>.<service>.<handler>`` whose stand-in function
-  takes the newest contract model of each type it handles (a union for several);
+- per handler, the subscriber of its queue ``<ns>.<service>.<handler>``; its function's
+  signature takes the newest contract model of each type it handles (a union for several),
+  which is where FastStream reads the payload schema from (the function itself is never
+  called here; a consuming worker's gets the raw delivery, FastDepends being off);
 - per type a service emits, a publisher on the exchange its kind goes to, routing key = type,
   with the newest contract model as its schema.
 
@@ -17,20 +20,18 @@ handler, binding, type or version appears without a change here.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from importlib import metadata
-from typing import Annotated, Any, Union
+from typing import Any
 
-from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
+from aio_pika.abc import AbstractIncomingMessage
+from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange
 from faststream.specification import AsyncAPI
-from pydantic import Field
 
-from contracts import registry
 from contracts.envelope import CAUSATION_HEADER, STREAM_VERSION_HEADER, VERSION_HEADER
-from contracts.registry import MessageClass
 from contracts.routing import exchange_for
-from workers.runtime.service import Handler, Service
+from workers.runtime.faststream_subscription import FleetBroker, newest_model, subscribe_handler
+from workers.runtime.service import Service
 from workers.runtime.settings import Settings
 
 TITLE = "fleet"
@@ -65,69 +66,28 @@ _HEADERS: dict[str, Any] = {
 }
 
 
-def newest_model(type_: str) -> MessageClass:
-    return registry.model_for(type_, registry.latest_version(type_))
-
-
 def build_broker(settings: Settings, services: Sequence[Service]) -> RabbitBroker:
-    """A broker for the document only: never connected, so nothing is declared."""
-    broker = RabbitBroker(settings.amqp_url, description="The fleet's RabbitMQ")
+    """A broker for the document only: the workers' subscribers and the services'
+    publishers, never connected, so nothing is declared."""
+    broker = FleetBroker(settings)
     for service in services:
         for handler in service.handlers:
-            _subscribe(broker, settings.namespace, service, handler)
+            subscribe_handler(
+                broker, settings.namespace, handler, _never_called(), prefetch=settings.prefetch
+            )
         for type_ in service.emits:
             _publish(broker, settings.namespace, service, type_)
     return broker
 
 
-def _subscribe(broker: RabbitBroker, namespace: str, service: Service, handler: Handler) -> None:
-    spec = handler.queue_spec(namespace)
-    # A FastStream queue has one routing key (its address); a queue bound by several keys is
-    # addressed by its name, and generate() lists every key in the operation's cc. The
-    # exchanges go in the description: AsyncAPI 3.0 as FastStream writes it has no place for
-    # a queue's exchange (its channel binding is the queue alone).
-    single = len(spec.bindings) == 1
-    queue = RabbitQueue(
-        spec.name,
-        queue_type=QueueType.QUORUM,
-        declare=False,  # workers.runtime.topology declares the real queue with all its arguments
-        routing_key=spec.bindings[0][1] if single else "",
-    )
-    models = [newest_model(type_) for type_ in handler.types]
-    bindings = "; ".join(f"{exchange} <- {key}" for exchange, key in spec.bindings)
-    description = (
-        f"Service {service.name}, handler {handler.name}: consumes "
-        f"{', '.join(handler.types)} from queue {spec.name} (bindings: {bindings}). "
-        f"Payload: {', '.join(f'{m.TYPE} v{m.VERSION} ({m.__name__})' for m in models)}."
-    )
-    broker.subscriber(queue, title=spec.name, description=description)(
-        _stand_in(handler.name, models, title=f"{spec.name}:Payload")
-    )
+def _never_called() -> Any:
+    """The subscriber's function where nothing consumes: a function of its own per handler
+    (``subscribe_handler`` gives it the handler's name and payload signature)."""
 
-
-def _stand_in(name: str, models: list[MessageClass], *, title: str) -> Any:
-    """A function FastStream reads the payload schema from; it is never called."""
-
-    async def consume(message: Any) -> None:
+    async def receive(delivery: AbstractIncomingMessage) -> None:
         raise NotImplementedError("documentation only")
 
-    annotation: Any = (
-        models[0]
-        if len(models) == 1
-        # A union is named by its field title; without one every handler's would be "message".
-        else Annotated[Union[tuple(models)], Field(title=title)]  # noqa: UP007
-    )
-    consume.__name__ = consume.__qualname__ = name
-    # An explicit signature, read instead of annotations (which this module keeps as strings).
-    consume.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [
-            inspect.Parameter(
-                "message", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation
-            )
-        ],
-        return_annotation=None,
-    )
-    return consume
+    return receive
 
 
 def _publish(broker: RabbitBroker, namespace: str, service: Service, type_: str) -> None:
