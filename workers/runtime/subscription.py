@@ -6,10 +6,11 @@
     await subscription.resume()      # basic.consume again
     await subscription.stop()        # basic.cancel, wait for what was delivered, close
 
-Straight on aio-pika rather than through FastStream's subscriber: FastStream resolves its
-dependency injection for every delivery (a context field runs in a worker thread, one hop
-per message) and logs each one, which cost more CPU per message than the fleet's own work.
-FastStream still writes the AsyncAPI document (``workers.runtime.asyncapi``).
+Straight on aio-pika: the worker's default (``FLEET_CONSUMER=aio-pika``). The same queues
+can be consumed through FastStream subscribers declared to be cheap
+(``workers.runtime.faststream_subscription``, ``FLEET_CONSUMER=faststream``; they also write
+the AsyncAPI document), with these same batches and acks; FastStream's per-delivery path
+still costs more CPU per message than this one (``bench/subscription_cost.py``).
 
 Each queue has a channel of its own, with the prefetch count as its QoS, and its batches go
 one at a time (``Batches``). So a batch's delivery tags are the lowest unsettled ones of its

@@ -3,11 +3,12 @@
     worker = Worker(settings, service)
     await worker.run(stop)      # until stop is set, then settles in-flight messages
 
-Each handler's queue is consumed with manual acks by a ``Subscription``, which gathers its
-deliveries into batches (``FLEET_BATCH_SIZE``); ``Consumer.process_batch`` decides the fate
-of each, and a delivery is acked only after that decision is durable (committed, or
-republished to a retry or dead-letter queue with a confirm). Consuming has a connection of
-its own: publishing under the broker's flow control must not hold up acks.
+Each handler's queue is consumed with manual acks by a ``Subscription`` (or a FastStream
+subscriber, ``FLEET_CONSUMER=faststream``), which gathers its deliveries into batches
+(``FLEET_BATCH_SIZE``); ``Consumer.process_batch`` decides the fate of each, and a delivery
+is acked only after that decision is durable (committed, or republished to a retry or
+dead-letter queue with a confirm). Consuming has a connection of its own: publishing under
+the broker's flow control must not hold up acks.
 
 An operator can pause a handler (``fleet pause``): the worker reads which of its handlers
 are paused before it consumes and hears every change on the control exchange
