@@ -70,6 +70,7 @@ from contracts import StockReserved
 from workers.runtime import connections
 from workers.runtime.consumer import Outcome
 from workers.runtime.faststream_subscription import FleetBroker, subscribe, subscribe_handler
+from workers.runtime.decision import Decision
 from workers.runtime.service import Handler
 from workers.runtime.settings import Settings
 
@@ -83,11 +84,11 @@ ALONE = "FastStream alone (no broker)"
 GOAL = 0.10  # FastStream's extra CPU per message, at most this share of the direct path's
 
 
-async def _never(message: object) -> None:
+def _never(message: object) -> Decision[object]:
     raise NotImplementedError("the stand-in consumer applies nothing")
 
 
-HANDLER = Handler(service="bench", name="cost", models=(StockReserved,), function=_never)
+HANDLER = Handler(service="bench", name="cost", models=(StockReserved,), decide=_never)
 
 
 class StandInConsumer:
