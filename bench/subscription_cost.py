@@ -69,8 +69,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from contracts import StockReserved
 from workers.runtime import connections
 from workers.runtime.consumer import Outcome
-from workers.runtime.faststream_subscription import FleetBroker, subscribe, subscribe_handler
 from workers.runtime.decision import Decision
+from workers.runtime.faststream_subscription import FleetBroker, subscribe, subscribe_handler
 from workers.runtime.service import Handler
 from workers.runtime.settings import Settings
 
