@@ -13,6 +13,9 @@ printed and puts each fleet rate beside the baseline it was measured against in 
 * view: the live projection and a rebuild, events per second, beside the faster bare
   consumer;
 * relay: the outbox relay beside raw pipelined confirmed publishing with aio-pika;
+* faststream: the inventory worker consuming through FastStream subscribers beside the same
+  worker straight on aio-pika, CPU per message (``subscription_cost.py --full``);
+* cli: ``fleet --help`` beside ``import typer``;
 * soak: sagas kept flowing through ``fleet up``; the last tenth's rate against the first's,
   and the largest worker's memory growth.
 
@@ -74,6 +77,8 @@ GOALS = {
     "relay": 0.90,
     "soak rate": 0.90,  # the last tenth of a soak against its first
     "soak memory": 1.20,  # the largest worker's RSS at the end over its RSS after a tenth
+    "faststream": 0.10,  # FastStream's extra CPU per message over the direct path's
+    "cli": 3.0,  # fleet --help against import typer
 }
 TIMEOUT = {"full": 3_600.0, "smoke": 600.0}  # seconds a benchmark may take before it is stopped
 
@@ -283,6 +288,49 @@ def soak_rows(output: Output) -> list[Row]:
     ]
 
 
+def faststream_rows(output: Output) -> list[Row]:
+    """FastStream's price: the extra CPU per message of the inventory worker consuming
+    through FastStream subscribers over the same worker straight on aio-pika (paired
+    medians of interleaved runs), as a share of the direct path's."""
+    rows = output["rows"]
+    direct = first(rows, "d. inventory worker, aio-pika")
+    through = first(rows, "e. inventory worker, faststream")
+    extra, base = through.get("extra ms/msg"), direct.get("cpu ms/msg")
+    share = extra / base if extra is not None and base else None
+    return [
+        {
+            "benchmark": "FastStream subscribers, extra CPU per message",
+            "fleet": round(through["cpu ms/msg"], 3),
+            "baseline": round(base, 3) if base else None,
+            "baseline method": "the same consumer on aio-pika",
+            "unit": "cpu ms/msg",
+            "ratio": f"{share:+.0%}" if share is not None else None,
+            "goal": f"<= +{GOALS['faststream']:.0%}",
+            "met": None if share is None else ("yes" if share <= GOALS["faststream"] else "no"),
+        }
+    ]
+
+
+def cli_rows(output: Output) -> list[Row]:
+    """The CLI's start-up: ``fleet --help`` beside the bare import of typer."""
+    rows = output["rows"]
+    typer = first(rows, 'python -c "import typer"')
+    help_ = first(rows, "fleet --help")
+    ratio = help_["median ms"] / typer["median ms"]
+    return [
+        {
+            "benchmark": "fleet --help, start-up",
+            "fleet": help_["median ms"],
+            "baseline": typer["median ms"],
+            "baseline method": "import typer",
+            "unit": "ms",
+            "ratio": f"{ratio:.1f}x",
+            "goal": f"<= {GOALS['cli']:.0f}x",
+            "met": "yes" if ratio <= GOALS["cli"] else "no",
+        }
+    ]
+
+
 # --- The benchmarks. ----------------------------------------------------------------------
 
 BARE = ("bare aio-pika", "bare faststream")
@@ -315,6 +363,20 @@ BENCHMARKS: dict[str, Benchmark] = {
         ["--messages", "300", "--runs", "1", "--batch-sizes", "500"],
         rows_present("msg/s", "raw (batch 500)", "relay (batch 500)"),
         relay_rows,
+    ),
+    "faststream": Benchmark(
+        "subscription_cost.py",
+        ["--messages", "4000", "--runs", "3", "--full"],
+        ["--messages", "200", "--runs", "1", "--full"],
+        rows_present("cpu ms/msg", "a. bare", "b. Subscription", "c. FastStream", "d. ", "e. "),
+        faststream_rows,
+    ),
+    "cli": Benchmark(
+        "cli_start.py",
+        ["--runs", "15"],
+        ["--runs", "2"],
+        rows_present("median ms", 'python -c "import typer"', "fleet --help", "fleet dlq"),
+        cli_rows,
     ),
     "soak": Benchmark(
         "soak.py",

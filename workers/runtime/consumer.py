@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
@@ -50,6 +50,7 @@ from db.engine import ACQUIRE_TIMEOUT
 from db.unit_of_work import outgoing
 from workers.runtime import log_context, metrics, tracing
 from workers.runtime.amqp_reading import read_amqp_leniently
+from workers.runtime.batches import Turn
 from workers.runtime.decision import after
 from workers.runtime.errors import is_transient, signature
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
@@ -130,10 +131,15 @@ class Consumer:
         self.fallbacks = 0
 
     async def process_batch(
-        self, handler: Handler, raws: Sequence[AbstractIncomingMessage]
+        self,
+        handler: Handler,
+        raws: Sequence[AbstractIncomingMessage],
+        turn: Turn | None = None,
     ) -> list[Result]:
         """Handle deliveries of one queue together; a result each, in their order. The
-        caller acks each delivery whose result is an Outcome, and nacks the others."""
+        caller acks each delivery whose result is an Outcome, and nacks the others. With
+        ``turn``, the batch waits for the earlier batches in flight that decide about one of
+        its orders before it applies anything."""
         started = time.perf_counter()
         results: dict[int, Result] = {}
         ready: dict[int, Decoded] = {}
@@ -149,6 +155,9 @@ class Consumer:
                 ready[index] = decoded
             else:
                 results[index] = decoded
+        if turn is not None:
+            keys = {handler.key(delivery.message) for delivery in ready.values()}
+            await turn.decide_about(None if None in keys else cast(set[str], keys))
         if len(ready) > 1:
             await self._apply_together(handler, ready, results)
         for index, delivery in ready.items():
@@ -157,6 +166,8 @@ class Consumer:
                     results[index] = await self._apply_alone(handler, index, delivery)
                 except Exception as error:  # its retry or dead letter could not be published
                     results[index] = error
+        if turn is not None:
+            turn.applied()
         ordered = [results[index] for index in range(len(raws))]
         seconds = time.perf_counter() - started
         for result, span in zip(ordered, spans, strict=True):

@@ -88,7 +88,7 @@ from pydantic import Field
 from contracts import registry
 from contracts.registry import MessageClass
 from workers.runtime import connections
-from workers.runtime.batches import Batches
+from workers.runtime.batches import Batches, Turn
 from workers.runtime.consumer import Consumer, Result
 from workers.runtime.service import Handler
 from workers.runtime.settings import Settings
@@ -309,7 +309,10 @@ class FastStreamSubscription:
         self._handler = handler
         self._consumer = consumer
         self._batches: Batches[AbstractIncomingMessage, Result] = Batches(
-            self._process, size=settings.batch_size, wait=settings.batch_wait_ms / 1000
+            self._process,
+            size=settings.batch_size,
+            wait=settings.batch_wait_ms / 1000,
+            in_flight=settings.batches_in_flight,
         )
         self._opened = False
         self._stopped = False
@@ -361,8 +364,10 @@ class FastStreamSubscription:
         if not any(subscriber.running for subscriber in self._broker.subscribers):
             await self._broker.stop()
 
-    async def _process(self, deliveries: Sequence[AbstractIncomingMessage]) -> list[Result]:
-        return await process_and_settle(self._consumer, self._handler, deliveries)
+    async def _process(
+        self, deliveries: Sequence[AbstractIncomingMessage], turn: Turn
+    ) -> list[Result]:
+        return await process_and_settle(self._consumer, self._handler, deliveries, turn)
 
 
 # --- The subscriber of a handler queue: one declaration for consuming and for the document

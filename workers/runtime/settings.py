@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # within batch_wait_ms of the first. 1: a transaction per delivery.
     batch_size: int = Field(default=10, ge=1)
     batch_wait_ms: float = Field(default=2.0, ge=0)
+    # Batches of one queue processed at once (batches of one order still go one after the
+    # other, and settle in delivery order): their round trips to the database overlap.
+    batches_in_flight: int = Field(default=2, ge=1)
     # How a worker consumes its handler queues: straight through aio-pika, or through
     # FastStream subscribers (workers.runtime.faststream_subscription); the same batches
     # and acks either way.

@@ -39,7 +39,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import ChannelInvalidStateError
 from aiormq.exceptions import AMQPError
 
-from workers.runtime.batches import Batches
+from workers.runtime.batches import Batches, Turn
 from workers.runtime.consumer import Consumer, Outcome, Result
 from workers.runtime.service import Handler
 from workers.runtime.settings import Settings
@@ -64,7 +64,10 @@ class Subscription:
         self._handler = handler
         self._consumer = consumer
         self._batches: Batches[AbstractIncomingMessage, Result] = Batches(
-            self._process, size=settings.batch_size, wait=settings.batch_wait_ms / 1000
+            self._process,
+            size=settings.batch_size,
+            wait=settings.batch_wait_ms / 1000,
+            in_flight=settings.batches_in_flight,
         )
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -141,28 +144,39 @@ class Subscription:
         finally:
             self._held.discard(task)
 
-    async def _process(self, deliveries: Sequence[AbstractIncomingMessage]) -> list[Result]:
-        return await process_and_settle(self._consumer, self._handler, deliveries)
+    async def _process(
+        self, deliveries: Sequence[AbstractIncomingMessage], turn: Turn
+    ) -> list[Result]:
+        return await process_and_settle(self._consumer, self._handler, deliveries, turn)
 
 
 async def process_and_settle(
-    consumer: Consumer, handler: Handler, deliveries: Sequence[AbstractIncomingMessage]
+    consumer: Consumer,
+    handler: Handler,
+    deliveries: Sequence[AbstractIncomingMessage],
+    turn: Turn,
 ) -> list[Result]:
-    """One batch through the consumer, then its acks: one ``multiple`` ack when every
-    delivery has an outcome, else an ack or a nack each; a nack each if the consumer
-    failed. (Shared by both ways of consuming, ``workers.runtime.faststream_subscription``.)"""
+    """One batch through the consumer, then its acks, once the batches before it have
+    settled theirs: one ``multiple`` ack when every delivery has an outcome, else an ack or
+    a nack each; a nack each if the consumer failed. (Shared by both ways of consuming,
+    ``workers.runtime.faststream_subscription``.)"""
     try:
-        results = await consumer.process_batch(handler, deliveries)
-    except BaseException:
-        # Not even a decision: every delivery goes back to the queue.
-        for delivery in deliveries:
-            await _settle(delivery, ack=False)
-        raise
-    if all(isinstance(result, Outcome) for result in results):
-        await _ack_all(deliveries)
-    else:
-        await _settle_each(deliveries, results)
-    return results
+        try:
+            results = await consumer.process_batch(handler, deliveries, turn)
+        except BaseException:
+            # Not even a decision: every delivery goes back to the queue.
+            turn.applied()
+            for delivery in deliveries:
+                await _settle(delivery, ack=False)
+            raise
+        await turn.settle_after_earlier()
+        if all(isinstance(result, Outcome) for result in results):
+            await _ack_all(deliveries)
+        else:
+            await _settle_each(deliveries, results)
+        return results
+    finally:
+        turn.settled()
 
 
 async def _ack_all(deliveries: Sequence[AbstractIncomingMessage]) -> None:
