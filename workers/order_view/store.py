@@ -49,6 +49,8 @@ order_summaries = sa.Table(
 # The CLI lists by customer and by status, newest first.
 sa.Index("ix_order_summaries_customer_id", order_summaries.c.customer_id)
 sa.Index("ix_order_summaries_status", order_summaries.c.status)
+# The latest change (the view's lag, sampled every few seconds) and sagas listed by age.
+sa.Index("ix_order_summaries_updated_at", order_summaries.c.updated_at)
 
 
 # One row per rebuild (``fleet view rebuild``): how many replayed events the view applied,
