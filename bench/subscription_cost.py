@@ -68,6 +68,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from contracts import StockReserved
 from workers.runtime import connections
+from workers.runtime.batches import Turn
 from workers.runtime.consumer import Outcome
 from workers.runtime.decision import Decision
 from workers.runtime.faststream_subscription import FleetBroker, subscribe, subscribe_handler
@@ -101,7 +102,7 @@ class StandInConsumer:
         self.done = asyncio.Event()
 
     async def process_batch(
-        self, handler: Handler, raws: Sequence[AbstractIncomingMessage]
+        self, handler: Handler, raws: Sequence[AbstractIncomingMessage], turn: Turn | None = None
     ) -> list[Outcome]:
         self.processed += len(raws)
         self.ids.update(raw.message_id for raw in raws)

@@ -1,24 +1,22 @@
-"""One transaction in a service's own database, with the messages it emits.
+"""One transaction in a service's own database, with the messages it sends: for work done
+outside a message handler (the orchestrator's deadline watcher, the tests). A handler's
+transaction is the runtime's (``workers.runtime.consumer``), which writes its decisions'
+messages with ``outgoing`` below, as this does.
 
-The state change, the inbox entry and the outbox rows commit together or not at all:
-a handler that fails before commit leaves no trace.
-
-The unit of work of a handler knows the message being handled (``received``), and every
-message emitted in it carries that message's correlation id, names it as its cause and
-carries the current trace context, without handlers passing ids around.
+The state change and the outbox rows commit together or not at all. Every message written
+here carries the current trace context, and a message written in a handled message's
+correlation names that message as its cause (``outgoing``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Any
 
 import asyncpg
 from opentelemetry import propagate, trace
 
-from contracts import Envelope, Message, OutgoingMessage, Received, Send, encode_message
+from contracts import Envelope, Message, OutgoingMessage, Send, encode_message
 from contracts.routing import exchange_for, replays_exchange
 from db import inbox, outbox
 from db.engine import ACQUIRE_TIMEOUT
@@ -31,50 +29,22 @@ class UnitOfWork:
         *,
         producer: str,
         namespace: str,
-        received: Received | None = None,
     ) -> None:
         self.conn = conn
         self.producer = producer
         self.namespace = namespace
-        self.received = received
         self.emitted: list[OutgoingMessage] = []
 
-    def emit(
-        self,
-        message: Message,
-        *,
-        correlation_id: str | None = None,
-        message_id: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Envelope:
-        """Queue ``message`` for the outbox; it is written when the unit of work commits.
-
-        For what a decision cannot say: the CLI, a test, a message outside any handler. A
-        handler's messages are its decision's ``send``, which the runtime writes the same
-        way. Outside a handler ``correlation_id`` may start a correlation; inside one, the
-        handled message's correlation wins unless one is given explicitly.
-        """
-        send = Send(
-            message,
-            message_id=message_id,
-            correlation_id=correlation_id,
-            headers=headers or {},
-            occurred_at=occurred_at,
-        )
-        cause = self.received.envelope if self.received is not None else None
-        envelope = _envelope(send, self.producer, cause)
-        self.emitted.append(_outgoing(envelope, send, self.namespace))
-        return envelope
-
-    def send(self, items: Iterable[Message | Send]) -> None:
-        """Queue what a decision sends, as the runtime does for a handler's (for work done
-        outside a handler: the orchestrator's deadline watcher)."""
-        cause = self.received.envelope if self.received is not None else None
+    def send(self, items: Iterable[Message | Send]) -> list[Envelope]:
+        """Queue messages for the outbox (a decision's ``send``), written when the unit of
+        work commits; their envelopes (each starts a correlation unless it names one)."""
+        envelopes = []
         for item in items:
             send = item if isinstance(item, Send) else Send(item)
-            envelope = _envelope(send, self.producer, cause)
+            envelope = _envelope(send, self.producer, cause=None)
             self.emitted.append(_outgoing(envelope, send, self.namespace))
+            envelopes.append(envelope)
+        return envelopes
 
     async def lock(self, key: str) -> None:
         """Serialise every decision about ``key`` (an order id) until this transaction ends,
@@ -129,11 +99,11 @@ def _outgoing(envelope: Envelope, send: Send, namespace: str) -> OutgoingMessage
 
 @asynccontextmanager
 async def unit_of_work(
-    pool: asyncpg.Pool, *, producer: str, namespace: str, received: Received | None = None
+    pool: asyncpg.Pool, *, producer: str, namespace: str
 ) -> AsyncIterator[UnitOfWork]:
-    """Begin a transaction on a connection of ``pool``; on a clean exit write the emitted
-    messages and commit."""
+    """Begin a transaction on a connection of ``pool``; on a clean exit write the messages
+    sent and commit."""
     async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
-        uow = UnitOfWork(conn, producer=producer, namespace=namespace, received=received)
+        uow = UnitOfWork(conn, producer=producer, namespace=namespace)
         yield uow
         await uow.flush()

@@ -457,7 +457,7 @@ def emit_probe_events(uow: UnitOfWork, count: int) -> None:
     for _ in range(count):
         # Nobody is bound to it on a queue of this test: the relay's publish still confirms
         # (the unrouted exchange keeps it), and what counts here is the outbox row.
-        uow.emit(OrderConfirmed(order_id=new_id()))
+        uow.send([OrderConfirmed(order_id=new_id())])
 
 
 async def test_relay_active_is_1_on_exactly_one_of_two_workers_of_a_service(

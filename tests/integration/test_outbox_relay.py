@@ -30,7 +30,7 @@ async def stocked(fleet: Fleet) -> Fleet:
 async def emit(fleet: Fleet, *messages: object) -> list[str]:
     """Commit messages to the inventory's outbox as a CLI command would; their ids."""
     async with fleet.unit_of_work("inventory") as uow:
-        envelopes = [uow.emit(message) for message in messages]  # type: ignore[arg-type]
+        envelopes = uow.send(messages)  # type: ignore[arg-type]
     return [envelope.message_id for envelope in envelopes]
 
 
@@ -152,7 +152,7 @@ async def test_transactions_that_commit_out_of_id_order_skip_no_row(fleet: Fleet
                 slow_tx = slow_conn.transaction()
                 await slow_tx.start()
                 slow = UnitOfWork(slow_conn, producer="tests", namespace=fleet.ns)
-                slow_id = slow.emit(StockReleased(order_id=new_id(), saga="orchestration"))
+                [slow_id] = slow.send([StockReleased(order_id=new_id(), saga="orchestration")])
                 await slow.flush()
                 [fast_id] = await emit(
                     fleet, StockReleased(order_id=new_id(), saga="orchestration")
