@@ -72,18 +72,8 @@ def test_a_handler_with_nothing_to_load_decides_on_the_message_alone() -> None:
 
     handler = service.handler(forward, name="forwarder")
     assert handler.name == "forwarder" and handler.load is None and handler.write is None
-    command = ReserveStock.model_validate(
-        {
-            "order_id": ORDER_ID,
-            "items": [{"sku": "S", "quantity": 1, "unit_price": ONE_EURO}],
-            "saga": "orchestration",
-            "customer_id": "c-1",
-            "total": ONE_EURO,
-            "country": "DE",
-        }
-    )
     received = Received(Envelope.new(ReserveStock.TYPE, 1, "test"), {})
-    decision = handler.decision(None, command, received, None)
+    decision = handler.decision(None, reserve_command(), received, None)
     assert decision.send == (StockReleased(order_id=ORDER_ID, saga="orchestration"),)
 
 
@@ -101,11 +91,11 @@ def test_decide_gets_the_settings_and_the_envelope_it_asks_for_by_keyword() -> N
     assert handler.decide_wants == {"settings", "received"}
     section = ShippingSettings(blocked_countries=["ZZ"])
     received = Received(Envelope.new(ReserveStock.TYPE, 1, "test"), {"x-stream-version": 3})
-    handler.decision(Empty(), placed_command(), received, section)
+    handler.decision(Empty(), reserve_command(), received, section)
     assert seen == [(section, received)]
 
 
-def placed_command() -> ReserveStock:
+def reserve_command() -> ReserveStock:
     return ReserveStock.model_validate(
         {
             "order_id": ORDER_ID,
