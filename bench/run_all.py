@@ -381,7 +381,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "soak": Benchmark(
         "soak.py",
         ["--sagas", "2000"],
-        ["--sagas", "20", "--concurrency", "10"],
+        ["--sagas", "200", "--concurrency", "20"],  # 20 a tenth: several transactions each
         soak_check,
         soak_rows,
     ),
