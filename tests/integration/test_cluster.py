@@ -178,7 +178,10 @@ async def test_the_fleet_fails_over_when_a_cluster_node_stops_and_loses_nothing(
         stopped_at = len(stream.placed)
         # Publishing goes on, and so does consuming: orders placed with the node gone end.
         await stream.wait_placed(stopped_at + AFTER_THE_STOP, timeout=120)
-        await every_order_ended(clients, stream.placed[stopped_at:], timeout=ENDED_WITHIN)
+        try:
+            await every_order_ended(clients, stream.placed[stopped_at:], timeout=ENDED_WITHIN)
+        except AssertionError as stuck:  # what the queues and the workers say, to find why
+            raise AssertionError(f"{stuck}\n{await _whereabouts(cluster_fleet)}") from None
         after = await quorum_queues(second, clients.namespace)
         assert not any(leader == first.node for leader, _ in after.values())
         assert all(members == everyone for _, members in after.values())  # still 3 replicas
@@ -201,6 +204,26 @@ async def test_the_fleet_fails_over_when_a_cluster_node_stops_and_loses_nothing(
         f"cluster: {len(stream.placed)} orders, {stream.failed_publishes} publishes sent again,"
         f" {len(led_by_first)} of {len(queues)} quorum queues re-elected a leader"
     )
+
+
+async def _whereabouts(cluster_fleet: ClusterFleet) -> str:
+    """The namespace's queues (ready, unacked, consumers) and each worker's last lines."""
+    namespace = cluster_fleet.fleet.settings.namespace
+    running = next(node for node in cluster_fleet.nodes if node.running)
+    listed = await running.rabbitmqctl(
+        "list_queues",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        "consumers",
+        "--no-table-headers",
+    )
+    queues = [line for line in listed.splitlines() if line.startswith(f"{namespace}.")]
+    tails = [
+        f"--- {service}:\n" + "\n".join(worker.lines[-15:])
+        for service, worker in zip(catalog.SERVICES, cluster_fleet.workers, strict=True)
+    ]
+    return "queues (ready, unacked, consumers):\n" + "\n".join(queues) + "\n" + "\n".join(tails)
 
 
 async def _running(node: RabbitNode, everyone: list[str]) -> bool:
