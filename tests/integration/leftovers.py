@@ -80,6 +80,7 @@ async def _broker_leftovers(namespaces: list[Settings]) -> list[str]:
                     for service in services
                     for spec in service.queue_specs(settings.namespace)
                 ),
+                *(control.trip_marker(settings.namespace, service.name) for service in services),
             ]
             states = await topology.queue_states(connection, names)
             found += [f"queue {name}" for name, state in states.items() if state is not None]

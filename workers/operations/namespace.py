@@ -117,6 +117,8 @@ async def tear_down(
         for service in services
         for spec in service.queue_specs(settings.namespace)
     ]
+    # And those of tripped breakers (``workers.runtime.breaker``).
+    queues += [control.trip_marker(settings.namespace, service.name) for service in services]
     connection = await connections.connect(settings.broker_urls)
     try:
         present = await topology.queue_states(connection, dict.fromkeys([*queues, *extra_queues]))

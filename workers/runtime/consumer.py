@@ -51,6 +51,7 @@ from db.unit_of_work import outgoing
 from workers.runtime import log_context, metrics, tracing
 from workers.runtime.amqp_reading import read_amqp_leniently
 from workers.runtime.batches import Turn
+from workers.runtime.breaker import Breaker, unreachable
 from workers.runtime.decision import after
 from workers.runtime.errors import is_transient, signature
 from workers.runtime.publisher import ConfirmedPublisher, sent_on
@@ -97,6 +98,10 @@ class Decoded:
         return Received(self.envelope, dict(self.raw.headers or {}))
 
 
+class WaitForDependency(Exception):
+    """The delivery goes back to its queue (nack): the service's breaker is tripped."""
+
+
 class _FailedInBatch(Exception):
     def __init__(self, index: int, error: Exception) -> None:
         self.index = index  # the failed delivery's place in its batch
@@ -116,8 +121,12 @@ class Consumer:
         publisher: ConfirmedPublisher,
         service: str,
         section: ServiceSettings | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self.settings = settings
+        # Stops the worker's consuming while the database or broker is unreachable; the
+        # deliveries that fail for it meanwhile go back to their queue (``WaitForDependency``).
+        self.breaker = breaker
         self.pool = pool
         self.publisher = publisher
         self.service = service
@@ -158,6 +167,11 @@ class Consumer:
         if turn is not None:
             keys = {handler.key(delivery.message) for delivery in ready.values()}
             await turn.decide_about(None if None in keys else cast(set[str], keys))
+        if ready and self.breaker is not None and await self.breaker.still_tripped():
+            # Delivered before the consumer was cancelled: back to the queue, untried.
+            for index in ready:
+                results[index] = WaitForDependency(f"{self.service}'s breaker is tripped")
+            ready = {}
         if len(ready) > 1:
             await self._apply_together(handler, ready, results)
         for index, delivery in ready.items():
@@ -165,9 +179,14 @@ class Consumer:
                 try:
                     results[index] = await self._apply_alone(handler, index, delivery)
                 except Exception as error:  # its retry or dead letter could not be published
+                    await self._unreachable(error)
                     results[index] = error
         if turn is not None:
             turn.applied()
+        if self.breaker is not None:
+            self.breaker.handled(
+                sum(1 for r in results.values() if r in (Outcome.APPLIED, Outcome.DUPLICATE))
+            )
         ordered = [results[index] for index in range(len(raws))]
         seconds = time.perf_counter() - started
         for result, span in zip(ordered, spans, strict=True):
@@ -339,11 +358,23 @@ class Consumer:
         current)."""
         queue = handler.queue(self.settings.namespace)
         tracing.failed(delivery.span, error)
+        if await self._unreachable(error):
+            raise WaitForDependency(f"back to {queue}: {error}") from error
         if is_transient(error) and delivery.attempts < self.settings.max_attempts:
             await self._retry(delivery.raw, queue, error, delivery.attempts)
             return Outcome.RETRY
         await self._dead_letter(delivery.raw, queue, error, delivery.attempts)
         return Outcome.DEAD_LETTERED
+
+    async def _unreachable(self, error: BaseException) -> bool:
+        """Whether ``error`` says a dependency is unreachable and the breaker is tripped
+        (then the delivery goes back to its queue; the breaker counts it either way)."""
+        if self.breaker is None:
+            return False
+        dependency = unreachable(error)
+        if dependency is None:
+            return False
+        return await self.breaker.unreachable(dependency, error)
 
     async def _retry(
         self, raw: AbstractIncomingMessage, queue: str, error: Exception, attempts: int

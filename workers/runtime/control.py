@@ -209,3 +209,72 @@ async def _first_of(*events: asyncio.Event) -> None:
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+# --- Tripped breakers (workers.runtime.breaker): a marker per service while it is tripped.
+
+# Classic, holding one message: the outage (what, since, which worker), which expires by
+# itself unless the tripped worker sends it again, as it does on every probe
+# (FLEET_BREAKER_PROBE_SECONDS is at most a third of the lifetime). So a worker that died
+# tripped leaves no tripped marker: an empty marker says nothing. (An ``x-expires`` on the
+# queue would not do: every reader's basic.get renews its lease.)
+TRIP_MARKER_LIFETIME_SECONDS = 60
+TRIP_MARKER_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic", "x-max-length": 1}
+
+
+_EMPTY = topology.QueueState(messages=0, consumers=0)
+
+
+def trip_marker(namespace: str, service: str) -> str:
+    """The marker whose existence says that ``service``'s breaker is tripped somewhere."""
+    return f"{namespace}.{service}.tripped"
+
+
+async def set_tripped(
+    channel: AbstractChannel, namespace: str, service: str, outage: dict[str, Any] | None
+) -> None:
+    """Put (with the outage, as JSON) or remove ``service``'s trip marker. Putting it again
+    renews its lease."""
+    name = trip_marker(namespace, service)
+    if outage is None:
+        await channel.queue_delete(name)
+        return
+    await channel.declare_queue(name, durable=True, arguments=TRIP_MARKER_ARGUMENTS)
+    await channel.default_exchange.publish(
+        aio_pika.Message(
+            json.dumps(outage).encode(),
+            content_type="application/json",
+            expiration=TRIP_MARKER_LIFETIME_SECONDS,
+        ),
+        routing_key=name,
+    )
+
+
+async def tripped_services(
+    connection: AbstractConnection, namespace: str, services: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """Those of ``services`` whose breaker is tripped (their marker holds an outage that
+    has not expired), each with its outage as the worker that tripped it told it."""
+    names = {service: trip_marker(namespace, service) for service in services}
+    states = await topology.queue_states(connection, list(names.values()))
+    found = {service: name for service, name in names.items() if (states[name] or _EMPTY).messages}
+    tripped: dict[str, dict[str, Any]] = {}
+    if not found:
+        return tripped
+    channel = await aio_pika.Channel(connection, publisher_confirms=False)  # (queue_states)
+    try:
+        for service, name in found.items():
+            queue = await channel.get_queue(name, ensure=False)
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                continue
+            await message.nack(requeue=True)  # left for the next reader, its expiry kept
+            try:
+                outage = json.loads(message.body)
+            except ValueError:
+                outage = {}
+            tripped[service] = outage if isinstance(outage, dict) else {}
+    finally:
+        with contextlib.suppress(*BROKER_ERRORS):
+            await channel.close()
+    return tripped

@@ -114,6 +114,8 @@ class HandlerSubscription(Protocol):
 
     async def resume(self) -> None: ...
 
+    async def set_prefetch(self, count: int) -> None: ...
+
     async def stop(self) -> None: ...
 
 
@@ -227,11 +229,9 @@ class FleetSubscriber(RabbitSubscriber):
         if self._queue_obj is None or self._consumer_tag is None:
             return
         tag, self._consumer_tag = self._consumer_tag, None
-        try:
-            await self._queue_obj.cancel(tag)
-        except BaseException:
-            self._consumer_tag = tag  # still consuming, as far as we know
-            raise
+        # Paused even if the cancel fails: aio-pika's robust queue forgets the consumer
+        # before it sends the cancel, so a channel that reopens does not restore it.
+        await self._queue_obj.cancel(tag)
 
     async def resume(self) -> None:
         """FastStream's ``start`` the first time (parser and decoder set up, basic.consume);
@@ -243,6 +243,11 @@ class FleetSubscriber(RabbitSubscriber):
                 self.consume,  # type: ignore[arg-type]  # as RabbitSubscriber.start passes it
                 arguments=self.consume_args,
             )
+
+    async def set_prefetch(self, count: int) -> None:
+        """The channel's QoS: how many deliveries may be unacknowledged at once."""
+        if self._queue_obj is not None:
+            await self._queue_obj.channel.set_qos(prefetch_count=count)
 
     # Overrides FastStream 0.7.8's SubscriberUsecase.__build__middlewares_stack (private,
     # name-mangled), which process_message calls for every delivery: with manual acks it
@@ -352,6 +357,11 @@ class FastStreamSubscription:
         """Take messages again (basic.consume). Idempotent; nothing once stopped."""
         if self._opened and not self._stopped:
             await self._subscriber.resume()
+
+    async def set_prefetch(self, count: int) -> None:
+        """How many deliveries may be unacknowledged at once (the breaker's slow resume)."""
+        if self._opened and not self._stopped:
+            await self._subscriber.set_prefetch(count)
 
     async def stop(self) -> None:
         """Stop consuming, settle what was delivered (up to GRACEFUL_TIMEOUT), close; the

@@ -55,6 +55,12 @@ RELAY_ACTIVE = Gauge(
 RELAY_PUBLISHED = Counter(
     "fleet_relay_published", "Outbox rows published and confirmed by this relay.", ["service"]
 )
+BREAKER_TRIPPED_SINCE = Gauge(
+    "fleet_breaker_tripped_since_seconds",
+    "Unix time since which the handler's breaker has been tripped (its database or broker"
+    " unreachable); 0 while it consumes.",
+    ["service", "handler"],
+)
 INBOX_ROWS = Gauge("fleet_inbox_rows", "Inbox entries kept for duplicate detection.", ["service"])
 DLQ_DEPTH = Gauge(
     "fleet_dlq_depth", "Messages in each dead-letter queue of the service.", ["service", "queue"]

@@ -54,6 +54,17 @@ class Settings(BaseSettings):
     # Batches of one queue processed at once (batches of one order still go one after the
     # other, and settle in delivery order): their round trips to the database overlap.
     batches_in_flight: int = Field(default=2, ge=1)
+    # The circuit breaker (workers.runtime.breaker): after breaker_failures deliveries in a
+    # row failed because the database or broker could not be reached (and a probe agrees),
+    # the worker stops consuming the service's queues and probes every
+    # breaker_probe_seconds; once the probe passes, it takes one delivery at a time until
+    # breaker_resume_successes have been handled, then goes at full speed. Off: such
+    # failures take the retry and dead-letter paths as any other transient one.
+    breaker_enabled: bool = True
+    breaker_failures: int = Field(default=5, ge=1)
+    # At most a third of a trip marker's lifetime (control.TRIP_MARKER_LIFETIME_SECONDS).
+    breaker_probe_seconds: float = Field(default=5.0, gt=0, le=20)
+    breaker_resume_successes: int = Field(default=5, ge=1)
     # How a worker consumes its handler queues: straight through aio-pika, or through
     # FastStream subscribers (workers.runtime.faststream_subscription); the same batches
     # and acks either way.
@@ -133,6 +144,16 @@ class Settings(BaseSettings):
         name = self.database_name(service)
         netloc = f"{name}:{quote(self.db_password, safe='')}@{host}{port}"
         return urlunsplit((admin.scheme, netloc, f"/{name}", admin.query, ""))
+
+    def audit_url(self, service: str) -> str:
+        """How ``service``'s worker appends to the audit log of the operations database
+        (what its breaker did): as the service's own role, which may append there and do
+        nothing else."""
+        own = urlsplit(self.database_url(service))
+        ops = urlsplit(self.database_url("ops"))
+        userinfo = own.netloc.rpartition("@")[0]
+        where = ops.netloc.rpartition("@")[2]
+        return urlunsplit((ops.scheme, f"{userinfo}@{where}", ops.path, own.query, ""))
 
     def reader_url(self, service: str) -> str:
         """How a read-only role of a service's database connects (the HTTP API reads the view

@@ -96,17 +96,21 @@ class Subscription:
         if self._queue is None or self._consumer_tag is None:
             return
         tag, self._consumer_tag = self._consumer_tag, None
-        try:
-            await self._queue.cancel(tag)
-        except BaseException:
-            self._consumer_tag = tag  # still consuming, as far as we know
-            raise
+        # Paused even if the cancel fails: aio-pika's robust queue forgets the consumer
+        # before it sends the cancel, so a channel that reopens does not restore it.
+        await self._queue.cancel(tag)
 
     async def resume(self) -> None:
         """Take messages again (basic.consume). Idempotent; nothing once stopped."""
         if self._queue is None or self._consumer_tag is not None:
             return
         self._consumer_tag = await self._queue.consume(self._on_delivery)
+
+    async def set_prefetch(self, count: int) -> None:
+        """How many deliveries may be unacknowledged at once (the breaker's slow resume:
+        one). Nothing once stopped."""
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.set_qos(prefetch_count=count)
 
     async def stop(self) -> None:
         """Stop consuming, settle what was delivered (up to GRACEFUL_TIMEOUT), close."""

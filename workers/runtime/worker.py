@@ -12,7 +12,10 @@ the broker's flow control must not hold up acks.
 
 An operator can pause a handler (``fleet pause``): the worker reads which of its handlers
 are paused before it consumes and hears every change on the control exchange
-(``workers.runtime.control``), cancelling or restarting that handler's consumer.
+(``workers.runtime.control``), cancelling or restarting that handler's consumer. The
+service's breaker (``workers.runtime.breaker``) stops every handler's consumer while the
+database or the broker cannot be reached; an operator's pause wins over it
+(``workers.runtime.outages``).
 """
 
 from __future__ import annotations
@@ -20,24 +23,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import asyncpg
 from aio_pika.abc import AbstractConnection
 
 from db import inbox, outbox
-from db.engine import ACQUIRE_TIMEOUT, create_pool
+from db.engine import ACQUIRE_TIMEOUT, asyncpg_url, create_pool
 from workers.runtime import connections, control, metrics, topology
+from workers.runtime.breaker import Breaker, BreakerRules, Dependency
 from workers.runtime.consumer import Consumer
 from workers.runtime.errors import broker_loss_as_connection_error
-from workers.runtime.faststream_subscription import HandlerSubscription, subscribe
+from workers.runtime.faststream_subscription import subscribe
+from workers.runtime.outages import Consuming, Reporting
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.relay import Relay
 from workers.runtime.service import Service
 from workers.runtime.settings import ServiceSettings, Settings
 
 log = logging.getLogger("fleet.worker")
+
+# Seconds a probe of the database or the broker may take before it counts as failed.
+PROBE_TIMEOUT = 5.0
 
 
 async def declare_topology(settings: Settings, services: list[Service]) -> None:
@@ -47,29 +55,6 @@ async def declare_topology(settings: Settings, services: list[Service]) -> None:
         await topology.declare(await publisher.channel(), settings, specs)
     finally:
         await publisher.close()
-
-
-async def _apply_pauses(
-    subscriptions: Sequence[HandlerSubscription], paused: frozenset[str]
-) -> None:
-    """Pause the subscriptions whose queue is in ``paused``, resume the others; every one is
-    tried, then the first failure is raised (the watcher tries again)."""
-    failures: list[BaseException] = []
-    for subscription in subscriptions:
-        pause = subscription.queue_name in paused
-        if pause == subscription.paused:
-            continue
-        try:
-            await (subscription.pause() if pause else subscription.resume())
-        except control.BROKER_ERRORS as error:
-            failures.append(error)
-            continue
-        if pause:
-            log.info("%s: paused by an operator; messages wait", subscription.queue_name)
-        else:
-            log.info("%s: resumed", subscription.queue_name)
-    if failures:
-        raise failures[0]
 
 
 class Worker:
@@ -88,6 +73,8 @@ class Worker:
         self.section = section if section is not None else service.section()
         self.relay: Relay | None = None
         self.consumer: Consumer | None = None
+        self.breaker: Breaker | None = None
+        self.consuming: Consuming | None = None
 
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
         settings = self.settings
@@ -104,15 +91,29 @@ class Worker:
             # was declared through it, and a cluster node that is down blocks its classic
             # queues (the DLQs) there, so the publisher could not come back through another.
             await declare_topology(settings, [self.service])
-            self.consumer = Consumer(settings, pool, publisher, self.service.name, self.section)
+            self.breaker = breaker = Breaker(
+                self.service.name,
+                BreakerRules(settings.breaker_failures, settings.breaker_resume_successes),
+                partial(self._probe, consuming),
+                probe_seconds=settings.breaker_probe_seconds,
+                enabled=settings.breaker_enabled,
+            )
+            self.consumer = Consumer(
+                settings, pool, publisher, self.service.name, self.section, breaker
+            )
             # Straight through aio-pika or through FastStream (FLEET_CONSUMER), alike.
             subscriptions = subscribe(consuming, settings, self.service.handlers, self.consumer)
+            self.consuming = consuming_state = Consuming(subscriptions, prefetch=settings.prefetch)
+            breaker.on_change(consuming_state.breaker_changed)
+            breaker.on_announce(Reporting(settings, self.service, publisher))
             watcher = control.PauseWatcher(
                 settings,
                 [subscription.queue_name for subscription in subscriptions],
-                partial(_apply_pauses, subscriptions),
+                consuming_state.operator_paused,
                 name=self.service.name,
             )
+            # A lost consuming connection trips the breaker: the broker is unreachable.
+            consuming.close_callbacks.add(partial(self._connection_lost, stop))
             watcher_stop = asyncio.Event()
             watcher_task: asyncio.Task[None] | None = None
             relay_stop = asyncio.Event()  # stops the relay and background tasks, after consumers
@@ -125,8 +126,10 @@ class Worker:
                 for task in self.service.background
             ]
             background.append(asyncio.create_task(self._sample(pool, consuming, relay_stop)))
+            background.append(asyncio.create_task(breaker.run(relay_stop)))
             try:
                 paused = await watcher.start()  # before consuming: a paused one starts paused
+                await consuming_state.operator_paused(paused)  # (nothing consumes yet)
                 for subscription in subscriptions:
                     await subscription.start(paused=subscription.queue_name in paused)
                 watcher_task = asyncio.create_task(watcher.run(watcher_stop))
@@ -156,6 +159,36 @@ class Worker:
             await publisher.close()
             await pool.close()
         log.info("%s worker stopped", self.service.name)
+
+    async def _probe(self, consuming: AbstractConnection, dependency: Dependency) -> str | None:
+        """Whether ``dependency`` answers (None), else what it said: the database on a
+        connection of the probe's own (the pool's may all be taken), the broker by looking
+        up one of the service's queues on the consuming connection."""
+        try:
+            if dependency == "database":
+                url = asyncpg_url(self.settings.database_url(self.service.name))
+                conn = await asyncpg.connect(url, timeout=PROBE_TIMEOUT)
+                try:
+                    await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT)
+                finally:
+                    await conn.close(timeout=PROBE_TIMEOUT)
+            else:
+                with broker_loss_as_connection_error():
+                    queue = self.service.handlers[0].queue(self.settings.namespace)
+                    if consuming.is_closed:
+                        return "the consuming connection is closed"
+                    await asyncio.wait_for(
+                        topology.queue_states(consuming, [queue]), timeout=PROBE_TIMEOUT
+                    )
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    def _connection_lost(self, stop: asyncio.Event, _: Any, error: BaseException | None) -> None:
+        if stop.is_set() or self.breaker is None:
+            return  # the worker is stopping: its own close
+        reason = f"{type(error).__name__}: {error}" if error else "connection closed"
+        asyncio.get_running_loop().create_task(self.breaker.trip("broker", reason))
 
     async def _sample(
         self, pool: asyncpg.Pool, broker: AbstractConnection, stop: asyncio.Event
