@@ -738,3 +738,29 @@ def test_a_reply_that_does_not_match_the_step_changes_nothing(arrivals: list[Dra
             assert change.changed and change.saga != before
         else:
             assert decision.send == () and not change.changed and change.saga == before
+
+
+# --- A step whose service is out of reach (its breaker tripped) is not given up on. -----
+
+
+@pytest.mark.parametrize(
+    ("step", "out"),
+    [
+        (saga("reserve_stock"), "inventory"),
+        (saga("charge_payment", "reserve_stock"), "payment"),
+        (saga("create_shipment", "reserve_stock", "charge_payment"), "shipping"),
+        (compensating("release_stock", "release_stock"), "inventory"),
+    ],
+)
+def test_a_deadline_of_a_service_out_of_reach_is_extended_not_fired(step: Saga, out: str) -> None:
+    why = "paused (auto: database unreachable since 12:00)"
+    sagas = Sagas(LATER, {ORDER_ID: step})
+    decision = domain.deadline_passed(sagas, ORDER_ID, settings=SETTINGS, out_of_reach={out: why})
+    assert decision.send == ()
+    [change] = decision.changes
+    assert change.saga == replace(step, deadline_at=LATER + TIMEOUT)
+    assert f"deadline extended: {out} {why}" in change.entry
+    # Another service out of reach changes nothing for this step: the deadline fires.
+    others = {name: why for name in ("inventory", "payment", "shipping", "order") if name != out}
+    fired = domain.deadline_passed(sagas, ORDER_ID, settings=SETTINGS, out_of_reach=others)
+    assert fired.send, "a silent service's deadline still fires"

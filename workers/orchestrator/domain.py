@@ -81,6 +81,17 @@ COMPENSATION_OF: dict[Action, Compensation] = {
     "create_shipment": "cancel_shipment",
 }
 FINAL: frozenset[Status] = frozenset({"confirmed", "rejected"})
+# The service whose handler answers each step's command.
+SERVICE_OF: dict[Step, str] = {
+    "reserve_stock": "inventory",
+    "release_stock": "inventory",
+    "charge_payment": "payment",
+    "refund_payment": "payment",
+    "create_shipment": "shipping",
+    "cancel_shipment": "shipping",
+    "confirm_order": "order",
+    "reject_order": "order",
+}
 
 # Which reply event answers which step, and whether it is a success.
 SUCCESS: dict[str, Step] = {
@@ -297,10 +308,21 @@ def on_reply(
     )
 
 
-def on_deadline(saga: Saga, now: datetime, timeout: timedelta) -> Transition:
-    """The step's deadline passed with no reply."""
+def on_deadline(
+    saga: Saga, now: datetime, timeout: timedelta, out_of_reach: Mapping[str, str] | None = None
+) -> Transition:
+    """The step's deadline passed with no reply. ``out_of_reach``: the services whose
+    breaker is tripped (or that cannot be told apart from one: the broker is away), each
+    with why; a step of one of them is not given up on because of that outage, but its
+    deadline moves a whole step's timeout on."""
     if saga.final or saga.deadline_at is None or saga.deadline_at > now:
         return _unchanged(saga, "deadline not reached")
+    service = SERVICE_OF[saga.step]
+    if out_of_reach and service in out_of_reach:
+        extended = replace(saga, deadline_at=now + timeout)
+        return Transition(
+            extended, (), f"{saga.step} deadline extended: {service} {out_of_reach[service]}"
+        )
     if saga.status == "compensating" or saga.step == "confirm_order":
         return _go_to(saga, saga.step, now, timeout, f"{saga.step} timed out: sent again")
     # The step may have completed: undo it too, without waiting on its (silent) service.
@@ -458,9 +480,13 @@ def operator_request(
 
 
 def deadline_passed(
-    sagas: Sagas, order_id: str, *, settings: OrchestratorSettings
+    sagas: Sagas,
+    order_id: str,
+    *,
+    settings: OrchestratorSettings,
+    out_of_reach: Mapping[str, str] | None = None,
 ) -> Decision[Recorded]:
     """The deadline watcher found the saga of ``order_id`` past its step's deadline (the
-    watcher logs the note as a warning)."""
-    transition = on_deadline(sagas.by_order[order_id], sagas.now, _timeout(settings))
+    watcher logs the note as a warning); ``out_of_reach`` as ``on_deadline`` takes it."""
+    transition = on_deadline(sagas.by_order[order_id], sagas.now, _timeout(settings), out_of_reach)
     return _decided(transition, note=f"saga {order_id}: {transition.log}")

@@ -9,7 +9,8 @@ import asyncio
 import contextlib
 import logging
 import typing
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from aio_pika.abc import AbstractConnection
@@ -20,6 +21,7 @@ from workers.orchestrator import domain, store
 from workers.orchestrator.domain import Recorded
 from workers.orchestrator.settings import OrchestratorSettings
 from workers.runtime import metrics, tracing
+from workers.runtime.outages import OutOfReach
 from workers.runtime.service import Service
 from workers.runtime.settings import Settings
 
@@ -52,12 +54,20 @@ service.handler(
 
 
 async def watch_deadlines(
-    settings: Settings, section: OrchestratorSettings, pool: asyncpg.Pool, stop: asyncio.Event
+    settings: Settings,
+    section: OrchestratorSettings,
+    pool: asyncpg.Pool,
+    stop: asyncio.Event,
+    out_of_reach: OutOfReach,
 ) -> None:
-    """Every ``deadline_poll_seconds``, act on the sagas whose step deadline passed."""
+    """Every ``deadline_poll_seconds``, act on the sagas whose step deadline passed; a
+    step of a service out of reach (its breaker tripped: the worker's ``out_of_reach``
+    reads the trip markers on the broker) has its deadline extended instead."""
+    grace = timedelta(seconds=section.step_timeout_seconds)
     while not stop.is_set():
         try:
-            await fire_due_deadlines(settings, section, pool)
+            outages = await out_of_reach.services(set(domain.SERVICE_OF.values()), grace=grace)
+            await fire_due_deadlines(settings, section, pool, out_of_reach=outages)
         except Exception as error:  # the database is down: try again on the next round
             log.warning("deadline watcher: %s: %s", type(error).__name__, error)
         with contextlib.suppress(TimeoutError):
@@ -65,7 +75,12 @@ async def watch_deadlines(
 
 
 async def fire_due_deadlines(
-    settings: Settings, section: OrchestratorSettings, pool: asyncpg.Pool, limit: int = 100
+    settings: Settings,
+    section: OrchestratorSettings,
+    pool: asyncpg.Pool,
+    limit: int = 100,
+    *,
+    out_of_reach: Mapping[str, str] | None = None,
 ) -> int:
     """Decide about the sagas past their deadline, in one transaction: load them, decide
     each, write, and the commands to the outbox. Their row locks serialise the watcher with
@@ -83,7 +98,9 @@ async def fire_due_deadlines(
                     "messaging.message.conversation_id": order_id,
                 },
             ):
-                decision = domain.deadline_passed(sagas, order_id, settings=section)
+                decision = domain.deadline_passed(
+                    sagas, order_id, settings=section, out_of_reach=out_of_reach
+                )
                 log.warning("%s", decision.note)
                 changes += decision.changes
                 uow.send(decision.send)  # in the span: the commands continue its trace

@@ -20,16 +20,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from aio_pika.abc import AbstractConnection
 
 from db.engine import connect_once
 from workers.runtime import control, metrics
-from workers.runtime.breaker import BreakerState
+from workers.runtime.breaker import Breaker, BreakerState
+from workers.runtime.errors import broker_loss_as_connection_error
 from workers.runtime.publisher import ConfirmedPublisher
-from workers.runtime.service import Service
 from workers.runtime.settings import Settings
 
 log = logging.getLogger("fleet.worker")
@@ -110,9 +112,16 @@ class _AuditLine:
 class Reporting:
     """Tells of the breaker's changes (see the module docstring)."""
 
-    def __init__(self, settings: Settings, service: Service, publisher: ConfirmedPublisher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service: str,
+        handlers: Sequence[str],
+        publisher: ConfirmedPublisher,
+    ) -> None:
         self._settings = settings
         self._service = service
+        self._handlers = tuple(handlers)  # their names
         self._publisher = publisher
         self._worker = f"{socket.gethostname()}:{os.getpid()}"
         self._unwritten: list[_AuditLine] = []
@@ -122,7 +131,7 @@ class Reporting:
         if change in ("tripped", "resuming"):
             outage = state.outage
             detail = {
-                "handlers": [h.consumer for h in self._service.handlers],
+                "handlers": [f"{self._service}.{name}" for name in self._handlers],
                 "worker": self._worker,
                 **(self._outage_dict(state) if outage is not None else {}),
             }
@@ -134,11 +143,11 @@ class Reporting:
         try:
             await self._write_audit()
         except Exception as error:
-            log.debug("%s: audit log not written yet: %s", self._service.name, error)
+            log.debug("%s: audit log not written yet: %s", self._service, error)
         try:
             await self._mark(change, state)
         except Exception as error:
-            log.debug("%s: trip marker not set: %s", self._service.name, error)
+            log.debug("%s: trip marker not set: %s", self._service, error)
 
     def _unwritten_trip(self) -> bool:
         """A trip not written yet: a repeated trip (each probe) adds no line."""
@@ -158,8 +167,8 @@ class Reporting:
             if state.status == "tripped" and state.outage is not None
             else 0.0
         )
-        for handler in self._service.handlers:
-            metrics.BREAKER_TRIPPED_SINCE.labels(self._service.name, handler.name).set(since)
+        for handler in self._handlers:
+            metrics.BREAKER_TRIPPED_SINCE.labels(self._service, handler).set(since)
 
     async def _mark(self, change: str, state: BreakerState) -> None:
         if change == "tripped":
@@ -169,7 +178,7 @@ class Reporting:
         else:
             return
         channel = await self._publisher.channel()
-        await control.set_tripped(channel, self._settings.namespace, self._service.name, outage)
+        await control.set_tripped(channel, self._settings.namespace, self._service, outage)
 
     async def _write_audit(self) -> None:
         """The audit lines not written yet, as the service's own role (it may append to
@@ -178,7 +187,7 @@ class Reporting:
         if not self._unwritten:
             return
         settings = self._settings
-        async with connect_once(settings.audit_url(self._service.name)) as conn:
+        async with connect_once(settings.audit_url(self._service)) as conn:
             for line in list(self._unwritten):
                 await conn.execute(
                     "INSERT INTO audit (at, operator, action, target, count, detail)"
@@ -186,8 +195,47 @@ class Reporting:
                     line.at,
                     BREAKER_OPERATOR,
                     line.action,
-                    self._service.name,
-                    len(self._service.handlers),
+                    self._service,
+                    len(self._handlers),
                     line.detail,
                 )
                 self._unwritten.remove(line)
+
+
+class OutOfReach:
+    """What a service's background work knows of outages (the orchestrator's deadline
+    watcher asks it, ``workers.orchestrator.handlers``): the services whose breaker is
+    tripped, read from their trip markers on the broker; every service while this worker
+    cannot read the broker (an outage of the broker looks the same from here); and every
+    service while this worker's own breaker is not closed, or closed less than ``grace``
+    ago (the replies that waited in its queues through its own outage come first)."""
+
+    def __init__(
+        self, settings: Settings, connection: AbstractConnection, breaker: Breaker
+    ) -> None:
+        self._settings = settings
+        self._connection = connection
+        self._breaker = breaker
+
+    async def services(self, names: Iterable[str], *, grace: timedelta) -> dict[str, str]:
+        """Each of ``names`` that is out of reach, with why."""
+        names = list(names)
+        own = self._breaker.state
+        if own.outage is not None and own.status != "closed":
+            return dict.fromkeys(
+                names, f"unknown: {self._breaker.service}'s {own.outage.describe()}"
+            )
+        if own.last_outage is not None and own.last_outage[1] > datetime.now(UTC) - grace:
+            return dict.fromkeys(names, f"unknown: {self._breaker.service} resumed just now")
+        try:
+            with broker_loss_as_connection_error():
+                tripped = await control.tripped_services(
+                    self._connection, self._settings.namespace, names
+                )
+        except control.BROKER_ERRORS as error:
+            return dict.fromkeys(names, f"unknown: the broker cannot be read ({error})")
+        return {
+            name: f"paused (auto: {outage.get('dependency', 'a dependency')} unreachable"
+            f" since {outage.get('since', '?')})"
+            for name, outage in tripped.items()
+        }

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     import asyncpg
     from aio_pika.abc import AbstractConnection
 
+    from workers.runtime.outages import OutOfReach
     from workers.runtime.settings import Settings
 
 # The three parts of a handler (their keyword-only extras aside).
@@ -63,9 +64,10 @@ MessageFilter = Callable[[Message], bool]
 LockKey = Callable[[Any], str | None]
 # Work a service does besides handling messages (the orchestrator's deadline watcher): runs
 # from the worker's start until ``stop`` is set, given the settings, the service's own
-# section (None when it declares none) and the pool of its database's connections.
+# section (None when it declares none), the pool of its database's connections and what
+# the worker knows of outages (``workers.runtime.outages.OutOfReach``).
 BackgroundTask = Callable[
-    ["Settings", Any, "asyncpg.Pool", asyncio.Event], Coroutine[Any, Any, None]
+    ["Settings", Any, "asyncpg.Pool", asyncio.Event, "OutOfReach"], Coroutine[Any, Any, None]
 ]
 
 

@@ -36,7 +36,7 @@ from workers.runtime.breaker import Breaker, BreakerRules, Dependency
 from workers.runtime.consumer import Consumer
 from workers.runtime.errors import broker_loss_as_connection_error
 from workers.runtime.faststream_subscription import subscribe
-from workers.runtime.outages import Consuming, Reporting
+from workers.runtime.outages import Consuming, OutOfReach, Reporting
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.relay import Relay
 from workers.runtime.service import Service
@@ -105,7 +105,14 @@ class Worker:
             subscriptions = subscribe(consuming, settings, self.service.handlers, self.consumer)
             self.consuming = consuming_state = Consuming(subscriptions, prefetch=settings.prefetch)
             breaker.on_change(consuming_state.breaker_changed)
-            breaker.on_announce(Reporting(settings, self.service, publisher))
+            breaker.on_announce(
+                Reporting(
+                    settings,
+                    self.service.name,
+                    [handler.name for handler in self.service.handlers],
+                    publisher,
+                )
+            )
             watcher = control.PauseWatcher(
                 settings,
                 [subscription.queue_name for subscription in subscriptions],
@@ -121,8 +128,9 @@ class Worker:
             if self.with_relay:
                 self.relay = Relay(settings, self.service.name, publisher)
                 relay_task = asyncio.create_task(self.relay.run(relay_stop))
+            out_of_reach = OutOfReach(settings, consuming, breaker)
             background = [
-                asyncio.create_task(task(settings, self.section, pool, relay_stop))
+                asyncio.create_task(task(settings, self.section, pool, relay_stop, out_of_reach))
                 for task in self.service.background
             ]
             background.append(asyncio.create_task(self._sample(pool, consuming, relay_stop)))
