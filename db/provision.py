@@ -260,3 +260,26 @@ def _where(url: str) -> str:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def grant_appending(admin_url: str, database: str, table: str, roles: Sequence[str]) -> None:
+    """``roles`` may connect to ``database`` and INSERT into its ``table``, nothing else
+    there (the services' workers append their breakers' trips to the operations database's
+    audit log). Idempotent."""
+    admin = await _connect_admin(admin_url)
+    try:
+        for role in roles:
+            await _execute(admin, "GRANT CONNECT ON DATABASE %I TO %I", database, role)
+    finally:
+        await admin.close()
+    connection = await _connect_admin(admin_url, database=database)
+    try:
+        for role in roles:
+            await _execute(connection, "GRANT USAGE ON SCHEMA public TO %I", role)
+            await _execute(connection, f"GRANT INSERT ON {table} TO %I", role)
+    except asyncpg.PostgresError as exc:
+        raise ProvisioningError(
+            f"granting appends to {database}.{table} failed: {_one_line(exc)}"
+        ) from exc
+    finally:
+        await connection.close()

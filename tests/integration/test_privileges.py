@@ -148,10 +148,11 @@ async def test_no_role_connects_to_another_service_s_database(fleet: Fleet) -> N
     settings = fleet.settings
     every = roles(settings)
     databases = sorted({role.database for role in every})
+    ops = settings.database_name("ops")
     for role in every:
         for database in databases:
-            if database == role.database:
-                continue
+            if database == role.database or (database == ops and _appends_audit(settings, role)):
+                continue  # (a service's role connects to ops to append to the audit log)
             with pytest.raises(
                 asyncpg.InsufficientPrivilegeError, match="permission denied for database"
             ):
@@ -185,6 +186,8 @@ async def test_no_role_reads_another_service_s_tables_even_if_it_could_connect(
                         continue
                     async with connected(settings, role, database) as conn:
                         for table in tables:
+                            if table == "audit" and _appends_audit(settings, role):
+                                continue  # test_a_service_only_appends_to_the_audit_log
                             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                                 await conn.fetch(f'SELECT * FROM "{table}" LIMIT 1')
                             with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -288,3 +291,40 @@ async def test_the_api_reads_the_view_as_the_reader_and_cannot_write_it(fleet: F
         "order_view", "SELECT status FROM order_summaries WHERE order_id = :id", id=order_id
     )
     assert row == {"status": "CONFIRMED"}
+
+
+def _appends_audit(settings: Settings, role: Role) -> bool:
+    """A service's own role: its worker appends its breaker's trips to the audit log."""
+    return role.name in {settings.database_name(service) for service in catalog.SERVICES}
+
+
+async def test_a_service_only_appends_to_the_audit_log(fleet: Fleet) -> None:
+    """A service's role may add a line to the operations database's audit log (what its
+    breaker did) and nothing else there: not read it, not change it, no other table."""
+    settings = fleet.settings
+    ops = settings.database_name("ops")
+    service_roles = [role for role in roles(settings) if _appends_audit(settings, role)]
+    assert len(service_roles) == len(catalog.SERVICES)
+    for role in service_roles:
+        async with connected(settings, role, ops) as conn:
+            await conn.execute(
+                "INSERT INTO audit (operator, action, target, count) VALUES ('fleet', $1, $2, 0)",
+                "breaker.trip",
+                role.name,
+            )
+            for statement in (
+                "SELECT * FROM audit LIMIT 1",
+                "UPDATE audit SET operator = 'someone'",
+                "DELETE FROM audit",
+                "SELECT * FROM archived_letters LIMIT 1",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(statement)
+    admin = await asyncpg.connect(asyncpg_url(settings.pg_admin_url), database=ops)
+    try:
+        written = await admin.fetch(
+            "SELECT target FROM audit WHERE action = 'breaker.trip' ORDER BY target"
+        )
+    finally:
+        await admin.close()
+    assert [row["target"] for row in written] == sorted(role.name for role in service_roles)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import AMQPError, ChannelNotFoundEntity
 
-from db.provision import ProvisionResult, ServiceDatabase, drop, provision
+from db.provision import ProvisionResult, ServiceDatabase, drop, grant_appending, provision
 from workers.operations import ops_db
 from workers.runtime import catalog, connections, control, topology
 from workers.runtime.service import Service
@@ -58,8 +58,17 @@ def service_databases(settings: Settings) -> list[ServiceDatabase]:
 
 
 async def init_databases(settings: Settings) -> list[ProvisionResult]:
-    """Each service's role and database, created if missing and migrated (idempotent)."""
-    return await provision(settings.pg_admin_url, service_databases(settings))
+    """Each service's role and database, created if missing and migrated (idempotent);
+    each service's role may append to the operations database's audit log (its worker's
+    breaker writes its trips there), and do nothing else in it."""
+    results = await provision(settings.pg_admin_url, service_databases(settings))
+    await grant_appending(
+        settings.pg_admin_url,
+        settings.database_name(ops_db.OPS),
+        "audit",
+        [settings.database_name(service) for service in catalog.SERVICES],
+    )
+    return results
 
 
 async def set_up(settings: Settings) -> list[ProvisionResult]:
@@ -133,7 +142,12 @@ async def tear_down(
     finally:
         with contextlib.suppress(Exception):
             await connection.close()
-    removed.databases = await drop(settings.pg_admin_url, service_databases(settings))
+    # The operations database first: the services' roles hold a privilege in it (they
+    # append to its audit log), and a role is dropped only once nothing depends on it.
+    databases = sorted(
+        service_databases(settings), key=lambda database: database.service != ops_db.OPS
+    )
+    removed.databases = await drop(settings.pg_admin_url, databases)
     return removed
 
 

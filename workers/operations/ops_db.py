@@ -1,7 +1,8 @@
 """The operations database (``<ns>_ops``): what operators did and what they set aside.
 
 Like every service, it has its own role, its own database and its own migrations
-(``db/migrations/ops``), made by ``fleet db init``; no service can connect to it. It holds
+(``db/migrations/ops``), made by ``fleet db init``; a service may only append to its audit
+log (what its worker's breaker did), nothing else. It holds
 the audit log of operator actions (this module), the archived dead letters
 (``archive.py``) and the replayed messages followed until they settle (``dead_letters``).
 
