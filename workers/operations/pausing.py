@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aio_pika.abc import AbstractConnection
+
 from workers.operations import InvalidRequest, ops_db
 from workers.runtime import catalog, connections, control
 from workers.runtime.service import Handler, Service
@@ -122,6 +124,8 @@ async def _change(settings: Settings, target: str, action: str, operator: str | 
         await ops_db.lock(conn, "pause")
         connection = await connections.connect(settings.broker_urls)
         try:
+            if not pausing:
+                await _refuse_resuming_a_tripped_breaker(settings, connection, named)
             before = await control.paused_queues(connection, queues.values())
             changed = tuple(name for name in named if (queues[name] in before) != pausing)
             changed_queues = {queues[name] for name in changed}
@@ -148,3 +152,19 @@ async def _change(settings: Settings, target: str, action: str, operator: str | 
         finally:
             await connection.close()
     return PauseState(action, target, named, changed, now_paused)
+
+
+async def _refuse_resuming_a_tripped_breaker(
+    settings: Settings, connection: AbstractConnection, named: Sequence[str]
+) -> None:
+    """A handler whose service's breaker is tripped resumes by itself once its dependency
+    answers: an operator cannot resume it before (it would only fail)."""
+    services = sorted({name.partition(".")[0] for name in named})
+    tripped = await control.tripped_services(connection, settings.namespace, services)
+    if tripped:
+        service, outage = next(iter(tripped.items()))
+        raise InvalidRequest(
+            f"{service} is paused automatically: {outage.get('dependency', 'a dependency')}"
+            f" unreachable since {outage.get('since', '?')}; it resumes by itself once that"
+            " answers"
+        )

@@ -101,11 +101,16 @@ class HandlerQueueStatus:
     queue: QueueStatus
     dead_letters: QueueStatus
     paused: bool = False
+    # Its service's breaker is tripped (``workers.runtime.breaker``): why, as "<dependency>
+    # unreachable since <time>". It resumes by itself, but an outage needs looking at.
+    tripped: str | None = None
 
     @property
     def queue_problems(self) -> list[str]:
         if not self.queue.declared:
             return [_undeclared(self.queue)]
+        if self.tripped is not None:
+            return [f"{self.queue.name}: paused (auto: {self.tripped})"]
         if not self.queue.consumers and not self.paused:
             return [f"{self.queue.name}: no consumer ({self.queue.messages} message(s) waiting)"]
         return []
@@ -120,6 +125,7 @@ class HandlerQueueStatus:
         return {
             **self.queue.to_dict(),
             "paused": self.paused,
+            "tripped": self.tripped,
             "dead_letter_queue": self.dead_letters.to_dict(),
             "problems": self.problems,
         }
@@ -314,6 +320,7 @@ async def _read_database(settings: Settings, service: str) -> _DatabaseReading:
 class _BrokerReading:
     states: dict[str, topology.QueueState | None]
     view_lag: dict[str, Any]  # as ``view.view_lag`` says it
+    tripped: dict[str, str]  # service -> why its breaker is tripped
 
 
 async def _read_broker(
@@ -324,9 +331,17 @@ async def _read_broker(
         try:
             states = await topology.queue_states(connection, queues)
             lag = await view.view_lag(settings, view_last_update, connection=connection)
+            outages = await control.tripped_services(
+                connection, settings.namespace, catalog.SERVICES
+            )
         finally:
             await connection.close()
-    return _BrokerReading(states, lag)
+    tripped = {
+        service: f"{outage.get('dependency', 'a dependency')} unreachable since"
+        f" {outage.get('since', '?')}"
+        for service, outage in outages.items()
+    }
+    return _BrokerReading(states, lag, tripped)
 
 
 async def fleet_status(
@@ -371,6 +386,7 @@ async def fleet_status(
                 queue(spec.name),
                 queue(topology.dead_letter_queue(spec.name)),
                 paused=states[control.pause_marker(spec.name)] is not None,
+                tripped=broker.tripped.get(service),
             )
             for spec in specs[service]
         )
