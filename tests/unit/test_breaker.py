@@ -104,9 +104,7 @@ def test_trip_resume_slowly_then_close() -> None:
     assert state.last_outage == (NOW, NOW + timedelta(seconds=62))
 
 
-def test_one_failure_while_resuming_asks_for_a_probe_and_trips_again_from_the_same_start() -> (
-    None
-):
+def test_one_failure_while_resuming_asks_for_a_probe_and_trips_again_from_the_same_start() -> None:
     resuming = BreakerState("resuming", outage=OUTAGE, successes=1)
     state, probe = on_unreachable(resuming, RULES)
     assert probe
