@@ -106,9 +106,11 @@ def test_a_url_without_password_takes_the_role_s_given_secret() -> None:
             "payment": "postgresql://pay@pg-payment:5432/payments",
             "shipping": "postgresql://pg-shipping/fleet_shipping",
             "order": "postgresql://o:own@pg-order/fleet_order",
+            "ops": "postgresql://o:@pg-ops/fleet_ops",
         },
-        db_secrets={"payment": "p", "shipping": "s", "order": "ignored"},
+        db_secrets={"payment": "p", "shipping": "s", "order": "ignored", "ops": "o/p"},
     )
+    assert settings.database_url("ops") == "postgresql://o:o%2Fp@pg-ops/fleet_ops"
     assert settings.database_url("payment") == "postgresql://pay:p@pg-payment:5432/payments"
     assert (
         settings.database_url("shipping")
@@ -374,3 +376,16 @@ def test_the_scram_verifier_is_the_one_of_rfc_7677() -> None:
         "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
     )
     assert scram_verifier("pencil") != scram_verifier("pencil")  # a new salt each time
+
+
+def test_without_a_home_the_secrets_file_must_be_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    settings = Settings()
+    with pytest.raises(role_secrets.SecretsError, match="set FLEET_SECRETS_FILE"):
+        settings.secret_for("payment")
+    assert Settings(secrets_file=Path("/run/s.json")).secrets_path == Path("/run/s.json")

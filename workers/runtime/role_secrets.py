@@ -52,8 +52,15 @@ def default_path(namespace: str, environ: Mapping[str, str] = os.environ) -> Pat
     """``$XDG_CONFIG_HOME/fleet/<namespace>.secrets.json``, ``~/.config/...`` without it
     (the XDG Base Directory rule: a relative XDG_CONFIG_HOME is ignored)."""
     config = environ.get("XDG_CONFIG_HOME", "")
-    base = Path(config) if os.path.isabs(config) else Path.home() / ".config"
-    return base / "fleet" / f"{namespace}.secrets.json"
+    if os.path.isabs(config):
+        return Path(config) / "fleet" / f"{namespace}.secrets.json"
+    try:
+        home = Path.home()
+    except RuntimeError:  # no HOME and no passwd entry (a container's arbitrary uid)
+        raise SecretsError(
+            "no home directory to keep the roles' secrets in: set FLEET_SECRETS_FILE"
+        ) from None
+    return home / ".config" / "fleet" / f"{namespace}.secrets.json"
 
 
 def read(path: Path, role: str) -> str:
@@ -133,9 +140,7 @@ def _load(path: Path) -> dict[str, str] | None:
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise InsecureSecretsFile(
-            f"cannot read secrets file {path}: {error.strerror or error}"
-        ) from None
+        raise SecretsError(f"cannot read secrets file {path}: {error.strerror or error}") from None
     with os.fdopen(descriptor, encoding="utf-8") as file:
         _check_private(path, os.fstat(file.fileno()))
         try:

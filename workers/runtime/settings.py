@@ -6,6 +6,10 @@ read from the same environment, so ``FLEET_BLOCKED_COUNTRIES`` reaches shipping 
 
 The defaults point at RabbitMQ and PostgreSQL on localhost, so a developer with both
 running needs no configuration at all.
+
+Each database role has a secret of its own (``workers.runtime.role_secrets``): the settings
+say where it is (``db_urls``, ``db_secrets``, ``secrets_file``), and ``secret_for`` reads a
+role's own, from the environment or its entry of the secrets file, only when asked.
 """
 
 from __future__ import annotations
@@ -215,10 +219,11 @@ class Settings(BaseSettings):
         has one for the role: the URL then says where, the secret how."""
         parts = urlsplit(url)
         secret = self.db_secrets.get(key)
-        if parts.password is not None or secret is None:
+        if parts.password or secret is None:  # as given_secret reads it: "" is no password
             return url
-        user, _, where = parts.netloc.rpartition("@")
-        netloc = f"{user or self.database_name(key)}:{quote(secret, safe='')}@{where}"
+        login, _, where = parts.netloc.rpartition("@")
+        user = login.partition(":")[0] or self.database_name(key)
+        netloc = f"{user}:{quote(secret, safe='')}@{where}"
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
     def retry_delay_ms(self, attempt: int) -> int:
