@@ -15,7 +15,9 @@ app = command_group("Each service's own database.")
 def init(as_json: bool = JsonOption) -> None:
     """Create each service's role and database, and migrate it.
 
-    Idempotent: a second run changes nothing.
+    Every role gets a secret of its own: the one given (FLEET_DB_SECRETS, FLEET_DB_URLS),
+    else one generated once and kept in FLEET_SECRETS_FILE (mode 0600). Idempotent: a
+    second run changes nothing but setting each role's password to its secret again.
     """
     from workers.operations import namespace
     from workers.runtime.settings import get_settings
@@ -41,6 +43,8 @@ def init(as_json: bool = JsonOption) -> None:
             for r in results
         ],
     )
+    if settings.secrets_path.exists():
+        typer.echo(f"secrets not given in the environment are kept in {settings.secrets_path}")
 
 
 def teardown(
@@ -50,7 +54,7 @@ def teardown(
     yes: bool = typer.Option(False, "--yes", help="Confirm: everything in it is gone for good."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Remove a namespace: queues, exchanges, databases, roles.
+    """Remove a namespace: queues, exchanges, databases, roles, the secrets kept for them.
 
     For good, messages and data with them; the delay tiers removed are those that
     FLEET_RETRY_DELAYS_MS names.
@@ -72,5 +76,5 @@ def teardown(
         typer.echo(
             f"removed namespace {removed.namespace}: {len(removed.queues)} queue(s),"
             f" {len(removed.exchanges)} exchange(s), {len(removed.databases)} database(s)"
-            " with their roles"
+            f" with their roles, {len(removed.secrets)} kept secret(s)"
         )

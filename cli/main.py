@@ -76,8 +76,9 @@ def _described(error: BaseException) -> tuple[str, int]:
     from db.provision import ProvisioningError
     from workers.operations import InvalidRequest, OperatorError
     from workers.runtime.catalog import UnknownService
+    from workers.runtime.role_secrets import SecretsError
 
-    if isinstance(error, InvalidRequest):
+    if isinstance(error, InvalidRequest | SecretsError):  # a setting to fix: bad usage
         return str(error), 2
     if isinstance(error, (ContractError, OperatorError, UnknownService, ProvisioningError)):
         return str(error), 1

@@ -12,9 +12,13 @@ they connect and SELECT, and nothing more.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -39,13 +43,28 @@ _NO_PRIVILEGES = "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 
 
 @dataclass(frozen=True)
-class ServiceDatabase:
-    service: str
-    name: str  # the database's and the role's name
-    password: str
-    url: str  # how the service connects, as its own role
-    # Login roles (same password) that may read every table of it and write none.
+class DatabaseRoles:
+    """A database and its login roles, by name: what ``drop`` removes."""
+
+    name: str  # the database's and its owner role's name
+    # Login roles that may read every table of it and write none.
     readers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceDatabase(DatabaseRoles):
+    """A database as ``provision`` makes it: its roles, their passwords, its migrations."""
+
+    service: str
+    url: str = field(repr=False)  # how the service connects, as its own role
+    # Each login role's own password, by role name: the owner's and every reader's.
+    passwords: Mapping[str, str] = field(repr=False)
+
+    def password(self, role: str) -> str:
+        try:
+            return self.passwords[role]
+        except KeyError:
+            raise ValueError(f"no password given for role {role}") from None
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,7 @@ async def provision(admin_url: str, databases: Sequence[ServiceDatabase]) -> lis
     for database in databases:
         for name in (database.name, *database.readers):
             _check_name(name)
+            database.password(name)  # each one's, before anything is made
     connection = await _connect_admin(admin_url)
     try:
         created = [await _create_role_and_database(connection, db) for db in databases]
@@ -102,7 +122,7 @@ async def provision(admin_url: str, databases: Sequence[ServiceDatabase]) -> lis
     return results
 
 
-async def drop(admin_url: str, databases: Sequence[ServiceDatabase]) -> list[str]:
+async def drop(admin_url: str, databases: Sequence[DatabaseRoles]) -> list[str]:
     """Drops the databases and roles that exist (a namespace torn down), read-only roles
     included; their sessions are ended. Returns the names of those that existed (a
     database, its role, or both; a read-only role)."""
@@ -158,7 +178,7 @@ async def _create_role_and_database(
 ) -> tuple[bool, bool]:
     name = database.name
     try:
-        role_exists = await _login_role(connection, name, database.password)
+        role_exists = await _login_role(connection, name, database.password(name))
 
         owner = await connection.fetchval(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", name
@@ -186,7 +206,7 @@ async def _create_readers(
     created = []
     try:
         for reader in database.readers:
-            if not await _login_role(connection, reader, database.password):
+            if not await _login_role(connection, reader, database.password(reader)):
                 created.append(reader)
             await _execute(connection, "GRANT CONNECT ON DATABASE %I TO %I", database.name, reader)
     except asyncpg.PostgresError as exc:
@@ -221,14 +241,37 @@ async def _grant_reading(admin_url: str, database: ServiceDatabase) -> None:
 
 
 async def _login_role(connection: asyncpg.Connection, name: str, password: str) -> bool:
-    """Creates the login role, or sets an existing one's password and privileges (the
-    service must log in with the settings' password). Returns whether it existed."""
+    """Creates the login role, or sets an existing one's password and privileges (it must
+    log in with its own secret, whatever it was set to since). Returns whether it existed."""
     exists = await _role_exists(connection, name)
     verb = "ALTER" if exists else "CREATE"
     await _execute(
-        connection, f"{verb} ROLE %I WITH LOGIN PASSWORD %L {_NO_PRIVILEGES}", name, password
+        connection,
+        f"{verb} ROLE %I WITH LOGIN PASSWORD %L {_NO_PRIVILEGES}",
+        name,
+        scram_verifier(password) if password.isascii() else password,
     )
     return exists
+
+
+SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
+
+
+def scram_verifier(password: str, salt: bytes | None = None) -> str:
+    """What PostgreSQL stores for a SCRAM-SHA-256 password, made here as ``\\password`` in
+    psql makes it: the statement setting a password then carries no password, so none
+    reaches the server's log, pg_stat_activity or pg_stat_statements. For an ASCII password
+    only: the server does not normalise those (SASLprep), so this equals its own."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 async def _role_exists(connection: asyncpg.Connection, name: str) -> bool:

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Sequence
+from functools import cache
+from pathlib import Path
 
 import pytest
 
@@ -14,18 +18,33 @@ from workers.runtime.settings import ServiceSettings, Settings
 pytestmark = pytest.mark.integration
 
 
+@cache
+def secrets_directory() -> Path:
+    """Where the run's namespaces keep their generated secrets: a directory of this run's
+    own (0700, as mkdtemp makes it), never the real ~/.config; removed when the run ends."""
+    return Path(tempfile.mkdtemp(prefix="fleet-test-secrets-"))
+
+
+def secrets_file(namespace_name: str) -> Path:
+    """The secrets file of a test namespace (FLEET_SECRETS_FILE of its processes)."""
+    return secrets_directory() / f"{namespace_name}.secrets.json"
+
+
 def namespace_settings(server_urls: tuple[str, str], **overrides: object) -> Settings:
-    """The runtime's settings for a namespace of the test's own; a service's own knobs go in
-    its section (``namespaced_fleet(settings, sections=...)``)."""
+    """The runtime's settings for a namespace of the test's own, its secrets kept in the
+    run's own directory; a service's own knobs go in its section
+    (``namespaced_fleet(settings, sections=...)``)."""
     unknown = set(overrides) - set(Settings.model_fields)
     if unknown:  # Settings ignores unknown fields: a knob given here would be lost silently
         raise TypeError(f"not runtime settings (a service's section?): {sorted(unknown)}")
     amqp_url, pg_admin_url = server_urls
+    name = str(overrides.get("namespace") or f"t{secrets.token_hex(4)}")
     # Short delays and limits so retries and dead-lettering happen within a test.
     values: dict[str, object] = {
         "amqp_url": amqp_url,
         "pg_admin_url": pg_admin_url,
-        "namespace": f"t{secrets.token_hex(4)}",
+        "namespace": name,
+        "secrets_file": secrets_file(name),
         "retry_delays_ms": [300, 900],
         "max_attempts": 3,
         "delivery_limit": 5,
@@ -68,6 +87,7 @@ async def no_namespace_left_behind(server_urls: tuple[str, str]) -> AsyncIterato
     unhealthy = await broker_health(server_urls[0])
     if unhealthy:
         problems.append(f"the broker is not healthy after the tests: {unhealthy}")
+    shutil.rmtree(secrets_directory(), ignore_errors=True)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
 

@@ -6,7 +6,8 @@ here and on CI), so that a queue no declaration knows of is found too (pause mar
 ``<queue>.paused``, the ``<ns>.control`` exchange, anything named ``<ns>.``); elsewhere every
 name the namespace's declarations give is looked for with passive declares. Databases and
 roles are every one named ``<ns>_...``: the services', the operations ``<ns>_ops``, the API's
-read-only ``<ns>_order_view_reader``.
+read-only ``<ns>_order_view_reader``. Secrets are those the namespace's secrets file still
+keeps for its roles.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 
 from db.engine import asyncpg_url
 from workers.operations import namespace
-from workers.runtime import catalog, control, topology
+from workers.runtime import catalog, control, role_secrets, topology
 from workers.runtime.settings import Settings
 
 # The session's last check waits this long at most for each of its two steps.
@@ -37,6 +38,16 @@ async def leftovers(namespaces: list[Settings]) -> list[str]:
         return []
     found = await _broker_leftovers(namespaces)
     found += await _database_leftovers(namespaces)
+    found += _secret_leftovers(namespaces)
+    return found
+
+
+def _secret_leftovers(namespaces: list[Settings]) -> list[str]:
+    found = []
+    for settings in namespaces:
+        prefix = f"{settings.namespace}_"
+        kept = role_secrets.kept_roles(settings.secrets_path)
+        found += [f"secret {role}" for role in kept if role.startswith(prefix)]
     return found
 
 

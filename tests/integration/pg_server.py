@@ -9,7 +9,9 @@ port, so a test can restart or crash it without touching the shared server on 54
 
 ``initdb`` and ``postgres`` refuse to run as root: as root (as here and on CI) every command
 runs as the ``postgres`` OS user (``runuser -u postgres --``), in a directory it owns.
-Authentication is ``trust`` and the superuser is ``postgres``, as on the shared server.
+Authentication is ``trust`` and the superuser is ``postgres``, as on the shared server; with
+``password_auth=True``, every other role must give its password over TCP (scram-sha-256),
+as a production server asks.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ MAX_CONNECTIONS = 300
 
 
 class PrivateServer:
-    def __init__(self, *, bin_dir: Path = PG_BIN) -> None:
+    def __init__(self, *, bin_dir: Path = PG_BIN, password_auth: bool = False) -> None:
         self.bin_dir = bin_dir
         self.port = _free_port()
+        self.password_auth = password_auth
         self.directory: Path | None = None  # made by start()
 
     @property
@@ -127,6 +130,15 @@ class PrivateServer:
             "max_connections": str(MAX_CONNECTIONS),
         }
         _append_settings(self.data_directory / "postgresql.conf", settings)
+        if self.password_auth:
+            # First match wins: the admin as on the shared server, every other role by
+            # password (SCRAM), also on the socket, so no role gets in without its own.
+            (self.data_directory / "pg_hba.conf").write_text(
+                "local all postgres trust\n"
+                "host all postgres 127.0.0.1/32 trust\n"
+                "local all all scram-sha-256\n"
+                "host all all 127.0.0.1/32 scram-sha-256\n"
+            )
 
     async def _pg_ctl(self, action: str, *options: str) -> None:
         await self._run("pg_ctl", action, "-D", str(self.data_directory), "-w", *options)

@@ -19,6 +19,7 @@ from db import migrate
 from db import tables as messaging
 from db.engine import asyncpg_url, create_engine
 from db.provision import ProvisioningError, ProvisionResult, ServiceDatabase, drop, provision
+from tests.integration.conftest import secrets_file
 from tests.integration.leftovers import created_namespaces
 from workers.inventory import store as inventory_store
 from workers.operations import namespace
@@ -58,10 +59,22 @@ SERVICE_METADATA = {
 
 def service_databases(services: Sequence[str]) -> list[ServiceDatabase]:
     """The services' databases in a namespace of their own, so runs never collide (and the
-    run's closing check sees that they were dropped)."""
-    settings = Settings(namespace=f"t{secrets.token_hex(4)}", pg_admin_url=ADMIN_URL, db_urls={})
+    run's closing check sees that they were dropped, and their secrets forgotten)."""
+    name = f"t{secrets.token_hex(4)}"
+    settings = Settings(
+        namespace=name, pg_admin_url=ADMIN_URL, db_urls={}, secrets_file=secrets_file(name)
+    )
     created_namespaces.append(settings)
     return [db for db in namespace.service_databases(settings) if db.service in services]
+
+
+async def drop_all(databases: Sequence[ServiceDatabase]) -> None:
+    """The databases and roles dropped, and the secrets kept for their namespace forgotten
+    (each of these namespaces has its own file)."""
+    await drop(ADMIN_URL, databases)
+    for settings in created_namespaces:
+        if any(database.name == settings.database_name(database.service) for database in databases):
+            settings.secrets_path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +83,7 @@ async def provisioned() -> AsyncIterator[tuple[list[ServiceDatabase], list[Provi
     try:
         yield databases, await provision(ADMIN_URL, databases)
     finally:
-        await drop(ADMIN_URL, databases)
+        await drop_all(databases)
 
 
 def by_service(databases: list[ServiceDatabase]) -> dict[str, ServiceDatabase]:
@@ -148,7 +161,7 @@ async def test_a_service_role_cannot_connect_to_another_service_s_database(
         await asyncpg.connect(
             asyncpg_url(ADMIN_URL),
             user=inventory.name,
-            password=inventory.password,
+            password=inventory.password(inventory.name),
             database=payment.name,
         )
 
@@ -168,23 +181,33 @@ async def test_migrations_downgrade_to_nothing_and_upgrade_again(service: str) -
             MESSAGING_TABLES | SERVICE_TABLES[service] | {"alembic_version"}
         )
     finally:
-        await drop(ADMIN_URL, databases)
+        await drop_all(databases)
 
 
 async def test_an_unreachable_server_is_a_one_line_provisioning_error() -> None:
-    (database,) = service_databases(["order"])
-    with pytest.raises(
-        ProvisioningError, match=r"^cannot reach PostgreSQL at 127\.0\.0\.1:1: "
-    ) as e:
-        await provision("postgresql://postgres:secret@127.0.0.1:1/postgres", [database])
-    assert "\n" not in str(e.value) and "secret" not in str(e.value)
+    databases = service_databases(["order"])
+    try:
+        with pytest.raises(
+            ProvisioningError, match=r"^cannot reach PostgreSQL at 127\.0\.0\.1:1: "
+        ) as e:
+            await provision("postgresql://postgres:secret@127.0.0.1:1/postgres", databases)
+        assert "\n" not in str(e.value) and "secret" not in str(e.value)
+    finally:
+        await drop_all(databases)
 
 
 async def test_a_name_that_is_not_a_plain_identifier_is_refused() -> None:
-    (database,) = service_databases(["order"])
-    bad = ServiceDatabase(database.service, 'x"; DROP ROLE postgres; --', "p", database.url)
-    with pytest.raises(ValueError, match="invalid database/role name"):
-        await provision(ADMIN_URL, [bad])
+    databases = service_databases(["order"])
+    (database,) = databases
+    bad_name = 'x"; DROP ROLE postgres; --'
+    bad = ServiceDatabase(
+        name=bad_name, service=database.service, url=database.url, passwords={bad_name: "p"}
+    )
+    try:
+        with pytest.raises(ValueError, match="invalid database/role name"):
+            await provision(ADMIN_URL, [bad])
+    finally:
+        await drop_all(databases)
 
 
 async def public_tables(url: str) -> set[str]:

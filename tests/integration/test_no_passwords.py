@@ -1,7 +1,9 @@
-"""No password from a configured URL (or FLEET_DB_PASSWORD) appears in anything the fleet
-prints: log lines, one-line errors, ``--json`` documents, the API's answers. Real processes
-with a distinctive password in FLEET_PG_ADMIN_URL, FLEET_AMQP_URL, FLEET_DB_URLS and
-FLEET_DB_PASSWORD (the namespace's roles are made with it), working and failing."""
+"""No password from a configured URL, FLEET_DB_SECRETS or the secrets file appears in
+anything the fleet prints: log lines, one-line errors, ``--json`` documents, the API's
+answers. Real processes with a distinctive password in FLEET_PG_ADMIN_URL, FLEET_AMQP_URL,
+FLEET_DB_URLS and FLEET_DB_SECRETS (the services' roles are made with those), and the
+secrets ``fleet db init`` generated for the other roles (the reader's, the operations
+role's) in the namespace's secrets file, working and failing."""
 
 from __future__ import annotations
 
@@ -18,12 +20,16 @@ import pytest
 
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, FleetProcess
+from workers.operations import namespace
+from workers.runtime.catalog import SERVICES
 
 pytestmark = pytest.mark.integration
 
 # Distinctive, and with a character a URL must escape (so both spellings are looked for).
 PASSWORD = "Zq7!leak-PW-5e"
 IN_URL = quote(PASSWORD, safe="")
+# Each service's role its own secret, every one of them containing the distinctive password.
+SERVICE_SECRETS = {service: f"{PASSWORD}-{service}" for service in SERVICES}
 
 
 def with_password(url: str, *, port: int | None = None, user: str | None = None) -> str:
@@ -46,9 +52,12 @@ def closed_port() -> int:
 
 
 def secrets_of(fleet: Fleet) -> list[str]:
-    """What must never be printed: the distinctive password both ways, and the servers' own
-    passwords as they stand in a URL (``:guest@``: the word alone is also a user name)."""
+    """What must never be printed: the distinctive password both ways, the secrets generated
+    into the namespace's secrets file (both ways), and the servers' own passwords as they
+    stand in a URL (``:guest@``: the word alone is also a user name)."""
     found = [PASSWORD, IN_URL]
+    generated = json.loads(fleet.settings.secrets_path.read_text())
+    found += [spelling for secret in generated.values() for spelling in (secret, quote(secret))]
     for url in (fleet.settings.amqp_url, fleet.settings.pg_admin_url):
         password = urlsplit(url).password
         if password:
@@ -68,9 +77,12 @@ async def fleet(server_urls: tuple[str, str]) -> AsyncIterator[Fleet]:
     # The servers here may trust local connections: the admin URL then takes any password.
     if urlsplit(pg_admin_url).password is None:
         pg_admin_url = with_password(pg_admin_url)
-    settings = namespace_settings((amqp_url, pg_admin_url), db_password=PASSWORD)
+    settings = namespace_settings((amqp_url, pg_admin_url), db_secrets=SERVICE_SECRETS)
     assert IN_URL in settings.pg_admin_url or urlsplit(pg_admin_url).password
     async with namespaced_fleet(settings) as fleet:
+        # The reader's and the operations role's secrets were generated and kept.
+        kept = json.loads(settings.secrets_path.read_text())
+        assert set(kept) == {namespace.reader_role(settings), settings.database_name("ops")}
         yield fleet
 
 
@@ -103,7 +115,7 @@ async def stop(handle: FleetProcess) -> list[str]:
 
 async def test_working_commands_print_no_password(fleet: Fleet) -> None:
     ns = fleet.ns
-    # Each service's URL spelled out with the roles' password, as an operator would.
+    # A service's URL spelled out with its role's secret, as an operator would.
     urls = {"inventory": fleet.settings.database_url("inventory")}
     assert IN_URL in urls["inventory"]
     code, lines = await run(fleet, "db", "init", db_urls=urls)  # alone: it grants and migrates
@@ -144,12 +156,17 @@ async def test_failing_commands_print_no_password(fleet: Fleet) -> None:
     unreachable_amqp = with_password(amqp, port=closed)
     unreachable_view = {"order_view": with_password(admin, port=closed)}
     unknown_view_role = {"order_view": unknown_role}
+    # Two roles given one secret: db init refuses, naming the roles alone.
+    shared = {**SERVICE_SECRETS, "payment": SERVICE_SECRETS["order"]}
     # Each command, the settings it runs with, and words of the error it must report (so
     # the failure path is the one checked).
     cases: list[tuple[tuple[str, ...], dict[str, Any], str]] = [
         (("db", "init", "--json"), {"pg_admin_url": unreachable_admin}, "cannot reach PostgreSQL"),
         (("db", "init", "--json"), {"pg_admin_url": unknown_role}, 'role "nobody" does not'),
         (("db", "init"), {"pg_admin_url": bad_port}, "fleet: "),
+        (("db", "init"), {"db_secrets": shared}, "were given the same secret"),
+        (("db", "init", "--json"), {"db_password": PASSWORD}, "FLEET_DB_PASSWORD is no longer"),
+        (("status",), {"db_password": PASSWORD}, "FLEET_DB_PASSWORD is no longer"),
         (
             ("teardown", "--namespace", "tnothing", "--yes"),
             {"pg_admin_url": unreachable_admin},
@@ -190,6 +207,7 @@ async def test_failing_commands_print_no_password(fleet: Fleet) -> None:
     # Long-running commands log what goes wrong; they are stopped once they said it.
     for env, said in (
         ({"amqp_url": wrong_amqp}, "ACCESS_REFUSED"),
+        ({"db_urls": {"inventory": with_password(admin, user="nobody")}}, 'role "nobody"'),
         ({"amqp_url": unreachable_amqp}, "111"),
         ({"db_urls": {"inventory": with_password(admin, port=closed)}}, "111"),
     ):

@@ -39,8 +39,10 @@ def roles(settings: Settings) -> list[Role]:
     """Every login role of the namespace, each with its own database."""
     found = []
     for database in namespace.service_databases(settings):
-        found.append(Role(database.name, database.password, database.name))
-        found += [Role(reader, database.password, database.name) for reader in database.readers]
+        found.append(Role(database.name, database.password(database.name), database.name))
+        found += [
+            Role(reader, database.password(reader), database.name) for reader in database.readers
+        ]
     return found
 
 

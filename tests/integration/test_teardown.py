@@ -41,7 +41,7 @@ async def test_teardown_refuses_without_yes_and_then_removes_everything(
     settings, fleet = set_up
     ns = settings.namespace
     before = await leftovers([settings])
-    assert kinds(before) == {"queue", "exchange", "database", "role"}
+    assert kinds(before) == {"queue", "exchange", "database", "role", "secret"}
     assert f"exchange {ns}.replays" in before
     assert f"queue {topology.delay_tier(ns, settings.retry_delays_ms[0])}" in before
     assert f"database {settings.database_name('order_view')}" in before
@@ -61,12 +61,21 @@ async def test_teardown_refuses_without_yes_and_then_removes_everything(
         settings.database_name(s) for s in (*catalog.SERVICES, ops_db.OPS)
     } | {namespace.reader_role(settings)}
     assert len(removed["queues"]) == len(namespace.queue_names(settings, catalog.load_all()))
+    # The secrets db init generated for every role, forgotten with the roles: the file goes.
+    assert set(removed["secrets"]) == {settings.database_name(key) for key in namespace.role_keys()}
+    assert not settings.secrets_path.exists()
     assert await leftovers([settings]) == []
 
     # Again: nothing is left to remove, and that is no error.
     code, output = await fleet.cli("teardown", "--namespace", ns, "--yes", "--json")
     assert code == 0, output
-    assert json.loads(output) == {"namespace": ns, "queues": [], "exchanges": [], "databases": []}
+    assert json.loads(output) == {
+        "namespace": ns,
+        "queues": [],
+        "exchanges": [],
+        "databases": [],
+        "secrets": [],
+    }
 
 
 async def test_teardown_removes_the_queues_of_services_declared_outside_the_catalog(

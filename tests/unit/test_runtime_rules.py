@@ -18,10 +18,11 @@ def test_defaults_need_no_configuration_and_derive_each_service_database(
 ) -> None:
     for name in [name for name in os.environ if name.startswith("FLEET_")]:
         monkeypatch.delenv(name)
+    monkeypatch.setenv("FLEET_DB_SECRETS", '{"payment": "s3cret/payment"}')
     settings = Settings()
     assert settings.namespace == "fleet"
     assert settings.database_url("payment") == (
-        "postgresql://fleet_payment:fleet@127.0.0.1:5432/fleet_payment"
+        "postgresql://fleet_payment:s3cret%2Fpayment@127.0.0.1:5432/fleet_payment"
     )
 
 

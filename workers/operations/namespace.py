@@ -4,6 +4,10 @@ service's queues, set up together and torn down together.
     await set_up(settings)      # fleet up, the tests, the benchmarks (idempotent)
     removed = await tear_down(settings)     # fleet teardown --namespace NS --yes
 
+Every login role has a secret of its own (``role_secrets``): ``fleet db init`` takes the one
+the operator gave, or generates one and keeps it in the namespace's secrets file; teardown
+forgets the secrets it kept.
+
 AMQP cannot list queues, so tearing down removes the names the namespace's declarations
 give (every service's queues and DLQs, the delay tiers of ``FLEET_RETRY_DELAYS_MS``, and
 the handlers' own retry queues of before the tiers), plus any ``extra_queues`` the caller
@@ -21,9 +25,16 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import AMQPError, ChannelNotFoundEntity
 
-from db.provision import ProvisionResult, ServiceDatabase, drop, grant_appending, provision
+from db.provision import (
+    DatabaseRoles,
+    ProvisionResult,
+    ServiceDatabase,
+    drop,
+    grant_appending,
+    provision,
+)
 from workers.operations import ops_db
-from workers.runtime import catalog, connections, control, topology
+from workers.runtime import catalog, connections, control, role_secrets, topology
 from workers.runtime.service import Service
 from workers.runtime.settings import Settings
 from workers.runtime.worker import declare_topology
@@ -41,17 +52,63 @@ def reader_role(settings: Settings, service: str = API_READS) -> str:
     return settings.database_name(f"{service}_reader")
 
 
+def _reader_keys(service: str) -> tuple[str, ...]:
+    """The keys of a service's read-only roles: the view's database has the API's."""
+    return (f"{service}_reader",) if service == API_READS else ()
+
+
+def role_keys() -> list[str]:
+    """Every login role of a namespace, by the key ``FLEET_DB_URLS`` and
+    ``FLEET_DB_SECRETS`` name it with (the role is ``<namespace>_<key>``): each service's,
+    the view's read-only role, the operations role."""
+    keys = [key for service in catalog.SERVICES for key in (service, *_reader_keys(service))]
+    return [*keys, ops_db.OPS]
+
+
+def keep_secrets(settings: Settings) -> list[str]:
+    """A secret for every role of the namespace: the one given, else the one kept in the
+    secrets file, generated there where none is yet (idempotent). Refuses a secret given to
+    a role that does not exist, and one secret for two roles. Returns the roles whose secret
+    was generated now."""
+    keys = role_keys()
+    unknown = sorted(set(settings.db_secrets) - set(keys))
+    if unknown:
+        raise role_secrets.SecretsError(
+            f"FLEET_DB_SECRETS names no role of the fleet: {', '.join(unknown)}"
+            f" (its keys: {', '.join(keys)})"
+        )
+    not_given = [settings.database_name(k) for k in keys if settings.given_secret(k) is None]
+    generated = role_secrets.ensure(settings.secrets_path, not_given)
+    role_secrets.check_distinct({settings.database_name(k): settings.secret_for(k) for k in keys})
+    return generated
+
+
+def database_roles(settings: Settings) -> list[DatabaseRoles]:
+    """Every database of the namespace and its login roles, by name (no secret read)."""
+    return [
+        DatabaseRoles(
+            settings.database_name(service),
+            tuple(settings.database_name(key) for key in _reader_keys(service)),
+        )
+        for service in catalog.SERVICES
+    ] + [DatabaseRoles(settings.database_name(ops_db.OPS))]
+
+
 def service_databases(settings: Settings) -> list[ServiceDatabase]:
     """Every service's database and role, and the operations database (archived dead
-    letters, the audit log), as ``fleet db init`` makes them; the view's database also has
-    the API's read-only role."""
+    letters, the audit log), as ``fleet db init`` makes them, each role with its own secret
+    (``keep_secrets`` first); the view's database also has the API's read-only role."""
+    keep_secrets(settings)
     return [
         ServiceDatabase(
-            service=service,
             name=settings.database_name(service),
-            password=settings.db_password,
+            readers=tuple(settings.database_name(key) for key in _reader_keys(service)),
+            service=service,
             url=settings.database_url(service),
-            readers=(reader_role(settings),) if service == API_READS else (),
+            passwords={
+                settings.database_name(key): settings.secret_for(key)
+                for key in (service, *_reader_keys(service))
+            },
         )
         for service in catalog.SERVICES
     ] + [ops_db.database(settings)]
@@ -106,6 +163,7 @@ class Removed:
     queues: list[str] = field(default_factory=list)
     exchanges: list[str] = field(default_factory=list)
     databases: list[str] = field(default_factory=list)  # each with its role; read-only roles
+    secrets: list[str] = field(default_factory=list)  # roles whose kept secret was forgotten
 
 
 async def tear_down(
@@ -144,10 +202,14 @@ async def tear_down(
             await connection.close()
     # The operations database first: the services' roles hold a privilege in it (they
     # append to its audit log), and a role is dropped only once nothing depends on it.
-    databases = sorted(
-        service_databases(settings), key=lambda database: database.service != ops_db.OPS
-    )
+    ops = settings.database_name(ops_db.OPS)
+    databases = sorted(database_roles(settings), key=lambda roles: roles.name != ops)
     removed.databases = await drop(settings.pg_admin_url, databases)
+    # Last: with the roles gone, their secrets open nothing; kept, a namespace made again
+    # under the same name would reuse them.
+    removed.secrets = role_secrets.forget(
+        settings.secrets_path, [settings.database_name(key) for key in role_keys()]
+    )
     return removed
 
 

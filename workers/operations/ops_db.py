@@ -30,11 +30,13 @@ OPS = "ops"  # the name its database and role carry after the namespace: <ns>_op
 
 
 def database(settings: Settings) -> ServiceDatabase:
+    """The operations database as ``fleet db init`` makes it, its role with its own secret."""
+    name = settings.database_name(OPS)
     return ServiceDatabase(
+        name=name,
         service=OPS,
-        name=settings.database_name(OPS),
-        password=settings.db_password,
         url=settings.database_url(OPS),
+        passwords={name: settings.secret_for(OPS)},
     )
 
 

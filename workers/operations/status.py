@@ -25,6 +25,7 @@ from db.engine import connect_once
 from workers.orchestrator import public as orchestrator
 from workers.order_view import public as view
 from workers.runtime import catalog, connections, control, topology
+from workers.runtime.role_secrets import SecretsError
 from workers.runtime.settings import Settings
 
 ORCHESTRATOR = "orchestrator"
@@ -37,8 +38,10 @@ READ_TIMEOUT_SECONDS = 10.0
 # What reaching a server can raise: refused, reset, timed out, refused by the server
 # (authentication, no such database or table), or a connection that died mid-read.
 BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, OSError, TimeoutError)
-# InternalClientError: asyncpg's answer on a connection whose backend died mid-operation.
+# InternalClientError: asyncpg's answer on a connection whose backend died mid-operation;
+# SecretsError: no secret for the service's role here, or its secrets file refused.
 DATABASE_ERRORS = (
+    SecretsError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
