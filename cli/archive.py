@@ -30,6 +30,7 @@ def archive(
     """
     if (queue is None) == (group is None):
         fail("choose the dead letters: a QUEUE or --group G", 2)
+    from cli.operator import operator_name
     from workers.operations import archive as archive_
     from workers.operations.dead_letters import Selection
     from workers.runtime.settings import get_settings
@@ -37,7 +38,13 @@ def archive(
     selection = Selection(queue=queue, group=group, message_id=message_id)
     with progress_bars(enabled=not as_json) as progress:
         report = asyncio.run(
-            archive_.archive(get_settings(), selection, limit=limit, progress=progress)
+            archive_.archive(
+                get_settings(),
+                selection,
+                limit=limit,
+                progress=progress,
+                operator=operator_name(),
+            )
         )
     if as_json:
         print_json(report.as_dict())
@@ -113,12 +120,18 @@ def restore(
 
     Each leaves the archive only once its publish is confirmed.
     """
+    from cli.operator import operator_name
     from workers.operations import archive as archive_
     from workers.runtime.settings import get_settings
 
     report = asyncio.run(
         archive_.restore(
-            get_settings(), ids=ids or None, message_id=message_id, queue=queue, every=every
+            get_settings(),
+            ids=ids or None,
+            message_id=message_id,
+            queue=queue,
+            every=every,
+            operator=operator_name(),
         )
     )
     if as_json:

@@ -43,6 +43,7 @@ def chaos(
 
     Exit 0 only if every invariant holds.
     """
+    from cli.operator import operator_name
     from workers.operations.chaos import ChaosOptions, parse_faults, run_chaos
     from workers.runtime.settings import get_settings
 
@@ -62,7 +63,7 @@ def chaos(
     def say(line: str) -> None:
         typer.echo(line, err=as_json)  # with --json, stdout holds the JSON alone
 
-    report = asyncio.run(run_chaos(get_settings(), options, say=say))
+    report = asyncio.run(run_chaos(get_settings(), options, say=say, operator=operator_name()))
     if as_json:
         print_json(report.as_dict())
     else:

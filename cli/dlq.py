@@ -146,6 +146,7 @@ def replay(
     """
     if every and (queue is None or message_id is not None):
         fail("--all means every letter of QUEUE: give a QUEUE and no --message-id", 2)
+    from cli.operator import operator_name
     from cli.output import progress_bars
     from workers.operations import replays
     from workers.operations.dead_letters import Selection
@@ -164,6 +165,7 @@ def replay(
                 dry_run=dry_run,
                 to_queue=to,
                 progress=progress,
+                operator=operator_name(),
             )
         )
     if as_json:
@@ -201,6 +203,7 @@ def edit(
     otherwise, and nothing changes). The copy carries x-replay-of: <old id>; the original
     is removed once the copy is confirmed.
     """
+    from cli.operator import operator_name
     from workers.operations import replays
     from workers.runtime import tracing
     from workers.runtime.settings import get_settings
@@ -215,7 +218,7 @@ def edit(
             fail("the body was not changed: nothing done")
         data = edited
     tracing.configure("fleet-cli")
-    report = asyncio.run(replays.edit(settings, queue, message_id, data))
+    report = asyncio.run(replays.edit(settings, queue, message_id, data, operator=operator_name()))
     if as_json:
         print_json(report.as_dict())
         return
@@ -274,10 +277,13 @@ def purge(
     chosen = _one_or_all(message_id, every)
     if not yes:
         fail("purging deletes messages for good: add --yes to confirm", 2)
+    from cli.operator import operator_name
     from workers.operations import dead_letters
     from workers.runtime.settings import get_settings
 
-    purged = asyncio.run(dead_letters.purge(get_settings(), queue, chosen))
+    purged = asyncio.run(
+        dead_letters.purge(get_settings(), queue, chosen, operator=operator_name())
+    )
     if as_json:
         print_json({"queue": queue, "purged": purged})
     else:

@@ -235,13 +235,20 @@ def saga_retry(
 
     For a step whose command was lost or whose service was down; recorded in the audit log.
     """
+    from cli.operator import operator_name
     from workers.operations.sagas import retry
     from workers.runtime import tracing
     from workers.runtime.settings import get_settings
 
     tracing.configure("fleet-cli")
     sent = asyncio.run(
-        retry(get_settings(), order_id, wait=wait, confirm=None if yes else _confirm)
+        retry(
+            get_settings(),
+            order_id,
+            operator=operator_name(),
+            wait=wait,
+            confirm=None if yes else _confirm,
+        )
     )
     _report_saga_action(sent, as_json)
 
@@ -261,6 +268,7 @@ def saga_compensate(
     Refused once it ended, while it compensates, and past the pivot (confirm_order);
     recorded in the audit log.
     """
+    from cli.operator import operator_name
     from workers.operations.sagas import compensate
     from workers.runtime import tracing
     from workers.runtime.settings import get_settings
@@ -268,7 +276,12 @@ def saga_compensate(
     tracing.configure("fleet-cli")
     sent = asyncio.run(
         compensate(
-            get_settings(), order_id, reason=reason, wait=wait, confirm=None if yes else _confirm
+            get_settings(),
+            order_id,
+            reason=reason,
+            operator=operator_name(),
+            wait=wait,
+            confirm=None if yes else _confirm,
         )
     )
     _report_saga_action(sent, as_json)

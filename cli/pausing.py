@@ -26,19 +26,21 @@ def pause(target: str = TargetArgument, as_json: bool = JsonOption) -> None:
     Workers stay connected, finish what they hold, and a worker started meanwhile starts
     paused. Pausing what is paused already changes nothing (exit 0).
     """
+    from cli.operator import operator_name
     from workers.operations import pausing
     from workers.runtime.settings import get_settings
 
-    _report(asyncio.run(pausing.pause(get_settings(), target)), as_json)
+    _report(asyncio.run(pausing.pause(get_settings(), target, operator=operator_name())), as_json)
 
 
 def resume(target: str = TargetArgument, as_json: bool = JsonOption) -> None:
     """Let paused handlers take messages again. Resuming what is not paused changes
     nothing (exit 0)."""
+    from cli.operator import operator_name
     from workers.operations import pausing
     from workers.runtime.settings import get_settings
 
-    _report(asyncio.run(pausing.resume(get_settings(), target)), as_json)
+    _report(asyncio.run(pausing.resume(get_settings(), target, operator=operator_name())), as_json)
 
 
 def _report(state: PauseState, as_json: bool) -> None:

@@ -445,7 +445,7 @@ async def _plan_purge(settings: Settings, form: Form, operator: str) -> Plan:
 
 async def _run_purge(settings: Settings, form: Form, operator: str) -> Outcome:
     queue, message_id = form.required("queue"), form.one("message_id")
-    purged = await dead_letters.purge(settings, queue, message_id)
+    purged = await dead_letters.purge(settings, queue, message_id, operator=operator)
     return Outcome(f"Purged {purged} dead letter(s)", [f"from {queue}"], dlq_page(queue))
 
 

@@ -31,7 +31,7 @@ from api.console import auth
 from contracts import Envelope, OutgoingMessage, RejectOrder, encode_message
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, FleetProcess, new_id, not_json, start_api, wait_for
-from workers.operations import dead_letters, pausing
+from workers.operations import archive, dead_letters, ops_db, pausing
 from workers.runtime import catalog
 
 pytestmark = pytest.mark.integration
@@ -125,6 +125,19 @@ async def logged_in(client: httpx.AsyncClient) -> str:
     session = client.cookies.get(auth.SESSION_COOKIE)
     assert session is not None
     return session
+
+
+HISTORY_ROW = re.compile(
+    r'<span class="badge info operator">([^<]*)</span></td>\s*'
+    r'<td class="action"><strong>([^<]*)</strong></td>\s*'
+    r'<td class="wrap">([^<]*)</td>'
+)
+
+
+def history_rows(page: str) -> list[tuple[str, str, str]]:
+    """The history page's rows, latest first: (operator, action, target). Not the page's
+    text: its header names the signed-in token whoever did what."""
+    return HISTORY_ROW.findall(page)
 
 
 def csrf_of(page: str) -> str:
@@ -462,9 +475,11 @@ async def test_archive_and_restore_a_letter_through_their_confirmations(
     )
     assert done.status_code == 200 and "Restored 1 archived letter(s)" in done.text
     assert await console.depth(console.order_dlq) == depth
-    history = (await http.get("/console/history?action=dlq")).text
-    assert "dlq.archive" in history and "dlq.restore" in history
-    assert TOKEN_NAME in history
+    history = history_rows((await http.get("/console/history?action=dlq")).text)
+    assert history[:2] == [
+        (TOKEN_NAME, "dlq.restore", f"{archive.ARCHIVE}, message {message_id}"),
+        (TOKEN_NAME, "dlq.archive", f"{console.order_dlq}, message {message_id}"),
+    ]
 
 
 async def test_pause_and_resume_a_handler_from_the_overview(
@@ -483,5 +498,25 @@ async def test_pause_and_resume_a_handler_from_the_overview(
         overview = (await http.get("/console")).text
         assert f"/console/confirm/{button}?target={handler}" in overview
         assert ('<span class="badge warn">paused</span>' in overview) == bool(paused)
-    history = (await http.get("/console/history", params={"target": handler})).text
-    assert "pause" in history and "resume" in history and TOKEN_NAME in history
+    history = history_rows((await http.get("/console/history", params={"target": handler})).text)
+    assert history[:2] == [(TOKEN_NAME, "resume", handler), (TOKEN_NAME, "pause", handler)]
+
+
+async def test_a_purge_is_recorded_under_the_token_name(
+    console: Console, http: httpx.AsyncClient
+) -> None:
+    await logged_in(http)
+    letters = await dead_letters.browse(console.fleet.settings, console.order_dlq, 10)
+    message_id = letters[0].message_id
+    assert message_id is not None
+    fields = {"queue": console.order_dlq, "message_id": message_id}
+    confirm = await http.get("/console/confirm/purge", params=fields)
+    assert confirm.status_code == 200 and 'id="plan-count">1<' in confirm.text
+    done = await http.post("/console/actions/purge", data={**fields, "csrf": csrf_of(confirm.text)})
+    assert done.status_code == 200 and "Purged 1 dead letter(s)" in done.text
+    assert await console.depth(console.order_dlq) == len(letters) - 1
+    # Under the token's name, not the API server's $USER.
+    history = history_rows((await http.get("/console/history?action=dlq.purge")).text)
+    assert history == [(TOKEN_NAME, "dlq.purge", console.order_dlq)]
+    purges = await ops_db.history(console.fleet.settings, action="dlq.purge")
+    assert [(line.operator, line.message_ids) for line in purges] == [(TOKEN_NAME, [message_id])]

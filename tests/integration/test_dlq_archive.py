@@ -251,7 +251,9 @@ async def test_letters_archived_longer_ago_than_the_retention_are_deleted_at_nex
     failed: Fleet,
 ) -> None:
     payment = dlq_of(failed, "payment")
-    report = await archive.archive(failed.settings, Selection(queue=payment), limit=2)
+    report = await archive.archive(
+        failed.settings, Selection(queue=payment), limit=2, operator="tests"
+    )
     assert report.archived == 2
     old, fresh = sorted(report.message_ids)
     async with ops_db.connect(failed.settings) as conn:
@@ -269,7 +271,7 @@ async def test_letters_archived_longer_ago_than_the_retention_are_deleted_at_nex
     expired = await ops_db.history(failed.settings, action="dlq.expire")
     assert expired[0].count == 1 and expired[0].message_ids == [old]
     # The old letter is gone for good; the fresh one goes back.
-    await archive.restore(failed.settings, queue=payment)
+    await archive.restore(failed.settings, queue=payment, operator="tests")
     assert await depth(failed, "payment") == EACH - 1
 
 

@@ -243,7 +243,7 @@ async def test_a_letter_recorded_by_an_interrupted_run_is_removed_not_sent_again
             failed.reserve,
         )
     selection = dead_letters.Selection(queue=dlq, message_id=chosen.message_id)
-    report = await replays.replay(fleet.settings, selection)
+    report = await replays.replay(fleet.settings, selection, operator="tests")
     assert report.replayed == [] and report.skipped == [chosen.message_id]
     assert await fleet.queue_depth(failed.reserve) == 0  # not sent
     assert chosen.message_id not in await letter_ids(fleet, dlq)  # removed

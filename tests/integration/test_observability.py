@@ -342,7 +342,7 @@ async def test_a_retry_a_dead_lettering_and_a_replay_show_in_their_messages_trac
         # The dead letter keeps its headers: replaying it continues the same trace (and,
         # failing for good again, it is dead-lettered again, in it too).
         dlq = dead_letter_queue(queue)
-        await replays.replay(fleet.settings, dead_letters.Selection(queue=dlq))
+        await replays.replay(fleet.settings, dead_letters.Selection(queue=dlq), operator="tests")
 
         async def dead_lettered_again() -> bool:
             return names(poisoned).count(f"dead-letter {queue}") == 2
@@ -353,7 +353,7 @@ async def test_a_retry_a_dead_lettering_and_a_replay_show_in_their_messages_trac
     assert f"retry {queue}" not in names(poisoned)
     retry = next(s for s in exporter.spans if s.name == f"retry {queue}")
     assert retry.attributes is not None and retry.attributes["error.type"] == "TransientError"
-    await dead_letters.purge(fleet.settings, dlq, None)
+    await dead_letters.purge(fleet.settings, dlq, None, operator="tests")
 
 
 # --- Metrics. -----------------------------------------------------------------------------
@@ -422,7 +422,7 @@ async def test_a_poison_message_raises_the_dead_letter_count_and_the_dlq_depth(
     assert entry["correlation_id"] == placed.order_id
     assert entry["trace_id"] == trace_id
     assert "dead-lettered" in entry["message"]
-    await dead_letters.purge(fleet.settings, dead_letter_queue(queue), None)
+    await dead_letters.purge(fleet.settings, dead_letter_queue(queue), None, operator="tests")
 
 
 async def test_with_the_relay_stopped_the_outbox_backlog_and_its_age_rise_then_fall(

@@ -129,6 +129,14 @@ async def test_postgresql_crashed_and_restarted_under_load_loses_nothing(
                 assert caught > 0, "the fault struck no order in flight"
                 felt = sum(process.count("retrying") for process in fleet.processes)
                 assert felt > 0, "no handler saw the database go away"
+                # Each relay waited the database out saying so once, and once that it was
+                # back: not a line per try.
+                relays = [process for process in fleet.processes if process.count("relay: ")]
+                assert len(relays) == len(catalog.SERVICES)
+                for process in relays:
+                    said = [line for line in process.lines if "relay: " in line]
+                    assert process.count("relay: waiting for the database") == 1, said
+                    assert process.count("relay: the database works again") == 1, said
         finally:
             await forget_namespace(settings)
 

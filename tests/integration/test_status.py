@@ -126,7 +126,7 @@ async def test_a_dead_letter_makes_it_exit_1_and_names_the_dlq(quiet: Fleet) -> 
             code, output = await quiet.cli("status")
             json_code, document = await status_json(quiet)
     finally:
-        await dead_letters.purge(quiet.settings, dlq, None)
+        await dead_letters.purge(quiet.settings, dlq, None, operator="tests")
     assert code == 1, output
     assert f"! {dlq}: 1 dead letter(s)" in problems_listed(output), output
     row = row_of(output, queue)

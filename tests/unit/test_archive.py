@@ -85,4 +85,4 @@ async def test_a_restore_must_choose_exactly_one_way(choice: dict[str, Any]) -> 
         amqp_url="amqp://nobody@127.0.0.1:1/", pg_admin_url="postgresql://x@127.0.0.1:1/x"
     )
     with pytest.raises(InvalidRequest, match="choose what to restore"):
-        await restore(settings, **choice)
+        await restore(settings, **choice, operator="tests")

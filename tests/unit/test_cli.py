@@ -77,3 +77,23 @@ def test_what_the_cli_writes_out_agrees_with_the_library() -> None:
     written = constants_of(ROOT / "cli" / "orders.py")
     assert written["DEFAULT_COUNTRY"] == orders.DEFAULT_COUNTRY
     assert written["STATUSES"] == view.STATUSES
+
+
+def operator_name_with(environment: dict[str, str]) -> str:
+    """The name ``cli.operator.operator_name`` gives, in a fresh interpreter (tests do not
+    import the CLI) with only ``environment``."""
+    script = "from cli.operator import operator_name\nprint(operator_name())"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def test_the_cli_records_actions_as_user_else_the_login_name() -> None:
+    assert operator_name_with({"USER": "alice", "LOGNAME": "bob"}) == "alice"
+    assert operator_name_with({"USER": "", "LOGNAME": "bob"}) == "bob"  # getpass reads it

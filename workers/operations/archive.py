@@ -116,7 +116,7 @@ async def archive(
     *,
     limit: int | None = None,
     progress: Progress = no_progress,
-    operator: str | None = None,
+    operator: str,
 ) -> ArchiveReport:
     """Move the selected dead letters (at most ``limit``) from their DLQs to the archive."""
     if limit is not None and limit < 1:
@@ -251,7 +251,7 @@ async def restore(
     message_id: str | None = None,
     queue: str | None = None,
     every: bool = False,
-    operator: str | None = None,
+    operator: str,
 ) -> RestoreReport:
     """Put archived letters back in their DLQs: those with these ``ids``, with this
     ``message_id``, archived from ``queue``, or ``every`` one. Each is published (persistent,

@@ -551,7 +551,7 @@ async def run_chaos(
     options: ChaosOptions,
     *,
     say: Callable[[str], None] = lambda _: None,
-    operator: str | None = None,
+    operator: str,
 ) -> ChaosReport:
     """Orders under fire for ``options.duration`` seconds, then the invariants checked."""
     await preflight(settings, options)
@@ -609,7 +609,7 @@ async def run_chaos(
 
 
 async def _record(
-    settings: Settings, report: ChaosReport, options: ChaosOptions, operator: str | None
+    settings: Settings, report: ChaosReport, options: ChaosOptions, operator: str
 ) -> None:
     """The run in the audit log: killing workers is an operator's act."""
     async with ops_db.connect(settings, transaction=True) as conn:

@@ -472,9 +472,7 @@ def _text(value: object) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-async def purge(
-    settings: Settings, name: str, message_id: str | None, *, operator: str | None = None
-) -> int:
+async def purge(settings: Settings, name: str, message_id: str | None, *, operator: str) -> int:
     """Delete dead letters for good: every one in ``name``, or those with ``message_id``."""
     purged_ids: list[str] = []
     async with _connection(settings) as connection:

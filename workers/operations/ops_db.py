@@ -7,13 +7,13 @@ the audit log of operator actions (this module), the archived dead letters
 (``archive.py``) and the replayed messages followed until they settle (``dead_letters``).
 
     async with ops_db.connect(settings, transaction=True) as conn:
-        await ops_db.record(conn, action="dlq.purge", target=queue, message_ids=ids)
+        await ops_db.record(
+            conn, action="dlq.purge", target=queue, message_ids=ids, operator=operator
+        )
 """
 
 from __future__ import annotations
 
-import getpass
-import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -49,17 +49,6 @@ async def connect(
         yield conn
 
 
-def operator_name() -> str:
-    """Who runs this command, for the audit log: $USER, else the login name."""
-    name = os.environ.get("USER")
-    if name:
-        return name
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
-        return "unknown"
-
-
 async def lock(conn: asyncpg.Connection, subject: str) -> None:
     """Serialise operator actions on ``subject`` (a queue, a saga) until the transaction
     ends: two operators replaying one DLQ at once would each see the other's letters."""
@@ -88,14 +77,14 @@ async def record(
     target: str,
     message_ids: Sequence[str] = (),
     count: int | None = None,
-    operator: str | None = None,
+    operator: str,
     detail: dict[str, Any] | None = None,
 ) -> None:
     """One line of the audit log; ``count`` defaults to the number of ``message_ids``."""
     await conn.execute(
         "INSERT INTO audit (operator, action, target, count, message_ids, detail)"
         " VALUES ($1, $2, $3, $4, $5, $6)",
-        operator or operator_name(),
+        operator,
         action,
         target,
         len(message_ids) if count is None else count,

@@ -104,17 +104,17 @@ async def paused(settings: Settings) -> tuple[str, ...]:
     return tuple(name for name, queue in queues.items() if queue in paused_queues)
 
 
-async def pause(settings: Settings, target: str, *, operator: str | None = None) -> PauseState:
+async def pause(settings: Settings, target: str, *, operator: str) -> PauseState:
     """Pause the handlers ``target`` names (a service, or ``service.handler``)."""
     return await _change(settings, target, PAUSE, operator)
 
 
-async def resume(settings: Settings, target: str, *, operator: str | None = None) -> PauseState:
+async def resume(settings: Settings, target: str, *, operator: str) -> PauseState:
     """Resume the handlers ``target`` names; those not paused are left as they are."""
     return await _change(settings, target, RESUME, operator)
 
 
-async def _change(settings: Settings, target: str, action: str, operator: str | None) -> PauseState:
+async def _change(settings: Settings, target: str, action: str, operator: str) -> PauseState:
     by_name, names_by_service = _catalog_handlers()
     named = resolve_target(target, names_by_service)
     queues = {name: handler.queue(settings.namespace) for name, handler in by_name.items()}

@@ -207,7 +207,7 @@ async def replay(
     dry_run: bool = False,
     to_queue: str | None = None,
     progress: Progress = no_progress,
-    operator: str | None = None,
+    operator: str,
 ) -> ReplayReport:
     """Send the selected dead letters (at most ``limit``, at most ``rate`` a second) back
     to their queue, or to ``to_queue``; each is removed from its DLQ once its copy is
@@ -487,7 +487,7 @@ async def letter(settings: Settings, queue: str, message_id: str) -> DeadLetter:
 
 
 async def edit(
-    settings: Settings, queue: str, message_id: str, data: str, *, operator: str | None = None
+    settings: Settings, queue: str, message_id: str, data: str, *, operator: str
 ) -> EditReport:
     """Replace the body of dead letter ``message_id`` with ``data`` (JSON, valid for its
     contract: InvalidRequest names the field otherwise, and nothing changes) and send it

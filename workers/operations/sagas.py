@@ -188,22 +188,21 @@ async def retry(
     settings: Settings,
     order_id: str,
     *,
-    operator: str | None = None,
+    operator: str,
     wait: float | None = None,
     confirm: Confirm | None = None,
 ) -> SagaAction:
     """Ask the orchestrator to send the saga's current step's command again (a lost
     command, a service that was down past its retries). ``confirm`` is asked first, once
     the request is known to make sense; ``wait``: follow the saga that many seconds."""
-    who = operator or ops_db.operator_name()
-    command = _valid(RetryStep, order_id=_order_id(order_id), requested_by=who)
+    command = _valid(RetryStep, order_id=_order_id(order_id), requested_by=operator)
     saga = await _orchestrated_saga(settings, command.order_id)
     _check_retry(saga)
     question = (
         f"Send {saga.step} again for order {saga.order_id} (saga {saga.state} at {saga.step},"
         f" unchanged for {duration_text(saga.idle_seconds)})?"
     )
-    return await _send(settings, "retry", command, who, question, _check_retry, wait, confirm)
+    return await _send(settings, "retry", command, operator, question, _check_retry, wait, confirm)
 
 
 async def compensate(
@@ -211,18 +210,19 @@ async def compensate(
     order_id: str,
     *,
     reason: str | None = None,
-    operator: str | None = None,
+    operator: str,
     wait: float | None = None,
     confirm: Confirm | None = None,
 ) -> SagaAction:
     """Ask the orchestrator to give up on the order now: undo what the saga did and reject
     the order with ``reason``. Refused once the saga ended, while it compensates already,
     and past the pivot (``confirm_order``). ``confirm`` and ``wait`` as for ``retry``."""
-    who = operator or ops_db.operator_name()
-    because = reason if reason is not None else f"compensated by operator {who}"
+    because = reason if reason is not None else f"compensated by operator {operator}"
     if not because.strip():
         raise InvalidRequest("--reason must not be empty")
-    command = _valid(CompensateSaga, order_id=_order_id(order_id), reason=because, requested_by=who)
+    command = _valid(
+        CompensateSaga, order_id=_order_id(order_id), reason=because, requested_by=operator
+    )
     saga = await _orchestrated_saga(settings, command.order_id)
     _check_compensate(saga)
     question = (
@@ -230,7 +230,7 @@ async def compensate(
         f" it with reason {because!r}?"
     )
     return await _send(
-        settings, "compensate", command, who, question, _check_compensate, wait, confirm
+        settings, "compensate", command, operator, question, _check_compensate, wait, confirm
     )
 
 

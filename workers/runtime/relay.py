@@ -8,6 +8,10 @@ transaction and also polls every ``relay_poll_interval`` as a safety net.
 
 A crash between publishing and marking publishes those rows again: the consumers' inboxes
 make that harmless.
+
+While its database or the broker is away the relay tries again every ``relay_lock_retry``
+seconds (without the broker, keeping its lock), and says so once when it starts waiting and
+once when it works again (``Outage``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -28,6 +33,44 @@ from workers.runtime.settings import Settings
 log = logging.getLogger("fleet.relay")
 
 LOCK = outbox.TRY_RELAY_LOCK
+
+# What a relay waits for when a try fails.
+DATABASE, BROKER = "the database", "the broker"
+
+
+class BrokerFailure(Exception):
+    """A batch the broker did not confirm (a lost connection, a nack, a return); the
+    broker's error is its cause. Everything else a relay's try uses is its database."""
+
+
+def waited_for(error: Exception) -> tuple[str, BaseException] | None:
+    """What a failed try waits for (DATABASE or BROKER) and the error to name; None for
+    an error that is neither's (a fault of the relay's own, not waited out quietly)."""
+    if isinstance(error, BrokerFailure):
+        return BROKER, error.__cause__ or error
+    if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError):
+        return DATABASE, error
+    return None
+
+
+@dataclass(frozen=True)
+class Outage:
+    """What the relay says while it waits out its database or the broker: one line when
+    a try first fails, none for the tries after it, one when it works again. A value:
+    each try's result gives the next one and the line to log, if any."""
+
+    waiting_for: str | None = None  # DATABASE or BROKER while waiting; None: working
+    since: float = 0.0  # time.monotonic() of the first try that failed
+
+    def failed(self, what: str, error: BaseException, now: float) -> tuple[Outage, str | None]:
+        if what == self.waiting_for:
+            return self, None
+        return Outage(what, now), f"waiting for {what}: {type(error).__name__}: {error}"
+
+    def worked(self, what: str, now: float) -> tuple[Outage, str | None]:
+        if what != self.waiting_for:
+            return self, None
+        return Outage(), f"{what} works again, after {now - self.since:.1f} s of waiting"
 
 
 async def run_relay(settings: Settings, service: str, stop: asyncio.Event) -> None:
@@ -47,6 +90,8 @@ class Relay:
         self._active = False
         self.active = False  # shows 0 until the lock is taken
         self.published = 0
+        self.outage = Outage()
+        self._role_said: str | None = None  # "active" or "standby", as last logged
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set; survives database and broker outages."""
@@ -56,11 +101,32 @@ class Relay:
             except Exception as error:  # database or broker trouble: start over
                 if stop.is_set():
                     break
-                log.warning(
-                    "%s relay: %s: %s; reconnecting", self.service, type(error).__name__, error
-                )
                 self.active = False
+                self._failed(error)
                 await _wait(stop, self.settings.relay_lock_retry)
+
+    def _failed(self, error: Exception) -> None:
+        waited = waited_for(error)
+        if waited is None:
+            log.warning(
+                "%s relay: %s: %s; starting over", self.service, type(error).__name__, error
+            )
+            return
+        self.outage, line = self.outage.failed(*waited, time.monotonic())
+        if line is not None:
+            log.warning("%s relay: %s", self.service, line)
+
+    def _worked(self, what: str) -> None:
+        self.outage, line = self.outage.worked(what, time.monotonic())
+        if line is not None:
+            log.info("%s relay: %s", self.service, line)
+
+    def _say_role(self, role: str, line: str) -> None:
+        """Once per change: a relay that starts over after its database failed is often
+        what it was (a line each time would be a line per try)."""
+        if role != self._role_said:
+            log.info("%s relay: %s", self.service, line)
+            self._role_said = role
 
     @property
     def active(self) -> bool:
@@ -77,15 +143,14 @@ class Relay:
             asyncpg_url(self.settings.database_url(self.service))
         )
         try:
-            standby_said = False
             while not await conn.fetchval(LOCK):
-                if not standby_said:
-                    log.info("%s relay: standby, another relay holds the lock", self.service)
-                    standby_said = True
+                self._worked(DATABASE)
+                self._say_role("standby", "standby, another relay holds the lock")
                 if await _wait(stop, self.settings.relay_lock_retry):
                     return
+            self._worked(DATABASE)
             self.active = True
-            log.info("%s relay: active", self.service)
+            self._say_role("active", "active")
             await self._publish_loop(conn, stop)
         finally:
             self.active = False
@@ -98,7 +163,16 @@ class Relay:
         next_housekeeping = 0.0
         while not stop.is_set():
             woken.clear()
-            await self.drain(conn)
+            try:
+                await self.drain(conn)
+            except BrokerFailure as error:
+                # Waited out here, holding the lock: let go, it would pass from relay to
+                # relay with each try (each saying so), and none could publish anyway.
+                self._failed(error)
+                if await _wait(stop, self.settings.relay_lock_retry):
+                    return
+                continue
+            self._worked(BROKER)  # what was to publish went out (or nothing was)
             if time.monotonic() >= next_housekeeping:
                 await self.housekeeping(conn)
                 next_housekeeping = time.monotonic() + self.settings.housekeeping_interval
@@ -121,7 +195,10 @@ class Relay:
                 )
                 confirmed_ids: list[int] = []
                 if in_flight is not None:
-                    await in_flight  # a nack, a return or a lost connection raises here
+                    try:
+                        await in_flight  # a nack, a return or a lost connection raises here
+                    except Exception as error:
+                        raise BrokerFailure(str(error)) from error
                     confirmed_ids, in_flight = in_flight_ids, None
                     await self._fault_pause(len(confirmed_ids))
                 if rows:
