@@ -106,7 +106,9 @@ async def test_a_relay_says_once_that_it_waits_for_its_database_and_once_that_it
     monkeypatch.setattr(asyncpg, "connect", connect)
     caplog.set_level(logging.INFO, logger="fleet.relay")
     publisher = cast(ConfirmedPublisher, object())  # never reached: the lock is not taken
-    relay_ = relay.Relay(Settings(relay_lock_retry=0.01), "inventory", publisher)
+    relay_ = relay.Relay(
+        Settings(relay_lock_retry=0.01, db_secrets={"inventory": "secret"}), "inventory", publisher
+    )
     await asyncio.wait_for(relay_.run(stop), timeout=30)
 
     assert tries == refusals + 1
