@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
+import aio_pika
 import httpx
 import pytest
 from selenium import webdriver
@@ -32,7 +33,7 @@ from contracts import Envelope, OutgoingMessage, RejectOrder, encode_message
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.support import Fleet, FleetProcess, new_id, not_json, start_api, wait_for
 from workers.operations import archive, dead_letters, ops_db, pausing
-from workers.runtime import catalog
+from workers.runtime import catalog, control
 
 pytestmark = pytest.mark.integration
 
@@ -520,3 +521,29 @@ async def test_a_purge_is_recorded_under_the_token_name(
     assert history == [(TOKEN_NAME, "dlq.purge", console.order_dlq)]
     purges = await ops_db.history(console.fleet.settings, action="dlq.purge")
     assert [(line.operator, line.message_ids) for line in purges] == [(TOKEN_NAME, [message_id])]
+
+
+async def test_a_tripped_breaker_shows_on_the_overview(
+    console: Console, http: httpx.AsyncClient
+) -> None:
+    """The inventory worker's breaker tripped (its trip marker, as a tripped worker puts
+    it): every inventory handler shows paused (auto: ...), and it needs action."""
+    settings = console.fleet.settings
+    outage = {"dependency": "database", "since": "2026-12-04T12:00:00+00:00", "worker": "w:1"}
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        await control.set_tripped(channel, settings.namespace, "inventory", outage)
+        overview = (await http.get("/console")).text
+        why = "database unreachable since 2026-12-04T12:00:00+00:00"
+        for handler in catalog.load("inventory").handlers:
+            queue = handler.queue(settings.namespace)
+            row = overview.split(f'data-queue="{queue}"', 1)[1].split("</tr>", 1)[0]
+            assert f'<span class="badge bad tripped">paused (auto: {why})</span>' in row, row
+            assert f"{queue}: paused (auto: {why})" in overview
+        other = catalog.load("payment").handlers[0].queue(settings.namespace)
+        assert "tripped" not in overview.split(f'data-queue="{other}"', 1)[1].split("</tr>")[0]
+        await control.set_tripped(channel, settings.namespace, "inventory", None)
+        assert "badge bad tripped" not in (await http.get("/console")).text
+    finally:
+        await connection.close()

@@ -14,11 +14,9 @@ touched; connections are cut by a proxy of the test's own (``tcp_proxy``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -26,17 +24,17 @@ import pytest
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.pg_server import PrivateServer, needs_postgresql_binaries
 from tests.integration.rabbit_nodes import RabbitNode, needs_rabbitmq_server, private_nodes
-from tests.integration.support import Fleet, FleetProcess, wait_for
+from tests.integration.support import Fleet, wait_for
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.under_fire import (
     FAULT_TOLERANT,
     OrderStream,
     every_order_ended,
     forget_namespace,
+    nothing_lost,
+    running_workers,
     seed,
-    verified,
 )
-from workers.operations import dead_letters
 from workers.order import public as orders
 from workers.runtime import catalog
 from workers.runtime.settings import Settings
@@ -60,40 +58,9 @@ def order_stream(settings: Settings) -> OrderStream:
     return OrderStream(settings, every=PLACE_EVERY, publish_timeout=PUBLISH_TIMEOUT)
 
 
-@contextlib.asynccontextmanager
-async def running_workers(fleet: Fleet, amqp_url: str | None = None) -> AsyncIterator[None]:
-    """Every service as its own process (consumers and relay), on ``amqp_url`` if given;
-    each must stop cleanly (exit 0) at the end: a worker that never recovered fails here."""
-    env: dict[str, Any] = {} if amqp_url is None else {"amqp_url": amqp_url}
-
-    async def start(service: str) -> FleetProcess:
-        process = await fleet.spawn("worker", service, **env)
-        await process.wait_for_line("consuming", timeout=60)
-        return process
-
-    processes = await asyncio.gather(*(start(service) for service in catalog.SERVICES))
-    yield
-    for service, process in zip(catalog.SERVICES, processes, strict=True):
-        code = await process.terminate(timeout=60)
-        assert code == 0, f"{service} exited {code}:\n" + "\n".join(process.lines[-30:])
-
-
 async def in_flight(settings: Settings, order_ids: list[str]) -> int:
     """Of ``order_ids``, how many have not ended yet."""
     return len(order_ids) - len(await orders.ended_orders(settings, order_ids))
-
-
-async def nothing_lost(settings: Settings, timeout: float = 90) -> None:
-    """At a quiet point every invariant of ``fleet verify`` holds, and no message was
-    dead-lettered: a fault within the retry budget must not make a single one."""
-    await verified(settings, timeout)
-    queues = dead_letters.dead_letter_queues(settings, catalog.load_all())
-    letters = {
-        queue: [letter.reason for letter in await dead_letters.browse(settings, queue, 5)]
-        for queue, depth in (await dead_letters.depths(settings, queues)).items()
-        if depth
-    }
-    assert not letters, f"dead letters: {letters}"
 
 
 async def under_load(

@@ -13,18 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
 from contracts import Money, OrderLine, PlaceOrder, SagaStyle
 from tests.integration.leftovers import created_namespaces, leftovers
 from tests.integration.rabbit_nodes import RabbitNode
-from tests.integration.support import wait_for
+from tests.integration.support import Fleet, FleetProcess, wait_for
 from workers.inventory import public as inventory
+from workers.operations import dead_letters
 from workers.operations.verify import verify
 from workers.order import public as orders
 from workers.payment import public as payment
+from workers.runtime import catalog
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.settings import Settings
 
@@ -205,3 +208,38 @@ async def forget_namespace(settings: Settings, broker: RabbitNode | None = None)
         assert not left, f"namespace left behind: {left}"
     finally:
         created_namespaces.remove(settings)
+
+
+@contextlib.asynccontextmanager
+async def running_workers(
+    fleet: Fleet, amqp_url: str | None = None, **env: Any
+) -> AsyncIterator[dict[str, FleetProcess]]:
+    """Every service as its own process (consumers and relay), on ``amqp_url`` if given,
+    by service name; each must stop cleanly (exit 0) at the end: a worker that never
+    recovered fails here. ``env``: settings of theirs."""
+    if amqp_url is not None:
+        env["amqp_url"] = amqp_url
+
+    async def start(service: str) -> FleetProcess:
+        process = await fleet.spawn("worker", service, **env)
+        await process.wait_for_line("consuming", timeout=60)
+        return process
+
+    processes = await asyncio.gather(*(start(service) for service in catalog.SERVICES))
+    yield dict(zip(catalog.SERVICES, processes, strict=True))
+    for service, process in zip(catalog.SERVICES, processes, strict=True):
+        code = await process.terminate(timeout=60)
+        assert code == 0, f"{service} exited {code}:\n" + "\n".join(process.lines[-30:])
+
+
+async def nothing_lost(settings: Settings, timeout: float = 90) -> None:
+    """At a quiet point every invariant of ``fleet verify`` holds, and no message was
+    dead-lettered: a fault within the retry budget must not make a single one."""
+    await verified(settings, timeout)
+    queues = dead_letters.dead_letter_queues(settings, catalog.load_all())
+    letters = {
+        queue: [letter.reason for letter in await dead_letters.browse(settings, queue, 5)]
+        for queue, depth in (await dead_letters.depths(settings, queues)).items()
+        if depth
+    }
+    assert not letters, f"dead letters: {letters}"
