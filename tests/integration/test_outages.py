@@ -66,9 +66,9 @@ async def inventory_apart(
     amqp_url, pg_admin_url = server_urls
     overrides: dict[str, object] = getattr(request, "param", {})
     async with PrivateServer() as server:
-        settings = namespace_settings((amqp_url, pg_admin_url), **FAULT_TOLERANT, **overrides)
-        role = settings.database_name("inventory")
-        settings = settings.model_copy(
+        made = namespace_settings((amqp_url, pg_admin_url), **FAULT_TOLERANT, **overrides)
+        role = made.database_name("inventory")
+        settings = made.model_copy(
             update={"db_urls": {"inventory": f"postgresql://{role}@127.0.0.1:{server.port}/{role}"}}
         )
         try:
@@ -85,7 +85,7 @@ async def inventory_apart(
                 await seed(settings)
                 yield InventoryApart(fleet, server)
         finally:
-            await forget_namespace(settings)
+            await forget_namespace(made)  # (as the session's list of namespaces has it)
 
 
 def order_stream(settings: Settings) -> OrderStream:
@@ -164,9 +164,9 @@ async def test_a_service_database_down_for_minutes_makes_no_dead_letter(
     assert inventory.count("resuming one delivery at a time") == 1, inventory.lines[-40:]
     orchestrator = workers["orchestrator"]
     assert orchestrator.count("deadline extended: inventory") > 0, "no deadline was due"
-    assert orchestrator.count("timed out") == 0, [
-        line for line in orchestrator.lines if "timed out" in line
-    ][:5]
+    timed_out = [line for line in orchestrator.lines if "timed out" in line]
+    breaker = [line for line in inventory.lines if "fleet.breaker" in line]
+    assert not timed_out, "\n".join([*timed_out[:3], *timed_out[-3:], *breaker])
     history = await breaker_history(settings)
     assert ("fleet", "breaker.trip", "inventory") in history, history
     assert ("fleet", "breaker.resume", "inventory") in history, history

@@ -1,5 +1,6 @@
 """What the tests of the fleet under fire share: whole servers failing under load
-(test_server_faults.py) and a cluster node stopping (test_cluster.py).
+(test_server_faults.py), outages far longer than the retries (test_outages.py) and a
+cluster node stopping (test_cluster.py).
 
 A steady stream of orders of both saga styles, refusals included (so compensations run
 too), placed before, during and after the fault; the stock and money they need; and the

@@ -23,7 +23,7 @@ from workers.runtime.breaker import (
     unreachable,
 )
 from workers.runtime.errors import PermanentError, TransientError
-from workers.runtime.outages import prefetch_for, should_consume
+from workers.runtime.outages import out_of_reach, prefetch_for, should_consume
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 RULES = BreakerRules(failures=3, resume_successes=2)
@@ -187,3 +187,15 @@ async def test_a_disabled_breaker_never_trips() -> None:
     error = ConnectionRefusedError(111, "refused")
     assert not any([await breaker.unreachable("database", error) for _ in range(10)])
     assert probe.probes == 0
+
+
+def test_a_service_stays_out_of_reach_for_a_step_timeout_after_it_resumed() -> None:
+    seen: dict[str, datetime] = {}
+    grace = timedelta(seconds=10)
+    marker = {"dependency": "database", "since": "12:00"}
+    out = out_of_reach({"inventory": marker}, seen, NOW, grace)
+    assert out == {"inventory": "paused (auto: database unreachable since 12:00)"}
+    # Resumed: its marker gone, what waited for it comes first for a while, then no more.
+    soon = out_of_reach({}, seen, NOW + timedelta(seconds=9), grace)
+    assert list(soon) == ["inventory"] and "comes first" in soon["inventory"]
+    assert out_of_reach({}, seen, NOW + timedelta(seconds=11), grace) == {}

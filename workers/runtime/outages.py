@@ -202,13 +202,36 @@ class Reporting:
                 self._unwritten.remove(line)
 
 
+def out_of_reach(
+    tripped: dict[str, dict[str, Any]],
+    last_seen_tripped: dict[str, datetime],
+    now: datetime,
+    grace: timedelta,
+) -> dict[str, str]:
+    """The services out of reach now, with why: those ``tripped`` (their outage as their
+    trip marker tells it), and those seen tripped less than ``grace`` ago. Notes in
+    ``last_seen_tripped`` that the tripped ones were seen now."""
+    out = {
+        name: f"paused (auto: {outage.get('dependency', 'a dependency')} unreachable"
+        f" since {outage.get('since', '?')})"
+        for name, outage in tripped.items()
+    }
+    last_seen_tripped.update(dict.fromkeys(out, now))
+    for name, seen in last_seen_tripped.items():
+        if name not in out and seen > now - grace:
+            out[name] = f"resumed at {seen:%H:%M:%S} UTC: what waited for it comes first"
+    return out
+
+
 class OutOfReach:
     """What a service's background work knows of outages (the orchestrator's deadline
     watcher asks it, ``workers.orchestrator.handlers``): the services whose breaker is
     tripped, read from their trip markers on the broker; every service while this worker
     cannot read the broker (an outage of the broker looks the same from here); and every
     service while this worker's own breaker is not closed, or closed less than ``grace``
-    ago (the replies that waited in its queues through its own outage come first)."""
+    ago (the replies that waited in its queues through its own outage come first). A
+    service stays out of reach for ``grace`` after it was last seen tripped too: when it
+    resumes, the messages that waited for it come first."""
 
     def __init__(
         self, settings: Settings, connection: AbstractConnection, breaker: Breaker
@@ -216,6 +239,7 @@ class OutOfReach:
         self._settings = settings
         self._connection = connection
         self._breaker = breaker
+        self._last_seen_tripped: dict[str, datetime] = {}
 
     async def services(self, names: Iterable[str], *, grace: timedelta) -> dict[str, str]:
         """Each of ``names`` that is out of reach, with why."""
@@ -234,8 +258,5 @@ class OutOfReach:
                 )
         except control.BROKER_ERRORS as error:
             return dict.fromkeys(names, f"unknown: the broker cannot be read ({error})")
-        return {
-            name: f"paused (auto: {outage.get('dependency', 'a dependency')} unreachable"
-            f" since {outage.get('since', '?')})"
-            for name, outage in tripped.items()
-        }
+        out = out_of_reach(tripped, self._last_seen_tripped, datetime.now(UTC), grace)
+        return {name: why for name, why in out.items() if name in names}
