@@ -35,6 +35,7 @@ from tests.integration.under_fire import (
 )
 from workers.operations import dead_letters, namespace, ops_db
 from workers.orchestrator.settings import OrchestratorSettings
+from workers.order import public as orders
 from workers.runtime import catalog, connections, control, topology
 from workers.runtime.settings import Settings
 
@@ -243,7 +244,18 @@ async def test_the_broker_down_for_minutes_makes_no_dead_letter_and_no_saga_give
             await worker.wait_for_line("broker unreachable since", timeout=60)
         await workers["inventory"].wait_for_line("resuming one delivery at a time", timeout=120)
         await stream.wait_placed(len(stream.placed) + 20, timeout=120)
-    await every_order_ended(settings, stream.placed, timeout=240)
+    try:
+        await every_order_ended(settings, stream.placed, timeout=240)
+    except AssertionError as stuck:  # where each worker last saw them, to find why
+        ended = await orders.ended_orders(settings, stream.placed)
+        left = [order_id for order_id in stream.placed if order_id not in ended][:3]
+        seen = [
+            f"{service}: {line}"
+            for service, worker in workers.items()
+            for line in worker.lines
+            if any(order_id in line for order_id in left) or "fleet.breaker" in line
+        ]
+        raise AssertionError(f"{stuck}\n" + "\n".join(seen[-60:])) from None
     await nothing_lost(settings)
     orchestrator = workers["orchestrator"]
     assert orchestrator.count("timed out") == 0, [

@@ -44,6 +44,13 @@ def _sql_error(cls: type[asyncpg.PostgresError]) -> asyncpg.PostgresError:
         (_sql_error(asyncpg.exceptions.AdminShutdownError), "database"),
         (_sql_error(asyncpg.exceptions.TooManyConnectionsError), "database"),
         (AMQPConnectionError("broker gone"), "broker"),
+        (
+            asyncpg.exceptions.ObjectNotInPrerequisiteStateError(
+                'database "fleet_inventory" is not currently accepting connections'
+            ),
+            "database",
+        ),
+        (asyncpg.exceptions.ObjectNotInPrerequisiteStateError("currval not yet defined"), None),
         # About the message or the handler: the retry and dead-letter paths.
         (_sql_error(asyncpg.exceptions.SerializationError), None),
         (_sql_error(asyncpg.exceptions.DeadlockDetectedError), None),

@@ -54,13 +54,22 @@ def unreachable(error: BaseException) -> Dependency | None:
     while current is not None:
         state = getattr(current, "sqlstate", None)
         if isinstance(state, str):
-            return "database" if state.startswith(_UNREACHABLE_SQLSTATES) else None
+            if state.startswith(_UNREACHABLE_SQLSTATES) or _not_accepting_connections(current):
+                return "database"
+            return None
         current = current.__cause__
     # Refused or lost connections, a pool with no connection free in time: the consumer's
     # only round trips that are not to the broker are to the database.
     if isinstance(error, (OSError, TimeoutError, asyncpg.InterfaceError)):
         return "database"
     return None
+
+
+def _not_accepting_connections(error: BaseException) -> bool:
+    """55000 (object not in prerequisite state) as a connection is refused by a database
+    whose connections an operator turned off (ALLOW_CONNECTIONS false); the same SQLSTATE
+    for anything else is about the statement."""
+    return getattr(error, "sqlstate", None) == "55000" and "accepting connections" in str(error)
 
 
 @dataclass(frozen=True)
