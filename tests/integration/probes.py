@@ -26,6 +26,9 @@ from workers.runtime.service import Service
 class Script:
     transient_failures: Counter[str] = field(default_factory=Counter)
     permanent: set[str] = field(default_factory=set)
+    # Fail every time as a refused connection would, while the database answers (a bug
+    # that looks like an outage: the breaker must not hide it).
+    refused: set[str] = field(default_factory=set)
     # Fail for good in write, once the state and the outbox rows are written.
     fail_after_write: set[str] = field(default_factory=set)
     calls: Counter[str] = field(default_factory=Counter)
@@ -61,6 +64,8 @@ def probe_effects(state: Nothing, message: OrderConfirmed) -> Decision[str]:
         raise TransientError("probe: the database hiccuped")
     if message.order_id in script.permanent:
         raise PermanentError("probe: this message can never succeed")
+    if message.order_id in script.refused:
+        raise ConnectionRefusedError(111, "probe: refused, though the database answers")
     return Decision(
         changes=(message.order_id,),
         send=(OrderRejected(order_id=message.order_id, reason="probe effect"),),

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from contracts import OrderConfirmed
 from db.provision import provision
+from tests.integration import probes
 from tests.integration.conftest import namespace_settings, namespaced_fleet
 from tests.integration.pg_server import PrivateServer, needs_postgresql_binaries
 from tests.integration.rabbit_nodes import RabbitNode, needs_rabbitmq_server, private_nodes
-from tests.integration.support import Fleet, wait_for
+from tests.integration.support import Fleet, new_id, not_json, outgoing, wait_for
 from tests.integration.under_fire import (
     FAULT_TOLERANT,
     OrderStream,
@@ -164,7 +166,7 @@ async def test_a_service_database_down_for_minutes_makes_no_dead_letter(
     assert inventory.count("database unreachable since") == 1, inventory.lines[-40:]
     assert inventory.count("resuming one delivery at a time") == 1, inventory.lines[-40:]
     orchestrator = workers["orchestrator"]
-    assert orchestrator.count("deadline extended: inventory") > 0, "no deadline was due"
+    assert orchestrator.count("deadline(s) extended: inventory") > 0, "no deadline was due"
     timed_out = [line for line in orchestrator.lines if "timed out" in line]
     breaker = [line for line in inventory.lines if "fleet.breaker" in line]
     assert not timed_out, "\n".join([*timed_out[:3], *timed_out[-3:], *breaker])
@@ -265,3 +267,36 @@ async def test_the_broker_down_for_minutes_makes_no_dead_letter_and_no_saga_give
     for service in catalog.SERVICES:
         assert ("fleet", "breaker.trip", service) in history, history
         assert ("fleet", "breaker.resume", service) in history, history
+
+
+# --- The breaker does not hide a bad message or a bug ---------------------------------
+
+
+async def test_a_poison_message_and_a_handler_failing_while_its_database_answers_are_dead_lettered(
+    fleet: Fleet,
+) -> None:
+    """With the breaker on: an undecodable message goes to the DLQ at once; a handler that
+    fails every message with what looks like a refused connection trips nothing, since
+    the probe finds its database answering: its messages take the retry and dead-letter
+    path."""
+    queue = f"{fleet.ns}.inventory.probe_effects"
+    refused = [new_id() for _ in range(fleet.settings.breaker_failures + 2)]
+    probes.script.refused.update(refused)
+    async with fleet.worker(probes.probe, with_relay=False) as worker, fleet.publisher() as out:
+        await out.publish(not_json(queue))
+        for order_id in refused:
+            await out.publish(outgoing(OrderConfirmed(order_id=order_id), queue=queue))
+
+        async def all_dead() -> bool:
+            letters = await dead_letters.browse(fleet.settings, f"{queue}.dlq", 50)
+            return len(letters) >= len(refused) + 1
+
+        await wait_for(all_dead, timeout=90)
+        assert worker.breaker is not None and worker.breaker.state.status == "closed"
+    letters = await dead_letters.browse(fleet.settings, f"{queue}.dlq", 50)
+    mine = [letter for letter in letters if any(o.encode() in letter.body for o in refused)]
+    assert len(mine) == len(refused), [letter.reason for letter in letters]
+    assert all(letter.headers["x-error-type"] == "ConnectionRefusedError" for letter in mine)
+    assert all(letter.headers["x-attempts"] == fleet.settings.max_attempts for letter in mine)
+    assert any(letter.headers.get("x-attempts") == 1 for letter in letters if letter not in mine)
+    assert await breaker_history(fleet.settings) == []

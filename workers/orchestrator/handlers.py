@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import typing
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -90,6 +91,7 @@ async def fire_due_deadlines(
     async with unit_of_work(pool, producer=service.name, namespace=settings.namespace) as uow:
         sagas = await store.load_due(uow.conn, datetime.now(UTC), limit)
         changes: list[Recorded] = []
+        extended: Counter[str] = Counter()  # by the service out of reach
         for order_id in sagas.by_order:
             with tracing.span(
                 f"deadline {order_id}",
@@ -101,11 +103,18 @@ async def fire_due_deadlines(
                 decision = domain.deadline_passed(
                     sagas, order_id, settings=section, out_of_reach=out_of_reach
                 )
-                log.warning("%s", decision.note)
+                if decision.send:
+                    log.warning("%s", decision.note)
+                else:  # extended: the step's service is out of reach; said once below
+                    log.debug("%s", decision.note)
+                    extended[domain.SERVICE_OF[sagas.by_order[order_id].step]] += 1
                 changes += decision.changes
                 uow.send(decision.send)  # in the span: the commands continue its trace
         if changes:
             await store.write_sagas(uow.conn, changes)
+    for name, count in extended.items():
+        why = out_of_reach[name] if out_of_reach else "out of reach"
+        log.info("%d saga deadline(s) extended: %s %s", count, name, why)
     return len(sagas.by_order)
 
 
