@@ -158,12 +158,14 @@ def _closed(state: BreakerState, now: datetime) -> BreakerState:
 
 # --- Carrying the rules out in a worker. ---------------------------------------------
 
+STILL_TRIPPED = "still tripped"
+
 # What the worker does on a change: stop or start consuming, one delivery at a time or not.
 Apply = Callable[[BreakerState], Awaitable[None]]
 # Asks a dependency whether it answers: None if it does, else what it said.
 Probe = Callable[[Dependency], Awaitable[str | None]]
 # Tells the world of a change (marker, metric, audit): (change, state), the change being
-# "tripped", "resuming" or "closed".
+# "tripped", "resuming" or "closed", or STILL_TRIPPED after each probe that failed.
 Announce = Callable[[str, BreakerState], Awaitable[None]]
 
 
@@ -232,7 +234,8 @@ class Breaker:
                 outage = None if said is None else replace(self.state.outage, error=said)
                 await self._change(*on_probe(self.state, outage, datetime.now(UTC)))
         if self.tripped:
-            await self._tell("tripped")  # the pause again
+            await self._apply("tripped")  # the pause again
+            await self._announce(STILL_TRIPPED)
         return self.tripped
 
     def handled(self, count: int = 1) -> None:
@@ -281,7 +284,7 @@ class Breaker:
                 if self.tripped:
                     if self._unapplied:
                         await self._apply("tripped")
-                    await self._announce("tripped")  # still: the trip marker lives on
+                    await self._announce(STILL_TRIPPED)  # the trip marker lives on
             elif self._unapplied:
                 await self._apply(self.state.status)
             if told.status == "resuming" and self.state.status == "closed":

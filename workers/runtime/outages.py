@@ -29,7 +29,7 @@ from aio_pika.abc import AbstractConnection
 
 from db.engine import connect_once
 from workers.runtime import control, metrics
-from workers.runtime.breaker import Breaker, BreakerState
+from workers.runtime.breaker import STILL_TRIPPED, Breaker, BreakerState
 from workers.runtime.errors import broker_loss_as_connection_error
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.settings import Settings
@@ -135,7 +135,7 @@ class Reporting:
                 "worker": self._worker,
                 **(self._outage_dict(state) if outage is not None else {}),
             }
-            if change == "tripped" and not self._unwritten_trip():
+            if change == "tripped":
                 self._unwritten.append(_AuditLine(datetime.now(UTC), "breaker.trip", detail))
             elif change == "resuming":
                 self._unwritten.append(_AuditLine(datetime.now(UTC), "breaker.resume", detail))
@@ -148,10 +148,6 @@ class Reporting:
             await self._mark(change, state)
         except Exception as error:
             log.debug("%s: trip marker not set: %s", self._service, error)
-
-    def _unwritten_trip(self) -> bool:
-        """A trip not written yet: a repeated trip (each probe) adds no line."""
-        return any(line.action == "breaker.trip" for line in self._unwritten)
 
     def _outage_dict(self, state: BreakerState) -> dict[str, Any]:
         assert state.outage is not None
@@ -171,7 +167,7 @@ class Reporting:
             metrics.BREAKER_TRIPPED_SINCE.labels(self._service, handler).set(since)
 
     async def _mark(self, change: str, state: BreakerState) -> None:
-        if change == "tripped":
+        if change in ("tripped", STILL_TRIPPED):  # (again on every probe: it expires)
             outage = {**self._outage_dict(state), "worker": self._worker}
         elif change == "resuming":
             outage = None
