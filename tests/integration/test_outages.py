@@ -141,7 +141,11 @@ async def test_a_service_database_down_for_minutes_makes_no_dead_letter(
         await inventory.wait_for_line("database unreachable since", timeout=OUTAGE)
         placed_in_outage = len(stream.placed)
         # Seen: the trip marker, fleet status, and fleet resume refused with the reason.
-        assert "inventory" in await tripped(settings)
+
+        async def marked() -> bool:  # the marker goes up right after the line
+            return "inventory" in await tripped(settings)
+
+        await wait_for(marked, timeout=10)
         assert await consumers(settings, reserve) == 0
         code, output = await fleet.cli("status")
         assert code == 1, output

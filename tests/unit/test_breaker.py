@@ -206,3 +206,14 @@ def test_a_service_stays_out_of_reach_for_a_step_timeout_after_it_resumed() -> N
     soon = out_of_reach({}, seen, NOW + timedelta(seconds=9), grace)
     assert list(soon) == ["inventory"] and "comes first" in soon["inventory"]
     assert out_of_reach({}, seen, NOW + timedelta(seconds=11), grace) == {}
+
+
+def test_a_broker_outage_leaves_the_consumers_to_the_reconnection() -> None:
+    """Gone with the connection, restored by aio-pika with it: the breaker sends no
+    basic.cancel (aio-pika would forget the consumer) and takes them as they come back."""
+    broker = BreakerState("tripped", outage=Outage("broker", NOW, "connection lost"))
+    assert broker.consuming
+    assert should_consume("fleet.order.confirm_order", frozenset(), broker)
+    assert not should_consume(
+        "fleet.order.confirm_order", frozenset({"fleet.order.confirm_order"}), broker
+    )

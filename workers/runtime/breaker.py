@@ -96,7 +96,13 @@ class BreakerState:
 
     @property
     def consuming(self) -> bool:
-        return self.status != "tripped"
+        """Whether the handlers' consumers stay. Not while the database is out of reach;
+        while the broker is, they are gone with the connection, and aio-pika restores them
+        once it reconnects (a basic.cancel sent meanwhile would only make it forget one);
+        the deliveries they bring then find the broker answering a probe."""
+        return self.status != "tripped" or (
+            self.outage is not None and self.outage.dependency == "broker"
+        )
 
     @property
     def prefetch_limited(self) -> bool:
