@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 from aiormq.exceptions import AMQPConnectionError
+from prometheus_client import REGISTRY
 
 from db.event_store import ConcurrencyConflict
 from workers.runtime.breaker import (
@@ -23,7 +24,7 @@ from workers.runtime.breaker import (
     unreachable,
 )
 from workers.runtime.errors import PermanentError, TransientError
-from workers.runtime.outages import out_of_reach, prefetch_for, should_consume
+from workers.runtime.outages import out_of_reach, prefetch_for, set_tripped_since, should_consume
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 RULES = BreakerRules(failures=3, resume_successes=2)
@@ -217,3 +218,17 @@ def test_a_broker_outage_leaves_the_consumers_to_the_reconnection() -> None:
     assert not should_consume(
         "fleet.order.confirm_order", frozenset({"fleet.order.confirm_order"}), broker
     )
+
+
+def test_the_gauge_says_which_handlers_are_tripped_and_since_when() -> None:
+    def since(handler: str) -> float | None:
+        return REGISTRY.get_sample_value(
+            "fleet_breaker_tripped_since_seconds",
+            {"service": "inventory", "handler": handler},
+        )
+
+    handlers = ["reserve_stock", "release_stock"]
+    set_tripped_since("inventory", handlers, BreakerState("tripped", outage=OUTAGE))
+    assert [since(h) for h in handlers] == [NOW.timestamp()] * 2
+    set_tripped_since("inventory", handlers, BreakerState("resuming", outage=OUTAGE))
+    assert [since(h) for h in handlers] == [0.0, 0.0]

@@ -102,6 +102,18 @@ class Consuming:
             raise failures[0]
 
 
+def set_tripped_since(service: str, handlers: Sequence[str], state: BreakerState) -> None:
+    """``fleet_breaker_tripped_since_seconds`` of each of the service's handlers: when the
+    breaker tripped, while it is; 0 while it consumes."""
+    since = (
+        state.outage.since.timestamp()
+        if state.status == "tripped" and state.outage is not None
+        else 0.0
+    )
+    for handler in handlers:
+        metrics.BREAKER_TRIPPED_SINCE.labels(service, handler).set(since)
+
+
 @dataclass
 class _AuditLine:
     at: datetime
@@ -127,7 +139,7 @@ class Reporting:
         self._unwritten: list[_AuditLine] = []
 
     async def __call__(self, change: str, state: BreakerState) -> None:
-        self._gauge(state)
+        set_tripped_since(self._service, self._handlers, state)
         if change in ("tripped", "resuming"):
             outage = state.outage
             detail = {
@@ -156,15 +168,6 @@ class Reporting:
             "since": state.outage.since.isoformat(),
             "error": state.outage.error[:500],
         }
-
-    def _gauge(self, state: BreakerState) -> None:
-        since = (
-            state.outage.since.timestamp()
-            if state.status == "tripped" and state.outage is not None
-            else 0.0
-        )
-        for handler in self._handlers:
-            metrics.BREAKER_TRIPPED_SINCE.labels(self._service, handler).set(since)
 
     async def _mark(self, change: str, state: BreakerState) -> None:
         if change in ("tripped", STILL_TRIPPED):  # (again on every probe: it expires)
