@@ -232,16 +232,9 @@ class Breaker:
         come while it is tripped (its pause could not be applied: the broker came back and
         restored the consumer) go on once the dependency answers, else back to their
         queue, a probe's time later rather than at once."""
-        if not self.tripped or self.state.outage is None:
-            return False
-        async with self._lock:
-            if self.tripped and self.state.outage is not None:
-                said = await self._probe(self.state.outage.dependency)
-                outage = None if said is None else replace(self.state.outage, error=said)
-                await self._change(*on_probe(self.state, outage, datetime.now(UTC)))
-        if self.tripped:
-            await self._apply("tripped")  # the pause again
-            await self._announce(STILL_TRIPPED)
+        if not self.tripped:
+            return False  # (every batch asks: no lock taken while closed)
+        await self._probe_again()
         return self.tripped
 
     def handled(self, count: int = 1) -> None:
@@ -282,21 +275,29 @@ class Breaker:
             self._changed.clear()
             if stop.is_set():
                 return
-            if self.tripped and self.state.outage is not None:
-                async with self._lock:
-                    said = await self._probe(self.state.outage.dependency)
-                    outage = None if said is None else replace(self.state.outage, error=said)
-                    await self._change(*on_probe(self.state, outage, datetime.now(UTC)))
-                if self.tripped:
-                    if self._unapplied:
-                        await self._apply("tripped")
-                    await self._announce(STILL_TRIPPED)  # the trip marker lives on
+            if self.tripped:
+                await self._probe_again()
             elif self._unapplied:
                 await self._apply(self.state.status)
             if told.status == "resuming" and self.state.status == "closed":
                 log.info("%s: resumed at full speed", self.service)
                 await self._tell("closed")
             told = self.state
+
+    async def _probe_again(self) -> None:
+        """While tripped: ask the dependency once more and change as it answers. Still
+        tripped, the pause is applied again (it may not have stuck: the broker was away
+        too) and the trip marker renewed."""
+        async with self._lock:
+            outage = self.state.outage
+            if not self.tripped or outage is None:
+                return
+            said = await self._probe(outage.dependency)
+            answered = None if said is None else replace(outage, error=said)
+            await self._change(*on_probe(self.state, answered, datetime.now(UTC)))
+        if self.tripped:
+            await self._apply("tripped")
+            await self._announce(STILL_TRIPPED)
 
     async def _change(self, state: BreakerState, change: str | None) -> None:
         self.state = state
