@@ -20,11 +20,30 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 ACQUIRE_TIMEOUT = 30.0
 
 
+# The engines a service's database may be on, as ``FLEET_ENGINES`` names them.
+POSTGRESQL, MARIADB = "postgresql", "mariadb"
+ENGINES = (POSTGRESQL, MARIADB)
+
+
+def engine_of(url: str) -> str:
+    """The engine a database URL names by its scheme: ``postgresql://`` (or
+    ``postgres://``, ``postgresql+asyncpg://``) or ``mysql://`` / ``mariadb://`` (with or
+    without ``+asyncmy``). Raises ValueError for any other."""
+    scheme = url.partition("://")[0].partition("+")[0]
+    if scheme in ("postgresql", "postgres"):
+        return POSTGRESQL
+    if scheme in ("mysql", "mariadb"):
+        return MARIADB
+    raise ValueError(f"a database URL must start with postgresql:// or mysql://, not {scheme}://")
+
+
 def sqlalchemy_url(url: str) -> str:
-    """``postgresql://...`` as SQLAlchemy's asyncpg dialect wants it."""
+    """A database URL as SQLAlchemy's async dialects want it (asyncpg, asyncmy)."""
     scheme, _, rest = url.partition("://")
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+asyncpg://{rest}"
+    if scheme in ("mysql", "mariadb"):
+        return f"mysql+asyncmy://{rest}"
     return url
 
 
