@@ -55,6 +55,7 @@ from contracts import Envelope, OutgoingMessage, StockReserved
 from contracts.routing import events_exchange
 from db import outbox
 from db.engine import asyncpg_url
+from db.postgres import PostgresRelaySession
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.relay import Relay
 from workers.runtime.settings import Settings
@@ -164,7 +165,7 @@ async def time_relay(
 ) -> tuple[float, float, int]:
     relay = Relay(settings, SERVICE, publisher)
     started, cpu = time.perf_counter(), time.process_time()
-    published = await relay.drain(conn)
+    published = await relay.drain(PostgresRelaySession(conn))
     return time.perf_counter() - started, time.process_time() - cpu, published
 
 

@@ -56,6 +56,9 @@ async def lock_order(conn: asyncpg.Connection, key: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
 
 
+HOLDS = "SELECT message_id FROM inbox WHERE consumer = $1 AND message_id = ANY($2::text[])"
+
+
 async def row_count(conn: asyncpg.Connection) -> int:
     """Inbox entries kept for duplicate detection (every consumer of the database)."""
     count: int = await conn.fetchval("SELECT count(*) FROM inbox")

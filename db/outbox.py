@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from contracts import OutgoingMessage
+from db.store import RELAY_LOCK_KEY, Backlog
 
 # NOTIFY channel: the writing transaction signals it, delivered by PostgreSQL at commit.
 NOTIFY_CHANNEL = "fleet_outbox"
@@ -73,7 +73,6 @@ DELETE_PUBLISHED = (
 COUNT_UNPUBLISHED = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
 
 # The relay's session lock: one relay per service database publishes at a time.
-RELAY_LOCK_KEY = "fleet.outbox.relay"
 TRY_RELAY_LOCK = f"SELECT pg_try_advisory_lock(hashtext('{RELAY_LOCK_KEY}'))"
 # Whether some session of this database holds it (a one-key advisory lock's 64 bits are
 # classid and objid in pg_locks).
@@ -89,14 +88,6 @@ _BACKLOG = """
 SELECT count(*) AS rows, extract(epoch FROM now() - min(occurred_at))::float8 AS oldest
 FROM outbox WHERE published_at IS NULL
 """
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """Outbox rows not published yet, and how long the oldest has waited (None: none)."""
-
-    rows: int
-    oldest_age_seconds: float | None
 
 
 async def backlog(conn: asyncpg.Connection) -> Backlog:

@@ -12,24 +12,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
-import asyncpg
 from opentelemetry import propagate, trace
 
 from contracts import Envelope, Message, OutgoingMessage, Send, encode_message
 from contracts.routing import exchange_for, replays_exchange
-from db import inbox, outbox
-from db.engine import ACQUIRE_TIMEOUT
+from db.store import Store
 
 
 class UnitOfWork:
     def __init__(
         self,
-        conn: asyncpg.Connection,
+        store: Store,
+        conn: Any,
         *,
         producer: str,
         namespace: str,
     ) -> None:
+        self.store = store
         self.conn = conn
         self.producer = producer
         self.namespace = namespace
@@ -48,11 +49,11 @@ class UnitOfWork:
 
     async def lock(self, key: str) -> None:
         """Serialise every decision about ``key`` (an order id) until this transaction ends,
-        as a handler's batch does (``inbox.record_locked``)."""
-        await inbox.lock_order(self.conn, key)
+        as a handler's batch does (``Store.record_locked``)."""
+        await self.store.lock_order(self.conn, key)
 
     async def flush(self) -> None:
-        await outbox.append(self.conn, self.emitted)
+        await self.store.append(self.conn, self.emitted)
         self.emitted = []
 
 
@@ -98,12 +99,10 @@ def _outgoing(envelope: Envelope, send: Send, namespace: str) -> OutgoingMessage
 
 
 @asynccontextmanager
-async def unit_of_work(
-    pool: asyncpg.Pool, *, producer: str, namespace: str
-) -> AsyncIterator[UnitOfWork]:
-    """Begin a transaction on a connection of ``pool``; on a clean exit write the messages
+async def unit_of_work(store: Store, *, producer: str, namespace: str) -> AsyncIterator[UnitOfWork]:
+    """Begin a transaction on a connection of ``store``; on a clean exit write the messages
     sent and commit."""
-    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
-        uow = UnitOfWork(conn, producer=producer, namespace=namespace)
+    async with store.transaction() as conn:
+        uow = UnitOfWork(store, conn, producer=producer, namespace=namespace)
         yield uow
         await uow.flush()

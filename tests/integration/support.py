@@ -37,7 +37,10 @@ from contracts import (
     ReserveStock,
     encode_message,
 )
-from db.engine import create_engine, create_pool
+from db.adapters import open_store
+from db.engine import create_engine
+from db.postgres import PostgresStore
+from db.store import Store
 from db.unit_of_work import UnitOfWork
 from db.unit_of_work import unit_of_work as begin_unit_of_work
 from workers.operations import dead_letters
@@ -117,7 +120,7 @@ class Fleet:
         # variables to the processes).
         self.sections = {type(section): section for section in sections}
         self.engines: dict[str, AsyncEngine] = {}
-        self.pools: dict[str, asyncpg.Pool] = {}
+        self.stores: dict[str, Store] = {}
         # Services the tests declare themselves (probes): their queues go at teardown too.
         self.extra_services: list[Service] = []
         self.processes: list[FleetProcess] = []
@@ -147,27 +150,34 @@ class Fleet:
             )
         return self.engines[service]
 
+    async def store(self, service: str) -> Store:
+        """``service``'s database as its worker reaches it (its own role, its engine)."""
+        if service not in self.stores:
+            self.stores[service] = await open_store(self.settings.database_url(service), size=2)
+        return self.stores[service]
+
     async def pool(self, service: str) -> asyncpg.Pool:
-        """Connections as ``service``'s own role, as its handlers and stores use them."""
-        if service not in self.pools:
-            self.pools[service] = await create_pool(self.settings.database_url(service), size=2)
-        return self.pools[service]
+        """The asyncpg pool of a service on PostgreSQL."""
+        store = await self.store(service)
+        assert isinstance(store, PostgresStore), f"{service} is not on PostgreSQL"
+        return store.pool
 
     @contextlib.asynccontextmanager
-    async def connection(self, service: str) -> AsyncIterator[asyncpg.Connection]:
-        async with (await self.pool(service)).acquire() as conn:
+    async def connection(self, service: str) -> AsyncIterator[Any]:
+        """A connection of the service's engine (asyncpg's, or MariaDB's)."""
+        async with (await self.store(service)).connection() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def transaction(self, service: str) -> AsyncIterator[asyncpg.Connection]:
-        async with self.connection(service) as conn, conn.transaction():
+    async def transaction(self, service: str) -> AsyncIterator[Any]:
+        async with (await self.store(service)).transaction() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
     async def unit_of_work(self, service: str) -> AsyncIterator[UnitOfWork]:
         """A unit of work in ``service``'s database, as the tests' own producer."""
-        pool = await self.pool(service)
-        async with begin_unit_of_work(pool, producer="tests", namespace=self.ns) as uow:
+        store = await self.store(service)
+        async with begin_unit_of_work(store, producer="tests", namespace=self.ns) as uow:
             yield uow
 
     async def spawn(
@@ -303,8 +313,8 @@ class Fleet:
                 handle.reader.cancel()
         for engine in self.engines.values():
             await engine.dispose()
-        for pool in self.pools.values():
-            await pool.close()
+        for store in self.stores.values():
+            await store.close()
 
 
 def outgoing(

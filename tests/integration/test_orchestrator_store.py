@@ -145,7 +145,7 @@ async def test_the_deadline_watcher_leaves_a_saga_a_batch_holds_then_compensates
 ) -> None:
     order_id = new_id()
     await started(fleet, order_id, ago=2 * timedelta(seconds=SETTINGS.step_timeout_seconds))
-    pool = await fleet.pool("orchestrator")
+    pool = await fleet.store("orchestrator")
     async with fleet.transaction("orchestrator") as batch:
         held = await store.load_sagas(batch, [reserved(order_id)])
         await handlers.fire_due_deadlines(fleet.settings, SETTINGS, pool)

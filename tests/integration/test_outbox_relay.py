@@ -151,7 +151,8 @@ async def test_transactions_that_commit_out_of_id_order_skip_no_row(fleet: Fleet
             async with fleet.connection("inventory") as slow_conn:
                 slow_tx = slow_conn.transaction()
                 await slow_tx.start()
-                slow = UnitOfWork(slow_conn, producer="tests", namespace=fleet.ns)
+                store = await fleet.store("inventory")
+                slow = UnitOfWork(store, slow_conn, producer="tests", namespace=fleet.ns)
                 [slow_id] = slow.send([StockReleased(order_id=new_id(), saga="orchestration")])
                 await slow.flush()
                 [fast_id] = await emit(

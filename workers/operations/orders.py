@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 from typing import Any
 
-import asyncpg
-
 from contracts import PlaceOrder
-from db import outbox
-from db.engine import asyncpg_url
+from db.adapters import store_once
 from workers.operations.reconnect import Reconnects, read_again_on_loss
 from workers.orchestrator import public as orchestrator
 from workers.order import public as orders
@@ -79,11 +77,8 @@ async def events_seen(settings: Settings, order_id: str) -> list[dict[str, Any]]
     as long as the outboxes keep published rows."""
     seen: list[dict[str, Any]] = []
     for service in catalog.SERVICES:
-        conn = await asyncpg.connect(asyncpg_url(settings.database_url(service)))
-        try:
-            seen.extend(dict(row) for row in await conn.fetch(outbox.EMITTED_FOR, order_id))
-        finally:
-            await conn.close()
+        async with store_once(settings.database_url(service)) as store, store.connection() as conn:
+            seen.extend(asdict(row) for row in await store.emitted_for(conn, order_id))
     # Envelope times have whole seconds (as AMQP timestamps do): within one second, show
     # the events in the order the saga produces them.
     return sorted(seen, key=lambda row: (row["occurred_at"], _SAGA_ORDER.get(row["type"], 99)))

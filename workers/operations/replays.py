@@ -37,7 +37,7 @@ from contracts import OutgoingMessage, registry
 from contracts.envelope import VERSION_HEADER
 from contracts.errors import ContractError
 from contracts.registry import summarize
-from db.engine import connect_once
+from db.adapters import store_once
 from workers.operations import InvalidRequest, Progress, no_progress, ops_db
 from workers.operations.dead_letters import (
     CHUNK,
@@ -639,13 +639,8 @@ async def _in_inbox(
     settings: Settings, service: str, consumer: str, message_ids: list[str]
 ) -> set[str]:
     """Which of ``message_ids`` ``consumer``'s inbox holds, read as the service's role."""
-    async with connect_once(settings.database_url(service)) as conn:
-        rows = await conn.fetch(
-            "SELECT message_id FROM inbox WHERE consumer = $1 AND message_id = ANY($2)",
-            consumer,
-            message_ids,
-        )
-    return {row["message_id"] for row in rows}
+    async with store_once(settings.database_url(service)) as store, store.connection() as conn:
+        return await store.inbox_holds(conn, consumer, message_ids)
 
 
 async def _dead_again(settings: Settings, dlq: str) -> set[tuple[str | None, str]]:

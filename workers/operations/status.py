@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncmy
 import asyncpg
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
-from db import outbox
-from db.engine import connect_once
+from db.adapters import store_once
 from workers.orchestrator import public as orchestrator
 from workers.order_view import public as view
 from workers.runtime import catalog, connections, control, topology
@@ -43,6 +43,7 @@ BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, OSError, TimeoutError)
 DATABASE_ERRORS = (
     SecretsError,
     asyncpg.PostgresError,
+    asyncmy.errors.MySQLError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
     OSError,
@@ -301,10 +302,11 @@ async def _read_database(settings: Settings, service: str) -> _DatabaseReading:
     try:
         async with (
             asyncio.timeout(READ_TIMEOUT_SECONDS),
-            connect_once(settings.database_url(service)) as conn,
+            store_once(settings.database_url(service)) as store,
+            store.connection() as conn,
         ):
-            backlog = await outbox.backlog(conn)
-            relay_active = await outbox.relay_active(conn)
+            backlog = await store.backlog(conn)
+            relay_active = await store.relay_active(conn)
             sagas = None
             if service == ORCHESTRATOR:
                 counts = await orchestrator.saga_counts(conn)

@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
-
-from db import outbox
-from db.engine import asyncpg_url
+from db.adapters import store_once
 from workers.inventory import public as inventory
 from workers.operations import dead_letters
 from workers.order import public as orders
@@ -132,12 +129,8 @@ async def check_shipments(settings: Settings, orders_by_id: dict[str, Order]) ->
 
 async def _unpublished(settings: Settings, service: str) -> int:
     """Outbox rows the service's relay has not published yet (the runtime's own table)."""
-    conn = await asyncpg.connect(asyncpg_url(settings.database_url(service)))
-    try:
-        count: int = await conn.fetchval(outbox.COUNT_UNPUBLISHED)
-    finally:
-        await conn.close()
-    return count
+    async with store_once(settings.database_url(service)) as store, store.connection() as conn:
+        return (await store.backlog(conn)).rows
 
 
 async def check_messages(settings: Settings) -> Check:

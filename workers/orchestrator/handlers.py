@@ -17,6 +17,7 @@ import asyncpg
 from aio_pika.abc import AbstractConnection
 
 from contracts import not_choreography
+from db.store import Store
 from db.unit_of_work import unit_of_work
 from workers.orchestrator import domain, store
 from workers.orchestrator.domain import Recorded
@@ -57,7 +58,7 @@ service.handler(
 async def watch_deadlines(
     settings: Settings,
     section: OrchestratorSettings,
-    pool: asyncpg.Pool,
+    database: Store,
     stop: asyncio.Event,
     out_of_reach: OutOfReach,
 ) -> None:
@@ -68,7 +69,7 @@ async def watch_deadlines(
     while not stop.is_set():
         try:
             outages = await out_of_reach.services(set(domain.SERVICE_OF.values()), grace=grace)
-            await fire_due_deadlines(settings, section, pool, out_of_reach=outages)
+            await fire_due_deadlines(settings, section, database, out_of_reach=outages)
         except Exception as error:  # the database is down: try again on the next round
             log.warning("deadline watcher: %s: %s", type(error).__name__, error)
         with contextlib.suppress(TimeoutError):
@@ -78,7 +79,7 @@ async def watch_deadlines(
 async def fire_due_deadlines(
     settings: Settings,
     section: OrchestratorSettings,
-    pool: asyncpg.Pool,
+    database: Store,
     limit: int = 100,
     *,
     out_of_reach: Mapping[str, str] | None = None,
@@ -88,7 +89,7 @@ async def fire_due_deadlines(
     the handlers, whose load locks the same rows (after the order's lock): a handler waits
     for the watcher there, and the watcher, skipping locked rows, never waits for a handler.
     (Taking the order's lock too could deadlock: a handler holding it waits for the row.)"""
-    async with unit_of_work(pool, producer=service.name, namespace=settings.namespace) as uow:
+    async with unit_of_work(database, producer=service.name, namespace=settings.namespace) as uow:
         sagas = await store.load_due(uow.conn, datetime.now(UTC), limit)
         changes: list[Recorded] = []
         extended: Counter[str] = Counter()  # by the service out of reach

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from db.engine import connect_once
+from db.adapters import store_once
 from workers.payment import store
 from workers.runtime.settings import Settings
 
@@ -37,18 +37,28 @@ async def add_funds(settings: Settings, amounts: Mapping[str, Decimal], currency
     """Add money to each customer's account (creating the new ones), in one transaction.
     Raises ValueError for an amount that is not whole cents, or an account in another
     currency."""
-    async with connect_once(settings.database_url(SERVICE), transaction=True) as conn:
+    async with (
+        store_once(settings.database_url(SERVICE)) as database,
+        database.transaction() as conn,
+    ):
         for customer_id, amount in amounts.items():
             await store.seed_customer(conn, customer_id, amount, currency)
 
 
 async def balances(settings: Settings) -> list[Balance]:
-    async with connect_once(settings.database_url(SERVICE)) as conn:
+    # The same statement on either engine (asyncpg's rows and MariaDB's dicts read alike).
+    async with (
+        store_once(settings.database_url(SERVICE)) as database,
+        database.connection() as conn,
+    ):
         rows = await conn.fetch("SELECT customer_id, balance, seeded FROM accounts")
     return [Balance(**dict(row)) for row in rows]
 
 
 async def ledger(settings: Settings) -> list[LedgerEntry]:
-    async with connect_once(settings.database_url(SERVICE)) as conn:
+    async with (
+        store_once(settings.database_url(SERVICE)) as database,
+        database.connection() as conn,
+    ):
         rows = await conn.fetch("SELECT customer_id, order_id, kind, amount FROM payment_ledger")
     return [LedgerEntry(**dict(row)) for row in rows]

@@ -1,14 +1,21 @@
-"""The payment's tables, in its own database, and the statements that read and write them."""
+"""The payment's tables, in its own database, and the statements that read and write them.
+
+The payment may live on PostgreSQL or on MariaDB (``FLEET_ENGINES``): each function takes
+the connection its engine gives (asyncpg's, or ``db.mariadb.MariaConnection``) and runs that
+engine's statements; what they read and write is the same. MariaDB's tables are made by
+their own migrations (``db/migrations/mariadb/payment``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-import asyncpg
 import sqlalchemy as sa
 
+from db.mariadb import MariaConnection, placeholders
 from workers.payment.domain import (
     ZERO,
     Account,
@@ -116,17 +123,19 @@ SELECT NULL, NULL, customer_id, NULL, currency, NULL, NULL, balance FROM account
 """
 
 
-async def load_books(
-    conn: asyncpg.Connection, messages: Sequence[ChargeRequest | RefundRequest]
-) -> Books:
+async def load_books(conn: Any, messages: Sequence[ChargeRequest | RefundRequest]) -> Books:
     """What the batch's decisions need: its orders' payments, and the accounts they charge
     or may refund, locked."""
     order_ids = sorted({message.order_id for message in messages})
     customers = sorted({m.customer_id for m in messages if isinstance(m, ChargeRequest)})
     refunds = sorted({m.order_id for m in messages if isinstance(m, RefundRequest)})
+    if isinstance(conn, MariaConnection):
+        rows = await _load_books_mariadb(conn, order_ids, customers, refunds)
+    else:
+        rows = await conn.fetch(_LOAD_BOOKS, order_ids, customers, refunds)
     payments: dict[str, Payment] = {}
     accounts: dict[str, Account] = {}
-    for row in await conn.fetch(_LOAD_BOOKS, order_ids, customers, refunds):
+    for row in rows:
         if row["order_id"] is None:
             accounts[row["customer_id"]] = Account(
                 row["customer_id"], row["balance"], row["currency"]
@@ -142,6 +151,34 @@ async def load_books(
                 row["reason"],
             )
     return Books(payments, accounts)
+
+
+async def _load_books_mariadb(
+    conn: MariaConnection, order_ids: list[str], customers: list[str], refunds: list[str]
+) -> list[dict[str, Any]]:
+    """``_LOAD_BOOKS`` in two statements: the payments (the batch holds their orders'
+    locks, so they cannot change meanwhile), then the accounts, locked in customer order."""
+    payments = await conn.fetch(
+        "SELECT order_id, payment_id, customer_id, amount, currency, status, reason"
+        f" FROM payments WHERE order_id IN ({placeholders(len(order_ids), 0)})",
+        order_ids,
+    )
+    refunded = set(refunds)
+    charged = {
+        row["customer_id"]
+        for row in payments
+        if row["status"] == "charged" and row["order_id"] in refunded
+    }
+    wanted = sorted(set(customers) | charged)
+    if not wanted:
+        return payments
+    accounts = await conn.fetch(
+        "SELECT NULL AS order_id, customer_id, currency, balance FROM accounts"
+        f" WHERE customer_id IN ({placeholders(len(wanted), 0)})"
+        " ORDER BY customer_id FOR UPDATE",
+        wanted,
+    )
+    return payments + accounts
 
 
 @dataclass(frozen=True)
@@ -184,10 +221,13 @@ SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::numeric[])
 """
 
 
-async def write_books(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
+async def write_books(conn: Any, changes: Sequence[Change]) -> None:
     rows = rows_of(changes)
     payments = list(rows.payments.values())
     moved = [(customer_id, delta) for customer_id, delta in sorted(rows.deltas.items()) if delta]
+    if isinstance(conn, MariaConnection):
+        await _write_books_mariadb(conn, payments, moved, rows.ledger)
+        return
     await conn.execute(
         _WRITE_BOOKS,
         [payment.order_id for payment in payments],
@@ -206,6 +246,49 @@ async def write_books(conn: asyncpg.Connection, changes: Sequence[Change]) -> No
     )
 
 
+async def _write_books_mariadb(
+    conn: MariaConnection,
+    payments: list[Payment],
+    moved: list[tuple[str, Decimal]],
+    ledger: list[Movement],
+) -> None:
+    """``_WRITE_BOOKS`` in a statement per table."""
+    if payments:
+        await conn.execute(
+            "INSERT INTO payments"
+            " (order_id, payment_id, customer_id, amount, currency, status, reason)"
+            f" VALUES {placeholders(len(payments), 7)}"
+            " ON DUPLICATE KEY UPDATE status = VALUES(status), reason = VALUES(reason),"
+            " updated_at = NOW(6)",
+            [
+                value
+                for p in payments
+                for value in (
+                    p.order_id,
+                    p.payment_id,
+                    p.customer_id,
+                    p.amount,
+                    p.currency,
+                    p.status,
+                    p.reason,
+                )
+            ],
+        )
+    if moved:
+        cases = " ".join(["WHEN %s THEN %s"] * len(moved))
+        await conn.execute(
+            f"UPDATE accounts SET balance = balance + CASE customer_id {cases} END"
+            f" WHERE customer_id IN ({placeholders(len(moved), 0)})",
+            [*(value for pair in moved for value in pair), *(c for c, _ in moved)],
+        )
+    if ledger:
+        await conn.execute(
+            "INSERT INTO payment_ledger (customer_id, order_id, kind, amount)"
+            f" VALUES {placeholders(len(ledger), 4)}",
+            [v for e in ledger for v in (e.customer_id, e.order_id, e.kind, e.amount)],
+        )
+
+
 _SEED_CUSTOMER = """
 WITH seeded AS (
     INSERT INTO accounts (customer_id, balance, currency, seeded) VALUES ($1, $2, $3, $2)
@@ -221,13 +304,37 @@ SELECT count(*) FROM seeded
 """
 
 
-async def seed_customer(
-    conn: asyncpg.Connection, customer_id: str, balance: Decimal, currency: str
-) -> None:
+async def seed_customer(conn: Any, customer_id: str, balance: Decimal, currency: str) -> None:
     """Add ``balance`` to the customer's account (creating it if new) and to its seeded
     total. An existing account keeps its currency: seeding it in another one is refused."""
     cents = to_cents(balance)
     if cents is None or cents < 0:
         raise ValueError(f"cannot seed {balance}: a non-negative amount in cents is needed")
-    if not await conn.fetchval(_SEED_CUSTOMER, customer_id, cents, currency):
+    if isinstance(conn, MariaConnection):
+        seeded = await _seed_customer_mariadb(conn, customer_id, cents, currency)
+    else:
+        seeded = bool(await conn.fetchval(_SEED_CUSTOMER, customer_id, cents, currency))
+    if not seeded:
         raise ValueError(f"the account of {customer_id} is not in {currency}")
+
+
+async def _seed_customer_mariadb(
+    conn: MariaConnection, customer_id: str, cents: Decimal, currency: str
+) -> bool:
+    held = await conn.fetchval(
+        "SELECT currency FROM accounts WHERE customer_id = %s FOR UPDATE", [customer_id]
+    )
+    if held is not None and held != currency:
+        return False
+    await conn.execute(
+        "INSERT INTO accounts (customer_id, balance, currency, seeded) VALUES (%s, %s, %s, %s)"
+        " ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance),"
+        " seeded = seeded + VALUES(seeded)",
+        [customer_id, cents, currency, cents],
+    )
+    await conn.execute(
+        "INSERT INTO payment_ledger (customer_id, order_id, kind, amount)"
+        " VALUES (%s, NULL, 'seed', %s)",
+        [customer_id, cents],
+    )
+    return True

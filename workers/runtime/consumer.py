@@ -38,15 +38,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry.trace import Span
 from prometheus_client import Counter as CounterChild
 from prometheus_client import Histogram as HistogramChild
 
 from contracts import ContractError, Envelope, Message, OutgoingMessage, Received, Send, registry
-from db import inbox, outbox
-from db.engine import ACQUIRE_TIMEOUT
+from db.store import Store
 from db.unit_of_work import outgoing
 from workers.runtime import log_context, metrics, tracing
 from workers.runtime.amqp_reading import read_amqp_leniently
@@ -117,7 +115,7 @@ class Consumer:
     def __init__(
         self,
         settings: Settings,
-        pool: asyncpg.Pool,
+        store: Store,
         publisher: ConfirmedPublisher,
         service: str,
         section: ServiceSettings | None = None,
@@ -127,7 +125,7 @@ class Consumer:
         # Stops the worker's consuming while the database or broker is unreachable; the
         # deliveries that fail for it meanwhile go back to their queue (``WaitForDependency``).
         self.breaker = breaker
-        self.pool = pool
+        self.store = store
         self.publisher = publisher
         self.service = service
         self.section = section  # the service's own settings, for handlers that take them
@@ -298,11 +296,11 @@ class Consumer:
             {"fleet.batch.size": len(ready)},
         )
         try:
-            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
+            async with self.store.transaction() as conn:
                 # The locks of the orders the batch decides about, together and first,
                 # then the inbox: a duplicate stops there.
                 keys = {handler.key(d.message) for d in ready.values()}
-                fresh = await inbox.record_locked(
+                fresh = await self.store.record_locked(
                     conn,
                     handler.consumer,
                     {d.envelope.message_id: d.envelope.type for d in ready.values()},
@@ -337,7 +335,7 @@ class Consumer:
                     outcomes[index] = Outcome.APPLIED
                 # The outbox first: a write that fails then rolls back rows already
                 # written, which is how the tests see that nothing of it survives.
-                await outbox.append(conn, sent)
+                await self.store.append(conn, sent)
                 await handler.store(conn, changes)
         except BaseException as error:
             for span in transaction_spans:

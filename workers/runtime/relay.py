@@ -1,10 +1,12 @@
 """The outbox relay: publishes a service's outbox rows with publisher confirms.
 
-One relay per service database publishes at a time: it holds a session-level advisory lock
-on a dedicated connection, which PostgreSQL releases when that connection dies, so a
-standby (another worker of the same service, or `fleet relay`) takes over within
-``relay_lock_retry`` seconds. The active relay wakes on the NOTIFY sent by each writing
-transaction and also polls every ``relay_poll_interval`` as a safety net.
+One relay per service database publishes at a time: it holds a session lock on a connection
+of its own (``db.store.RelaySession``: an advisory lock on PostgreSQL, ``GET_LOCK`` on
+MariaDB), which the server releases when that connection dies, so a standby (another worker
+of the same service, or `fleet relay`) takes over within ``relay_lock_retry`` seconds; before
+each drain it checks that the lock is still its own. The active relay is woken when a
+writing transaction commits (PostgreSQL's NOTIFY; on MariaDB, by that transaction in the
+same process) and also polls every ``relay_poll_interval`` as a safety net.
 
 A crash between publishing and marking publishes those rows again: the consumers' inboxes
 make that harmless.
@@ -22,17 +24,17 @@ import logging
 import time
 from dataclasses import dataclass
 
+import asyncmy
 import asyncpg
 
-from db import inbox, outbox
-from db.engine import asyncpg_url
+from db.adapters import open_relay_session
+from db.mariadb import UNREACHABLE_ERRNOS, errno_of
+from db.store import RelaySession
 from workers.runtime import metrics
 from workers.runtime.publisher import ConfirmedPublisher
 from workers.runtime.settings import Settings
 
 log = logging.getLogger("fleet.relay")
-
-LOCK = outbox.TRY_RELAY_LOCK
 
 # What a relay waits for when a try fails.
 DATABASE, BROKER = "the database", "the broker"
@@ -49,6 +51,8 @@ def waited_for(error: Exception) -> tuple[str, BaseException] | None:
     if isinstance(error, BrokerFailure):
         return BROKER, error.__cause__ or error
     if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError):
+        return DATABASE, error
+    if isinstance(error, asyncmy.errors.MySQLError) or errno_of(error) in UNREACHABLE_ERRNOS:
         return DATABASE, error
     return None
 
@@ -139,11 +143,9 @@ class Relay:
         metrics.RELAY_ACTIVE.labels(self.service).set(1 if value else 0)
 
     async def _session(self, stop: asyncio.Event) -> None:
-        conn: asyncpg.Connection = await asyncpg.connect(
-            asyncpg_url(self.settings.database_url(self.service))
-        )
+        session = await open_relay_session(self.settings.database_url(self.service))
         try:
-            while not await conn.fetchval(LOCK):
+            while not await session.try_lead():
                 self._worked(DATABASE)
                 self._say_role("standby", "standby, another relay holds the lock")
                 if await _wait(stop, self.settings.relay_lock_retry):
@@ -151,20 +153,20 @@ class Relay:
             self._worked(DATABASE)
             self.active = True
             self._say_role("active", "active")
-            await self._publish_loop(conn, stop)
+            await self._publish_loop(session, stop)
         finally:
             self.active = False
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=2)
+                await session.close()
 
-    async def _publish_loop(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
-        woken = asyncio.Event()
-        await conn.add_listener(outbox.NOTIFY_CHANNEL, lambda *_: woken.set())
+    async def _publish_loop(self, session: RelaySession, stop: asyncio.Event) -> None:
         next_housekeeping = 0.0
         while not stop.is_set():
-            woken.clear()
+            if not await session.still_leading():
+                log.warning("%s relay: the lock was lost with its connection", self.service)
+                return
             try:
-                await self.drain(conn)
+                await self.drain(session)
             except BrokerFailure as error:
                 # Waited out here, holding the lock: let go, it would pass from relay to
                 # relay with each try (each saying so), and none could publish anyway.
@@ -174,48 +176,62 @@ class Relay:
                 continue
             self._worked(BROKER)  # what was to publish went out (or nothing was)
             if time.monotonic() >= next_housekeeping:
-                await self.housekeeping(conn)
+                await session.housekeeping(
+                    self.settings.outbox_retention_seconds, self.settings.inbox_retention_seconds
+                )
                 next_housekeeping = time.monotonic() + self.settings.housekeeping_interval
-            await _wait_any(stop, woken, self.settings.relay_poll_interval)
+            await session.wait_for_work(stop, self.settings.relay_poll_interval)
 
-    async def drain(self, conn: asyncpg.Connection) -> int:
+    async def drain(self, session: RelaySession) -> int:
         """Publish until no unpublished row is left; returns how many.
 
-        Pipelined with the database: while one batch's confirms are awaited, the next batch
-        is read; while the next batch is published, the confirmed one is marked. A batch
-        starts only once the one before it is confirmed, so rows go out in id order.
+        Pipelined with the database where the engine allows it (``session.pipelined``):
+        while one batch's confirms are awaited, the next batch is read; while the next batch
+        is published, the confirmed one is marked. A batch starts only once the one before
+        it is confirmed, so rows go out in id order.
         """
         total = 0
         in_flight: asyncio.Task[None] | None = None
         in_flight_ids: list[int] = []
         try:
             while True:
-                rows = await conn.fetch(
-                    outbox.CLAIM_BATCH, self.settings.relay_batch_size, in_flight_ids
-                )
+                if in_flight is not None and not session.pipelined:
+                    await self._confirmed(in_flight)
+                    await self._mark(session, in_flight_ids)
+                    total += len(in_flight_ids)
+                    in_flight, in_flight_ids = None, []
+                rows = await session.claim(self.settings.relay_batch_size, in_flight_ids)
                 confirmed_ids: list[int] = []
                 if in_flight is not None:
-                    try:
-                        await in_flight  # a nack, a return or a lost connection raises here
-                    except Exception as error:
-                        raise BrokerFailure(str(error)) from error
+                    await self._confirmed(in_flight)
                     confirmed_ids, in_flight = in_flight_ids, None
-                    await self._fault_pause(len(confirmed_ids))
                 if rows:
-                    in_flight_ids = [row["id"] for row in rows]
+                    in_flight_ids = [row.id for row in rows]
                     in_flight = asyncio.create_task(
-                        self.publisher.publish_many([outbox.outgoing_from_row(row) for row in rows])
+                        self.publisher.publish_many([row.message for row in rows])
                     )
                 if confirmed_ids:
-                    await conn.execute(outbox.MARK_PUBLISHED, confirmed_ids)
+                    await self._mark(session, confirmed_ids)
                     total += len(confirmed_ids)
-                    self.published += len(confirmed_ids)
-                    metrics.RELAY_PUBLISHED.labels(self.service).inc(len(confirmed_ids))
                 if in_flight is None:
                     return total
         finally:
             if in_flight is not None:
                 in_flight.cancel()  # unmarked: published again later, harmless
+                with contextlib.suppress(Exception):
+                    await session.release()
+
+    async def _confirmed(self, in_flight: asyncio.Task[None]) -> None:
+        try:
+            await in_flight  # a nack, a return or a lost connection raises here
+        except Exception as error:
+            raise BrokerFailure(str(error)) from error
+
+    async def _mark(self, session: RelaySession, ids: list[int]) -> None:
+        await self._fault_pause(len(ids))
+        await session.mark_published(ids)
+        self.published += len(ids)
+        metrics.RELAY_PUBLISHED.labels(self.service).inc(len(ids))
 
     async def _fault_pause(self, count: int) -> None:
         """Fault injection for tests: a window between publish and mark to kill the relay in."""
@@ -223,22 +239,9 @@ class Relay:
             print(f"relay: published {count}, pausing before mark", flush=True)
             await asyncio.sleep(self.settings.relay_fault_pause_after_publish)
 
-    async def housekeeping(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(outbox.DELETE_PUBLISHED, self.settings.outbox_retention_seconds)
-        await conn.execute(inbox.DELETE_EXPIRED, self.settings.inbox_retention_seconds)
-
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep up to ``seconds``; True if ``stop`` was set meanwhile."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     return stop.is_set()
-
-
-async def _wait_any(stop: asyncio.Event, woken: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

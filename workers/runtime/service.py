@@ -45,16 +45,18 @@ from workers.runtime.settings import ServiceSettings
 from workers.runtime.topology import QueueSpec
 
 if TYPE_CHECKING:
-    import asyncpg
     from aio_pika.abc import AbstractConnection
 
+    from db.store import Store
     from workers.runtime.outages import OutOfReach
     from workers.runtime.settings import Settings
 
 # The three parts of a handler (their keyword-only extras aside).
 Decide = Callable[..., Decision[Any]]
 Load = Callable[..., Awaitable[Any]]  # (conn, messages) -> the batch's state
-Write = Callable[["asyncpg.Connection", Sequence[Any]], Awaitable[None]]
+# conn: the engine's connection (asyncpg's, or db.mariadb.MariaConnection), in the batch's
+# transaction.
+Write = Callable[[Any, Sequence[Any]], Awaitable[None]]
 # What a handler does once its batch has committed (metrics of what happened).
 AfterCommit = Callable[[Sequence[Any]], None]
 # Which decoded messages a handler takes (True) or leaves, acknowledged, to others (False).
@@ -64,19 +66,17 @@ MessageFilter = Callable[[Message], bool]
 LockKey = Callable[[Any], str | None]
 # Work a service does besides handling messages (the orchestrator's deadline watcher): runs
 # from the worker's start until ``stop`` is set, given the settings, the service's own
-# section (None when it declares none), the pool of its database's connections and what
+# section (None when it declares none), the store of its database and what
 # the worker knows of outages (``workers.runtime.outages.OutOfReach``).
 BackgroundTask = Callable[
-    ["Settings", Any, "asyncpg.Pool", asyncio.Event, "OutOfReach"], Coroutine[Any, Any, None]
+    ["Settings", Any, "Store", asyncio.Event, "OutOfReach"], Coroutine[Any, Any, None]
 ]
 
 
 # Gauges of a service's own (the orchestrator's sagas, the view's lag), set by the worker's
 # metrics sampler every FLEET_METRICS_INTERVAL seconds: given the settings, a connection to
 # the service's database and one to the broker.
-Sampler = Callable[
-    ["Settings", "asyncpg.Connection", "AbstractConnection"], Coroutine[Any, Any, None]
-]
+Sampler = Callable[["Settings", Any, "AbstractConnection"], Coroutine[Any, Any, None]]
 
 
 def order_of(message: Message) -> str | None:
@@ -136,7 +136,7 @@ class Handler:
 
     async def load_state(
         self,
-        conn: asyncpg.Connection,
+        conn: Any,
         messages: Sequence[Message],
         section: ServiceSettings | None,
     ) -> Any:
@@ -163,7 +163,7 @@ class Handler:
             return self.decide(message, **extras)
         return self.decide(state, message, **extras)
 
-    async def store(self, conn: asyncpg.Connection, changes: Sequence[Any]) -> None:
+    async def store(self, conn: Any, changes: Sequence[Any]) -> None:
         if self.write is not None and changes:
             await self.write(conn, changes)
 

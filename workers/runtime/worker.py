@@ -26,11 +26,10 @@ import logging
 from functools import partial
 from typing import Any
 
-import asyncpg
 from aio_pika.abc import AbstractConnection
 
-from db import inbox, outbox
-from db.engine import ACQUIRE_TIMEOUT, asyncpg_url, create_pool
+from db.adapters import open_store, probe
+from db.store import Store
 from workers.runtime import connections, control, metrics, topology
 from workers.runtime.breaker import Breaker, BreakerRules, Dependency
 from workers.runtime.consumer import Consumer
@@ -79,7 +78,7 @@ class Worker:
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
         settings = self.settings
         # Connects now: a worker without its database fails at start, not on every message.
-        pool = await create_pool(
+        store = await open_store(
             settings.database_url(self.service.name), size=settings.db_pool_size
         )
         publisher = await ConfirmedPublisher.connect(settings.broker_urls)
@@ -99,7 +98,7 @@ class Worker:
                 enabled=settings.breaker_enabled,
             )
             self.consumer = Consumer(
-                settings, pool, publisher, self.service.name, self.section, breaker
+                settings, store, publisher, self.service.name, self.section, breaker
             )
             # Straight through aio-pika or through FastStream (FLEET_CONSUMER), alike.
             subscriptions = subscribe(consuming, settings, self.service.handlers, self.consumer)
@@ -130,10 +129,10 @@ class Worker:
                 relay_task = asyncio.create_task(self.relay.run(relay_stop))
             out_of_reach = OutOfReach(settings, consuming, breaker)
             background = [
-                asyncio.create_task(task(settings, self.section, pool, relay_stop, out_of_reach))
+                asyncio.create_task(task(settings, self.section, store, relay_stop, out_of_reach))
                 for task in self.service.background
             ]
-            background.append(asyncio.create_task(self._sample(pool, consuming, relay_stop)))
+            background.append(asyncio.create_task(self._sample(store, consuming, relay_stop)))
             background.append(asyncio.create_task(breaker.run(relay_stop)))
             try:
                 paused = await watcher.start()  # before consuming: a paused one starts paused
@@ -165,7 +164,7 @@ class Worker:
         finally:
             await consuming.close()
             await publisher.close()
-            await pool.close()
+            await store.close()
         log.info("%s worker stopped", self.service.name)
 
     async def _probe(self, consuming: AbstractConnection, dependency: Dependency) -> str | None:
@@ -174,12 +173,7 @@ class Worker:
         up one of the service's queues on the consuming connection."""
         try:
             if dependency == "database":
-                url = asyncpg_url(self.settings.database_url(self.service.name))
-                conn = await asyncpg.connect(url, timeout=PROBE_TIMEOUT)
-                try:
-                    await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT)
-                finally:
-                    await conn.close(timeout=PROBE_TIMEOUT)
+                await probe(self.settings.database_url(self.service.name), PROBE_TIMEOUT)
             else:
                 with broker_loss_as_connection_error():
                     queue = self.service.handlers[0].queue(self.settings.namespace)
@@ -198,26 +192,24 @@ class Worker:
         reason = f"{type(error).__name__}: {error}" if error else "connection closed"
         asyncio.get_running_loop().create_task(self.breaker.trip("broker", reason))
 
-    async def _sample(
-        self, pool: asyncpg.Pool, broker: AbstractConnection, stop: asyncio.Event
-    ) -> None:
+    async def _sample(self, store: Store, broker: AbstractConnection, stop: asyncio.Event) -> None:
         """Refresh the gauges read from the database and the broker until ``stop``."""
         while not stop.is_set():
             try:
                 with broker_loss_as_connection_error():
-                    await self.sample_once(pool, broker)
+                    await self.sample_once(store, broker)
             except Exception as error:  # a server is down: the gauges keep their last value
                 log.debug("%s metrics: %s: %s", self.service.name, type(error).__name__, error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.metrics_interval)
 
-    async def sample_once(self, pool: asyncpg.Pool, broker: AbstractConnection) -> None:
+    async def sample_once(self, store: Store, broker: AbstractConnection) -> None:
         name = self.service.name
-        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            backlog = await outbox.backlog(conn)
+        async with store.connection() as conn:
+            backlog = await store.backlog(conn)
             metrics.OUTBOX_WAITING.labels(name).set(backlog.rows)
             metrics.OUTBOX_OLDEST_AGE.labels(name).set(backlog.oldest_age_seconds or 0.0)
-            metrics.INBOX_ROWS.labels(name).set(await inbox.row_count(conn))
+            metrics.INBOX_ROWS.labels(name).set(await store.inbox_rows(conn))
             for sampler in self.service.samplers:
                 await sampler(self.settings, conn, broker)
         dead_letter_queues = [
