@@ -66,6 +66,22 @@ def errno_of(error: BaseException) -> int | None:
     return None
 
 
+def judged(error: BaseException) -> bool:
+    """Whether ``error`` is (or was raised from) asyncmy's, so the two below judge it."""
+    return isinstance(error, asyncmy.errors.MySQLError) or errno_of(error) is not None
+
+
+def out_of_reach(error: BaseException) -> bool:
+    """The server could not be reached or let the connection go (asyncmy says
+    InterfaceError for a connection it already knows is closed)."""
+    return isinstance(error, asyncmy.errors.InterfaceError) or errno_of(error) in UNREACHABLE_ERRNOS
+
+
+def worth_retrying(error: BaseException) -> bool:
+    """Out of reach, a deadlock victim, or a lock wait that timed out."""
+    return out_of_reach(error) or errno_of(error) in TRANSIENT_ERRNOS
+
+
 @dataclass(frozen=True)
 class Location:
     """Where a MariaDB database is and who connects, from a ``mysql://`` URL."""
@@ -437,6 +453,30 @@ def _outgoing(row: dict[str, Any]) -> OutgoingMessage:
         app_id=row["producer"],
         headers=json.loads(row["headers"]) if isinstance(row["headers"], str | bytes) else {},
     )
+
+
+async def kill_sessions(admin_url: str, user: str) -> int:
+    """``KILL CONNECTION`` every session of ``user`` (as the admin), as a server restart
+    looks to its clients; how many."""
+    conn = await asyncmy.connect(**Location.of(admin_url).connect_arguments())
+    try:
+        admin = MariaConnection(conn)
+        rows = await admin.fetch(
+            "SELECT id FROM information_schema.PROCESSLIST"
+            " WHERE user = %s AND id <> CONNECTION_ID()",
+            [user],
+        )
+        killed = 0
+        for row in rows:
+            try:
+                await admin.execute("KILL CONNECTION %s", [row["id"]])
+                killed += 1
+            except asyncmy.errors.OperationalError as error:
+                if errno_of(error) != 1094:  # unknown thread: it ended meanwhile
+                    raise
+        return killed
+    finally:
+        conn.close()
 
 
 async def probe(url: str, timeout: float) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import asyncmy
 import asyncpg
 import pytest
 from aiormq.exceptions import AMQPConnectionError
+from asyncmy.errors import OperationalError
 from prometheus_client import REGISTRY
 
 from db.event_store import ConcurrencyConflict
@@ -60,6 +62,14 @@ def _sql_error(cls: type[asyncpg.PostgresError]) -> asyncpg.PostgresError:
         (TransientError("try later"), None),
         (PermanentError("never"), None),
         (KeyError("bug"), None),
+        # MariaDB's, by error number.
+        (OperationalError(2013, "Lost connection to server during query"), "database"),
+        (OperationalError(2003, "Can't connect to MySQL server"), "database"),
+        (OperationalError(1927, "Connection was killed"), "database"),
+        (OperationalError(1040, "Too many connections"), "database"),
+        (asyncmy.errors.InterfaceError(0, "not connected"), "database"),
+        (OperationalError(1213, "Deadlock found"), None),
+        (asyncmy.errors.IntegrityError(1062, "Duplicate entry"), None),
     ],
 )
 def test_what_counts_as_out_of_reach(error: BaseException, dependency: Dependency | None) -> None:

@@ -9,7 +9,8 @@ turn or at random (seeded):
 - ``connections``: a worker's broker connections closed from the broker's side
   (``rabbitmqctl close_connection``), as a network cut looks to it;
 - ``database``: every backend of one service's database terminated (``pg_terminate_backend``
-  as the admin role), as a database restart looks to its clients;
+  as the admin role; ``KILL CONNECTION`` for each of the service's sessions on MariaDB), as
+  a database restart looks to its clients;
 - ``broker``: the broker application stopped and started again (``rabbitmqctl stop_app`` /
   ``start_app``), only where rabbitmqctl is local and the node serves the fleet's AMQP port.
 
@@ -36,10 +37,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncmy
 import asyncpg
 
 from contracts import PlaceOrder
-from db.engine import asyncpg_url
+from db import mariadb
+from db.engine import MARIADB, asyncpg_url
 from workers.operations import InvalidRequest, OperatorError, dead_letters, load, ops_db, verify
 from workers.operations.reconnect import ReconnectingPublisher, Reconnects, read_again_on_loss
 from workers.order import public as orders
@@ -302,7 +305,12 @@ async def close_broker_connections(
 
 
 async def terminate_backends(settings: Settings, service: str) -> int:
-    """Terminate every backend of ``service``'s database (as the admin role); how many."""
+    """Terminate every backend of ``service``'s database (as the admin role); how many.
+    On MariaDB, every connection of the service's user (``KILL CONNECTION``)."""
+    if settings.engine(service) == MARIADB:
+        return await mariadb.kill_sessions(
+            settings.mariadb_admin_url, settings.database_name(service)
+        )
     conn = await asyncpg.connect(asyncpg_url(settings.pg_admin_url))
     try:
         terminated: int = await conn.fetchval(
@@ -446,7 +454,7 @@ async def _inject_on_schedule(
             kind = options.faults[(number - 1) % len(options.faults)]
         try:
             injected, target = await injector.inject(kind)
-        except (OperatorError, OSError, asyncpg.PostgresError) as error:
+        except (OperatorError, OSError, asyncpg.PostgresError, asyncmy.errors.MySQLError) as error:
             injected, target = False, f"could not: {error}"
         fault = Fault(time.monotonic() - started, kind, injected, target)
         report.faults.append(fault)

@@ -27,10 +27,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
+import asyncmy
 import asyncpg
 from aio_pika.exceptions import AMQPConnectionError, ChannelInvalidStateError
 from aiormq.exceptions import AMQPError
 
+from db import mariadb
 from workers.runtime.errors import PermanentError, TransientError
 
 log = logging.getLogger("fleet.breaker")
@@ -43,6 +45,11 @@ Status = Literal["closed", "tripped", "resuming"]
 _UNREACHABLE_SQLSTATES = ("08", "53300", "57P01", "57P02", "57P03")
 
 
+# A connection refused or lost, or a pool with no connection free in time, as each driver
+# says it.
+_CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncmy.errors.InterfaceError)
+
+
 def unreachable(error: BaseException) -> Dependency | None:
     """Which dependency ``error`` says could not be reached, or None when it is about the
     message or the handler (those keep the retry and dead-letter paths)."""
@@ -50,6 +57,8 @@ def unreachable(error: BaseException) -> Dependency | None:
         return None  # a handler's own word on its message
     if isinstance(error, (AMQPError, AMQPConnectionError, ChannelInvalidStateError)):
         return "broker"
+    if mariadb.judged(error):
+        return "database" if mariadb.out_of_reach(error) else None
     current: BaseException | None = error
     while current is not None:
         state = getattr(current, "sqlstate", None)
@@ -60,7 +69,9 @@ def unreachable(error: BaseException) -> Dependency | None:
         current = current.__cause__
     # Refused or lost connections, a pool with no connection free in time: the consumer's
     # only round trips that are not to the broker are to the database.
-    if isinstance(error, (OSError, TimeoutError, asyncpg.InterfaceError)):
+    if isinstance(
+        error, (OSError, TimeoutError, asyncpg.InterfaceError, asyncmy.errors.InterfaceError)
+    ):
         return "database"
     return None
 

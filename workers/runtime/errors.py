@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import asyncpg
 
+from db import mariadb
 from db.event_store import ConcurrencyConflict
 
 
@@ -55,6 +56,9 @@ def is_transient(error: BaseException) -> bool:
     # Refused or lost connections; a pool with no connection free in time (TimeoutError).
     if isinstance(error, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError)):
         return True
+    # MariaDB's: a deadlock victim, a lock wait timed out, the server out of reach.
+    if mariadb.judged(error):
+        return mariadb.worth_retrying(error)
     state = _sqlstate(error)
     return state is not None and state.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
 

@@ -24,11 +24,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-import asyncmy
 import asyncpg
 
+from db import mariadb
 from db.adapters import open_relay_session
-from db.mariadb import UNREACHABLE_ERRNOS, errno_of
 from db.store import RelaySession
 from workers.runtime import metrics
 from workers.runtime.publisher import ConfirmedPublisher
@@ -52,7 +51,7 @@ def waited_for(error: Exception) -> tuple[str, BaseException] | None:
         return BROKER, error.__cause__ or error
     if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError):
         return DATABASE, error
-    if isinstance(error, asyncmy.errors.MySQLError) or errno_of(error) in UNREACHABLE_ERRNOS:
+    if mariadb.judged(error):
         return DATABASE, error
     return None
 
