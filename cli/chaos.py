@@ -25,6 +25,12 @@ def chaos(
     pick: str = typer.Option(
         "round-robin", "--pick", help="round-robin (the kinds in turn) or random."
     ),
+    databases: str | None = typer.Option(
+        None,
+        "--databases",
+        help="Comma-separated services whose databases the database fault may hit"
+        " (default: every service's).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random picks (targets, kinds)."),
     quiet_timeout: float = typer.Option(
         180.0, "--quiet-timeout", help="Seconds to wait, afterwards, for every order to end."
@@ -44,7 +50,7 @@ def chaos(
     Exit 0 only if every invariant holds.
     """
     from cli.operator import operator_name
-    from workers.operations.chaos import ChaosOptions, parse_faults, run_chaos
+    from workers.operations.chaos import ChaosOptions, parse_faults, parse_services, run_chaos
     from workers.runtime.settings import get_settings
 
     options = ChaosOptions(
@@ -53,6 +59,7 @@ def chaos(
         orders=orders,
         every=every,
         faults=parse_faults(faults),
+        databases=parse_services(databases),
         pick=pick,
         seed=seed,
         quiet_timeout=quiet_timeout,

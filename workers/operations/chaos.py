@@ -72,6 +72,8 @@ class ChaosOptions:
     every: float = 10.0  # seconds between faults
     faults: tuple[str, ...] = DEFAULT_FAULTS
     pick: str = "round-robin"
+    # The services whose databases the database fault may hit (None: every service's).
+    databases: tuple[str, ...] | None = None
     seed: int = 0
     quiet_timeout: float = 180.0
     rabbitmq_node: str | None = None  # rabbitmqctl -n; None: its default node
@@ -101,6 +103,21 @@ def parse_faults(text: str) -> tuple[str, ...]:
             f"unknown fault(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(KINDS)}"
         )
     return kinds
+
+
+def parse_services(text: str | None) -> tuple[str, ...] | None:
+    """``payment,order`` -> ("payment", "order"); None stays None (every service); an
+    unknown service is bad usage."""
+    if text is None:
+        return None
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [name for name in names if name not in catalog.SERVICES]
+    if unknown or not names:
+        raise InvalidRequest(
+            f"unknown service(s) {', '.join(unknown) or '(none given)'};"
+            f" known: {', '.join(catalog.SERVICES)}"
+        )
+    return names
 
 
 @dataclass(frozen=True)
@@ -397,7 +414,7 @@ class Injector:
         return False, "no worker with broker connections"
 
     async def terminate(self) -> tuple[bool, str]:
-        services = list(catalog.SERVICES)
+        services = list(self.options.databases or catalog.SERVICES)
         self.rng.shuffle(services)
         for service in services:
             terminated = await terminate_backends(self.settings, service)
