@@ -72,6 +72,7 @@ class Benchmark:
 GOALS = {
     "consumer": 0.50,
     "sagas": 0.25,
+    "engines": 0.80,  # sagas/s with payment on MariaDB over all-PostgreSQL's (issue 19)
     "live projection": 0.40,
     "rebuild": 0.35,
     "relay": 0.90,
@@ -181,7 +182,20 @@ def consumer_rows(output: Output) -> list[Row]:
 def saga_rows(output: Output) -> list[Row]:
     rows = output["rows"]
     baseline = bare(rows, "messages/s")
-    return [
+    all_pg = {row["style"]: row for row in rows if row.get("engines") == "all PostgreSQL"}
+    mixed = [
+        ratio_row(
+            f"sagas, {row['style']}, {row['engines']}",
+            row.get("rate/s"),
+            all_pg[row["style"]],
+            "rate/s",
+            "sagas/s",
+            GOALS["engines"],
+        )
+        for row in rows
+        if row.get("engines") not in (None, "all PostgreSQL") and row.get("style") in all_pg
+    ]
+    return mixed + [
         ratio_row(
             "sagas, " + row["method"].removeprefix("fleet, ").removesuffix(" sagas"),
             row.get("messages/s"),
@@ -195,7 +209,7 @@ def saga_rows(output: Output) -> list[Row]:
             },
         )
         for row in rows
-        if row["method"].startswith("fleet")
+        if row["method"].startswith("fleet") and row.get("engines") == "all PostgreSQL"
     ]
 
 
@@ -331,6 +345,27 @@ def cli_rows(output: Output) -> list[Row]:
     ]
 
 
+def latency_rows(output: Output) -> list[Row]:
+    """The relay's commit-to-delivery p99 with payment on MariaDB beside PostgreSQL's: no
+    goal but to be measured (issue 19); the p50s go beside it."""
+    rows = output["rows"]
+    postgresql = first(rows, "commit to delivery, payment on postgresql")
+    mariadb = first(rows, "commit to delivery, payment on mariadb")
+    return [
+        {
+            "benchmark": "relay, commit to delivery p99, payment on MariaDB",
+            "fleet": mariadb["p99 ms"],
+            "baseline": postgresql["p99 ms"],
+            "baseline method": "payment on PostgreSQL",
+            "unit": "ms",
+            "ratio": f"{mariadb['p99 ms'] / postgresql['p99 ms']:.1f}x",
+            "goal": "measured",
+            "met": None,
+            "p50 ms (mariadb / postgresql)": f"{mariadb['p50 ms']} / {postgresql['p50 ms']}",
+        }
+    ]
+
+
 # --- The benchmarks. ----------------------------------------------------------------------
 
 BARE = ("bare aio-pika", "bare faststream")
@@ -345,10 +380,31 @@ BENCHMARKS: dict[str, Benchmark] = {
     ),
     "sagas": Benchmark(
         "saga_throughput.py",
-        ["--orders", "100", "--concurrency", "50"],
-        ["--orders", "10", "--concurrency", "10", "--bare-messages", "200"],
-        rows_present("messages/s", *BARE, "fleet, orchestration", "fleet, choreography"),
+        ["--orders", "100", "--concurrency", "50", "--engines", "payment=mariadb"],
+        [
+            *("--orders", "10", "--concurrency", "10", "--bare-messages", "200"),
+            *("--engines", "payment=mariadb"),
+        ],
+        rows_present(
+            "messages/s",
+            *BARE,
+            "fleet, orchestration sagas",
+            "fleet, choreography sagas",
+            "fleet, orchestration sagas (payment on mariadb)",
+            "fleet, choreography sagas (payment on mariadb)",
+        ),
         saga_rows,
+    ),
+    "latency": Benchmark(
+        "relay_latency.py",
+        ["--messages", "300"],
+        ["--messages", "20"],
+        rows_present(
+            "p99 ms",
+            "commit to delivery, payment on postgresql",
+            "commit to delivery, payment on mariadb",
+        ),
+        latency_rows,
     ),
     "view": Benchmark(
         "view_throughput.py",

@@ -19,6 +19,11 @@ What is measured:
   delivery that opens a transaction writes one, a delivery the handler's filter leaves to
   another saga style (acked before any transaction) writes none.
 
+* --engines payment=mariadb: the fleet runs twice in the same run, in two namespaces: all on
+  PostgreSQL, then with the services named on MariaDB (``FLEET_ENGINES``); ``vs all-pg`` is
+  each style's sagas/s on the mixed fleet over the same style's on all-PostgreSQL (issue
+  19's goal: at least 80 %).
+
 How to read it: ``vs bare`` is a style's messages/s over the faster bare rate (issue 17:
 honest baselines; the goal is >= 25 % for each style). The bare rate is the ceiling of one
 Python process here; a saga's messages pass through six processes, each doing transactions
@@ -26,7 +31,8 @@ for its deliveries, all on the machine's cores with RabbitMQ and PostgreSQL. Not
 asserts on time; a row has an ``error`` if an order did not end, or ended otherwise than
 planned.
 
-    uv run python bench/saga_throughput.py [--orders 1000] [--concurrency 100] [--json]
+    uv run python bench/saga_throughput.py [--orders 1000] [--concurrency 100]
+        [--engines payment=mariadb] [--json]
 """
 
 from __future__ import annotations
@@ -37,7 +43,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from _support import (
     add_loop_option,
     bare_consumers,
@@ -51,7 +56,9 @@ from _support import (
     versus,
 )
 
-from db.engine import asyncpg_url
+from db.adapters import store_once
+from db.engine import ENGINES
+from db.mariadb import MariaConnection
 from workers.operations.load import run_load
 from workers.runtime import catalog
 from workers.runtime.settings import Settings
@@ -73,15 +80,26 @@ class Traffic:
     inbox_rows: dict[str, int]
 
 
+async def read(settings: Settings, service: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """Rows of ``sql`` (``$1`` parameters) in ``service``'s database, whatever its engine."""
+    async with store_once(settings.database_url(service)) as store, store.connection() as conn:
+        if isinstance(conn, MariaConnection):
+            for number in range(len(args), 0, -1):
+                sql = sql.replace(f"${number}", "%s")
+            return await conn.fetch(sql, args)
+        return [dict(row) for row in await conn.fetch(sql, *args)]
+
+
 async def traffic(settings: Settings) -> Traffic:
     outbox_ids, inbox_rows = {}, {}
     for service in catalog.SERVICES:
-        conn = await asyncpg.connect(asyncpg_url(settings.database_url(service)))
-        try:
-            outbox_ids[service] = await conn.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
-            inbox_rows[service] = await conn.fetchval("SELECT count(*) FROM inbox")
-        finally:
-            await conn.close()
+        [row] = await read(
+            settings,
+            service,
+            "SELECT coalesce(max(id), 0) AS last_id, (SELECT count(*) FROM inbox) AS inbox"
+            " FROM outbox",
+        )
+        outbox_ids[service], inbox_rows[service] = int(row["last_id"]), int(row["inbox"])
     return Traffic(outbox_ids, inbox_rows)
 
 
@@ -97,15 +115,13 @@ async def deliveries_since(settings: Settings, before: Traffic, placed: int) -> 
     deliveries = placed
     after = await traffic(settings)
     for service in catalog.SERVICES:
-        conn = await asyncpg.connect(asyncpg_url(settings.database_url(service)))
-        try:
-            rows = await conn.fetch(
-                "SELECT exchange, routing_key, count(*) AS n FROM outbox WHERE id > $1"
-                " GROUP BY exchange, routing_key",
-                before.outbox_ids[service],
-            )
-        finally:
-            await conn.close()
+        rows = await read(
+            settings,
+            service,
+            "SELECT exchange, routing_key, count(*) AS n FROM outbox WHERE id > $1"
+            " GROUP BY exchange, routing_key",
+            before.outbox_ids[service],
+        )
         deliveries += sum(bound.get((r["exchange"], r["routing_key"]), 0) * r["n"] for r in rows)
     transactions = sum(after.inbox_rows.values()) - sum(before.inbox_rows.values())
     return deliveries, transactions
@@ -125,12 +141,73 @@ async def quiet(settings: Settings, bench: Any) -> None:
         await asyncio.sleep(1.0)
 
 
-async def main(orders: int, concurrency: int, bare_count: int, as_json: bool) -> None:
-    settings = Settings(namespace=fresh_namespace())
+def parse_engines(text: str | None) -> dict[str, str]:
+    """``payment=mariadb`` -> {"payment": "mariadb"}."""
+    engines: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        service, _, engine = part.strip().partition("=")
+        if service not in catalog.SERVICES or engine not in ENGINES:
+            raise SystemExit(
+                f"--engines takes SERVICE=ENGINE pairs (services: {', '.join(catalog.SERVICES)};"
+                f" engines: {', '.join(ENGINES)}), not {part.strip()!r}"
+            )
+        engines[service] = engine
+    return engines
+
+
+def on_engines(engines: dict[str, str]) -> str:
+    """A fleet's engines, as its rows name them."""
+    elsewhere = [f"{s} on {e}" for s, e in sorted(engines.items()) if e != "postgresql"]
+    return ", ".join(elsewhere) or "all PostgreSQL"
+
+
+async def main(
+    orders: int, concurrency: int, bare_count: int, engines: dict[str, str], as_json: bool
+) -> None:
     rows: list[dict[str, Any]] = []
+    settings = Settings(namespace=fresh_namespace())
     async with bench_namespace(settings) as bench:
         rows += await bare_consumers(bench, bare_count, settings.prefetch, RATE)
-        baseline = faster(rows, RATE)
+    baseline = faster(rows, RATE)
+    fleets = [{}, engines] if any(e != "postgresql" for e in engines.values()) else [engines]
+    for fleet_engines in fleets:
+        settings = Settings(namespace=fresh_namespace(), engines=fleet_engines)
+        rows += await saga_rows(settings, orders, concurrency, baseline)
+    all_pg = {row["style"]: row["rate/s"] for row in rows if row.get("engines") == on_engines({})}
+    for row in rows:
+        row.setdefault("count", row.get("messages"))
+        if "style" in row and row["engines"] != on_engines({}) and all_pg.get(row["style"]):
+            row["vs all-pg"] = f"{100 * (row['rate/s'] or 0) / all_pg[row['style']]:.0f} %"
+    show(
+        f"sagas end to end, {orders} orders per style (concurrency {concurrency}), "
+        "vs the faster bare consumer",
+        [
+            "method",
+            "count",
+            "seconds",
+            "rate/s",
+            RATE,
+            "p50 ms",
+            "p99 ms",
+            "vs bare",
+            "vs all-pg",
+            "deliveries/saga",
+            "transactions/saga",
+        ],
+        rows,
+        as_json,
+    )
+
+
+async def saga_rows(
+    settings: Settings, orders: int, concurrency: int, baseline: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Both styles' rows of a ``fleet up`` in ``settings``' namespace (made and removed)."""
+    rows: list[dict[str, Any]] = []
+    engines = on_engines(settings.engines)
+    async with bench_namespace(settings) as bench:
         fleet = await start_fleet(settings)
         try:
             for style in ("orchestration", "choreography"):
@@ -149,7 +226,10 @@ async def main(orders: int, concurrency: int, bare_count: int, as_json: bool) ->
                     )
                 rows.append(
                     {
-                        "method": f"fleet, {style} sagas",
+                        "method": f"fleet, {style} sagas"
+                        + ("" if engines == on_engines({}) else f" ({engines})"),
+                        "style": style,
+                        "engines": engines,
                         "count": result["ended"],
                         "seconds": result["seconds"],
                         "rate/s": rate,
@@ -165,26 +245,7 @@ async def main(orders: int, concurrency: int, bare_count: int, as_json: bool) ->
                 )
         finally:
             await stop_fleet_process(fleet)
-    for row in rows:
-        row.setdefault("count", row.get("messages"))
-    show(
-        f"sagas end to end, {orders} orders per style (concurrency {concurrency}), "
-        "vs the faster bare consumer",
-        [
-            "method",
-            "count",
-            "seconds",
-            "rate/s",
-            RATE,
-            "p50 ms",
-            "p99 ms",
-            "vs bare",
-            "deliveries/saga",
-            "transactions/saga",
-        ],
-        rows,
-        as_json,
-    )
+    return rows
 
 
 def cli() -> None:
@@ -197,12 +258,18 @@ def cli() -> None:
         help="messages for the bare consumers (default: 10 per order, at least 5,000, so"
         " that connecting is not most of their time)",
     )
+    parser.add_argument(
+        "--engines",
+        help="SERVICE=ENGINE,...: run the fleet also with these services on another engine"
+        " (e.g. payment=mariadb), beside all-PostgreSQL in the same run",
+    )
     parser.add_argument("--json", action="store_true")
     add_loop_option(parser)
     args = parser.parse_args()
     bare_count = args.bare_messages or max(5_000, args.orders * 10)
     try:
-        run(main(args.orders, args.concurrency, bare_count, args.json), args.loop)
+        engines = parse_engines(args.engines)
+        run(main(args.orders, args.concurrency, bare_count, engines, args.json), args.loop)
     except KeyboardInterrupt:
         sys.exit(130)
 

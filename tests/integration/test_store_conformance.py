@@ -141,6 +141,16 @@ async def test_the_same_message_id_from_eight_concurrent_tasks_is_applied_once(
     assert await engine.count("inbox", f"consumer = '{consumer}'") == 1
 
 
+async def test_the_inbox_tells_which_ids_it_holds_per_consumer(engine: Engine) -> None:
+    store, held, other = engine.store, new_id(), new_id()
+    async with store.transaction() as conn:
+        assert await store.record_locked(conn, "conformance.a", {held: "t"}, []) == {held}
+    async with store.connection() as conn:
+        assert await store.inbox_holds(conn, "conformance.a", [held, other]) == {held}
+        assert await store.inbox_holds(conn, "conformance.b", [held]) == set()
+        assert await store.inbox_holds(conn, "conformance.a", []) == set()
+
+
 async def test_an_order_lock_makes_a_second_transaction_on_the_order_wait_for_the_first(
     engine: Engine,
 ) -> None:
