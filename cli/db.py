@@ -17,7 +17,9 @@ def init(as_json: bool = JsonOption) -> None:
 
     A service on MariaDB (FLEET_ENGINES='{"payment": "mariadb"}') gets its database and user
     on FLEET_MARIADB_ADMIN_URL's server, and on PostgreSQL a role that may only append to
-    the operations database's audit log. Every role gets a secret of its own: the one given (FLEET_DB_SECRETS, FLEET_DB_URLS),
+    the operations database's audit log.
+
+    Every role gets a secret of its own: the one given (FLEET_DB_SECRETS, FLEET_DB_URLS),
     else one generated once and kept in FLEET_SECRETS_FILE (mode 0600). Idempotent: a
     second run changes nothing but setting each role's password to its secret again.
     """

@@ -47,7 +47,7 @@ async def provision(admin_url: str, databases: Sequence[ServiceDatabase]) -> lis
         for name in (database.name, *database.readers):
             check_name(name)
             database.password(name)  # each one's, before anything is made
-    connection = await _connect_admin(admin_url)
+    connection = await connect_admin(admin_url)
     try:
         created = [await _create_user_and_database(connection, db) for db in databases]
     finally:
@@ -79,7 +79,7 @@ async def drop(admin_url: str, databases: Sequence[DatabaseRoles]) -> list[str]:
     for database in databases:
         for name in (database.name, *database.readers):
             check_name(name)
-    connection = await _connect_admin(admin_url)
+    connection = await connect_admin(admin_url)
     dropped = []
     try:
         for database in databases:
@@ -112,8 +112,9 @@ def native_password_hash(password: str) -> str:
     return "*" + hashlib.sha1(hashlib.sha1(password.encode()).digest()).hexdigest().upper()
 
 
-async def _connect_admin(admin_url: str) -> Any:
-    """An autocommit connection as the admin (``?unix_socket=PATH`` for a socket)."""
+async def connect_admin(admin_url: str) -> Any:
+    """An autocommit asyncmy connection as the admin (``?unix_socket=PATH`` for a socket);
+    ProvisioningError when it cannot be had."""
     parts = urlsplit(admin_url)
     socket = parse_qs(parts.query).get("unix_socket", [None])[0]
     try:

@@ -41,7 +41,7 @@ from db.provision import (
     provision,
     provision_login_roles,
 )
-from workers.operations import ops_db
+from workers.operations import InvalidRequest, ops_db
 from workers.runtime import catalog, connections, control, role_secrets, topology
 from workers.runtime.service import Service
 from workers.runtime.settings import Settings
@@ -123,7 +123,14 @@ def service_databases(settings: Settings) -> list[ServiceDatabase]:
 
 
 def on_mariadb(settings: Settings) -> list[str]:
-    """The services whose database is on MariaDB."""
+    """The services whose database is on MariaDB. Refuses an engine given to a name that
+    is no service (the operations database is on PostgreSQL, always)."""
+    unknown = sorted(set(settings.engines) - set(catalog.SERVICES))
+    if unknown:
+        raise InvalidRequest(
+            f"FLEET_ENGINES names no service of the fleet: {', '.join(unknown)}"
+            f" (services: {', '.join(catalog.SERVICES)})"
+        )
     return [service for service in catalog.SERVICES if settings.engine(service) == MARIADB]
 
 
@@ -134,8 +141,8 @@ async def init_databases(settings: Settings) -> list[ProvisionResult]:
 
     MariaDB's part first: an unreachable or refusing MariaDB then leaves PostgreSQL as it
     was (the secrets file aside, which keeps the secrets generated for the next run)."""
-    databases = service_databases(settings)
     mariadb_services = set(on_mariadb(settings))
+    databases = service_databases(settings)
     elsewhere = [db for db in databases if db.service in mariadb_services]
     results: dict[str, ProvisionResult] = {}
     if elsewhere:  # MariaDB is reached only when a service is on it
@@ -211,6 +218,7 @@ async def tear_down(
     skipped. ``extra_services``: services declared outside the catalog (the tests' probes),
     whose queues go too; ``extra_queues``: queues the caller declared by itself."""
     removed = Removed(settings.namespace)
+    mariadb_names = {settings.database_name(service) for service in on_mariadb(settings)}
     services = [*catalog.load_all(), *extra_services]
     queues = [*queue_names(settings, services), *legacy_queue_names(settings, services)]
     # The markers of paused handlers (``fleet pause``), which exist only while paused.
@@ -242,9 +250,8 @@ async def tear_down(
     ops = settings.database_name(ops_db.OPS)
     databases = sorted(database_roles(settings), key=lambda roles: roles.name != ops)
     dropped = await drop(settings.pg_admin_url, databases)
-    names = {settings.database_name(service) for service in on_mariadb(settings)}
-    if names:
-        elsewhere = [roles for roles in databases if roles.name in names]
+    if mariadb_names:
+        elsewhere = [roles for roles in databases if roles.name in mariadb_names]
         dropped += await provision_mariadb.drop(settings.mariadb_admin_url, elsewhere)
     removed.databases = list(dict.fromkeys(dropped))
     # Last: with the roles gone, their secrets open nothing; kept, a namespace made again
