@@ -15,6 +15,10 @@ app = command_group("Each service's own database.")
 def init(as_json: bool = JsonOption) -> None:
     """Create each service's role and database, and migrate it.
 
+    A service on MariaDB (FLEET_ENGINES='{"payment": "mariadb"}') gets its database and user
+    on FLEET_MARIADB_ADMIN_URL's server, and on PostgreSQL a role that may only append to
+    the operations database's audit log.
+
     Every role gets a secret of its own: the one given (FLEET_DB_SECRETS, FLEET_DB_URLS),
     else one generated once and kept in FLEET_SECRETS_FILE (mode 0600). Idempotent: a
     second run changes nothing but setting each role's password to its secret again.
@@ -29,10 +33,11 @@ def init(as_json: bool = JsonOption) -> None:
         return
     print_table(
         f"databases of namespace {settings.namespace}",
-        ["service", "database", "role", "database created", "migrated"],
+        ["service", "engine", "database", "role", "database created", "migrated"],
         [
             (
                 r.service,
+                r.engine,
                 r.name,
                 "created" if r.created_role else "kept",
                 "yes" if r.created_database else "no",

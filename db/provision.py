@@ -8,6 +8,11 @@ Least privilege: a service's role owns its database and nothing else. It is no s
 creates no database and no role, and cannot connect to any other service's database. A
 database may also have read-only login roles (``readers``, the HTTP API's on the view):
 they connect and SELECT, and nothing more.
+
+A service whose database is on MariaDB gets its database and users there
+(``db.provision_mariadb``, which shares this module's names, results and errors), and here a
+login role of the same name with no database: its worker appends its breaker's trips to the
+operations database's audit log as that role (``provision_login_roles``, ``grant_appending``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import asyncpg
 from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.engine import asyncpg_url
+from db.engine import POSTGRESQL, asyncpg_url
 from db.migrate import upgrade_async
 
 # Names reach SQL as identifiers (quoted by the server's format('%I')); longer than 63
@@ -34,7 +39,8 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
 class ProvisioningError(Exception):
-    """PostgreSQL refused or could not be reached; the message is one line for the CLI."""
+    """PostgreSQL or MariaDB refused or could not be reached; the message is one line for
+    the CLI."""
 
 
 # What every role made here is refused, said again on every run (ALTER ROLE) so that a
@@ -77,6 +83,7 @@ class ProvisionResult:
     migrated_to: str
     readers: tuple[str, ...] = ()  # its read-only roles
     created_readers: tuple[str, ...] = ()  # those of them created by this run
+    engine: str = POSTGRESQL  # the server the database is on
 
     @property
     def changed(self) -> bool:
@@ -91,7 +98,7 @@ class ProvisionResult:
 async def provision(admin_url: str, databases: Sequence[ServiceDatabase]) -> list[ProvisionResult]:
     for database in databases:
         for name in (database.name, *database.readers):
-            _check_name(name)
+            check_name(name)
             database.password(name)  # each one's, before anything is made
     connection = await _connect_admin(admin_url)
     try:
@@ -103,7 +110,7 @@ async def provision(admin_url: str, databases: Sequence[ServiceDatabase]) -> lis
     for database, (created_role, created_database), new_readers in zip(
         databases, created, created_readers, strict=True
     ):
-        before, after = await _migrate(database)
+        before, after = await migrate(database)
         if database.readers:
             # After the migrations: the tables they made exist, to be granted.
             await _grant_reading(admin_url, database)
@@ -128,7 +135,7 @@ async def drop(admin_url: str, databases: Sequence[DatabaseRoles]) -> list[str]:
     database, its role, or both; a read-only role)."""
     for database in databases:
         for name in (database.name, *database.readers):
-            _check_name(name)
+            check_name(name)
     connection = await _connect_admin(admin_url)
     dropped = []
     try:
@@ -150,13 +157,32 @@ async def drop(admin_url: str, databases: Sequence[DatabaseRoles]) -> list[str]:
                     await _execute(connection, "DROP ROLE %I", reader)
                     dropped.append(reader)
     except asyncpg.PostgresError as exc:
-        raise ProvisioningError(f"dropping failed: {_one_line(exc)}") from exc
+        raise ProvisioningError(f"dropping failed: {one_line(exc)}") from exc
     finally:
         await connection.close()
     return dropped
 
 
-def _check_name(name: str) -> None:
+async def provision_login_roles(admin_url: str, passwords: Mapping[str, str]) -> tuple[str, ...]:
+    """Login roles with no database of their own, by name with each one's password (the
+    roles of the services on MariaDB, which only append to the audit log here): created,
+    or their password and restrictions set again. Returns those created."""
+    for name in passwords:
+        check_name(name)
+    connection = await _connect_admin(admin_url)
+    created = []
+    try:
+        for name, password in passwords.items():
+            if not await _login_role(connection, name, password):
+                created.append(name)
+    except asyncpg.PostgresError as exc:
+        raise ProvisioningError(f"provisioning role {name} failed: {one_line(exc)}") from exc
+    finally:
+        await connection.close()
+    return tuple(created)
+
+
+def check_name(name: str) -> None:
     if not _NAME.match(name):
         raise ValueError(f"invalid database/role name {name!r}: must match {_NAME.pattern}")
 
@@ -169,7 +195,7 @@ async def _connect_admin(admin_url: str, database: str | None = None) -> asyncpg
     # OSError covers refused connections and timeouts, ValueError a malformed URL.
     except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise ProvisioningError(
-            f"cannot reach PostgreSQL at {_where(admin_url)}: {_one_line(exc)}"
+            f"cannot reach PostgreSQL at {where(admin_url)}: {one_line(exc)}"
         ) from exc
 
 
@@ -194,7 +220,7 @@ async def _create_role_and_database(
         await _execute(connection, "REVOKE CONNECT ON DATABASE %I FROM PUBLIC", name)
         await _execute(connection, "GRANT CONNECT ON DATABASE %I TO %I", name, name)
     except asyncpg.PostgresError as exc:
-        raise ProvisioningError(f"provisioning {name} failed: {_one_line(exc)}") from exc
+        raise ProvisioningError(f"provisioning {name} failed: {one_line(exc)}") from exc
     return not role_exists, owner is None
 
 
@@ -211,7 +237,7 @@ async def _create_readers(
             await _execute(connection, "GRANT CONNECT ON DATABASE %I TO %I", database.name, reader)
     except asyncpg.PostgresError as exc:
         raise ProvisioningError(
-            f"provisioning {database.name}'s readers failed: {_one_line(exc)}"
+            f"provisioning {database.name}'s readers failed: {one_line(exc)}"
         ) from exc
     return tuple(created)
 
@@ -234,7 +260,7 @@ async def _grant_reading(admin_url: str, database: ServiceDatabase) -> None:
             )
     except asyncpg.PostgresError as exc:
         raise ProvisioningError(
-            f"granting reads on {database.name} failed: {_one_line(exc)}"
+            f"granting reads on {database.name} failed: {one_line(exc)}"
         ) from exc
     finally:
         await connection.close()
@@ -286,21 +312,23 @@ async def _execute(connection: asyncpg.Connection, template: str, *arguments: st
     await connection.execute(statement)
 
 
-async def _migrate(database: ServiceDatabase) -> tuple[str | None, str]:
+async def migrate(database: ServiceDatabase) -> tuple[str | None, str]:
+    """The database's migrations, as its own role, for the engine its URL names."""
     try:
         return await upgrade_async(database.service, database.url)
     # CommandError: e.g. the database is at a revision this code does not know.
     except (OSError, SQLAlchemyError, CommandError) as exc:
-        raise ProvisioningError(f"migrating {database.name} failed: {_one_line(exc)}") from exc
+        raise ProvisioningError(f"migrating {database.name} failed: {one_line(exc)}") from exc
 
 
-def _where(url: str) -> str:
-    # Host and port only: the URL may carry a password.
+def where(url: str, default: str = "localhost:5432") -> str:
+    """Host and port only, for a message: the URL may carry a password."""
     netloc = urlsplit(url).netloc
-    return netloc.rpartition("@")[2] or "localhost:5432"
+    return netloc.rpartition("@")[2] or default
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An error's first line, for the CLI's one-line message."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -322,7 +350,7 @@ async def grant_appending(admin_url: str, database: str, table: str, roles: Sequ
             await _execute(connection, f"GRANT INSERT ON {table} TO %I", role)
     except asyncpg.PostgresError as exc:
         raise ProvisioningError(
-            f"granting appends to {database}.{table} failed: {_one_line(exc)}"
+            f"granting appends to {database}.{table} failed: {one_line(exc)}"
         ) from exc
     finally:
         await connection.close()

@@ -33,7 +33,9 @@ def secrets_file(namespace_name: str) -> Path:
 def namespace_settings(server_urls: tuple[str, str], **overrides: object) -> Settings:
     """The runtime's settings for a namespace of the test's own, its secrets kept in the
     run's own directory; a service's own knobs go in its section
-    (``namespaced_fleet(settings, sections=...)``)."""
+    (``namespaced_fleet(settings, sections=...)``). A service on MariaDB:
+    ``engines={"payment": "mariadb"}``, on the server of ``FLEET_MARIADB_ADMIN_URL`` (read
+    from the environment as any setting) or the local default; ``mariadb_admin_url=`` too."""
     unknown = set(overrides) - set(Settings.model_fields)
     if unknown:  # Settings ignores unknown fields: a knob given here would be lost silently
         raise TypeError(f"not runtime settings (a service's section?): {sorted(unknown)}")

@@ -6,7 +6,8 @@ here and on CI), so that a queue no declaration knows of is found too (pause mar
 ``<queue>.paused``, the ``<ns>.control`` exchange, anything named ``<ns>.``); elsewhere every
 name the namespace's declarations give is looked for with passive declares. Databases and
 roles are every one named ``<ns>_...``: the services', the operations ``<ns>_ops``, the API's
-read-only ``<ns>_order_view_reader``. Secrets are those the namespace's secrets file still
+read-only ``<ns>_order_view_reader``; on MariaDB too, databases and users named ``<ns>_...``
+(a service on MariaDB, ``FLEET_ENGINES``). Secrets are those the namespace's secrets file still
 keeps for its roles.
 """
 
@@ -21,7 +22,9 @@ import aio_pika
 import asyncpg
 from aiormq.exceptions import ChannelNotFoundEntity
 
+from db import provision_mariadb
 from db.engine import asyncpg_url
+from db.provision import ProvisioningError
 from workers.operations import namespace
 from workers.runtime import catalog, control, role_secrets, topology
 from workers.runtime.settings import Settings
@@ -38,6 +41,7 @@ async def leftovers(namespaces: list[Settings]) -> list[str]:
         return []
     found = await _broker_leftovers(namespaces)
     found += await _database_leftovers(namespaces)
+    found += await _mariadb_leftovers(namespaces)
     found += _secret_leftovers(namespaces)
     return found
 
@@ -127,6 +131,36 @@ async def _database_leftovers(namespaces: list[Settings]) -> list[str]:
         return found
     finally:
         await connection.close()
+
+
+async def _mariadb_leftovers(namespaces: list[Settings]) -> list[str]:
+    """Databases and users named ``<ns>_...`` on each MariaDB server the namespaces name. A
+    server that does not answer is skipped: where MariaDB does not run (or a test gave an
+    unreachable address on purpose), nothing was made on it."""
+    found = []
+    for admin_url in dict.fromkeys(settings.mariadb_admin_url for settings in namespaces):
+        on_it = [s for s in namespaces if s.mariadb_admin_url == admin_url]
+        try:
+            connection = await provision_mariadb.connect_admin(admin_url)
+        except ProvisioningError:
+            continue
+        try:
+            async with connection.cursor() as cursor:
+                for settings in on_it:
+                    pattern = f"{settings.namespace}\\_%"  # _ is a wildcard in LIKE
+                    await cursor.execute(
+                        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA"
+                        " WHERE SCHEMA_NAME LIKE %s",
+                        (pattern,),
+                    )
+                    found += [f"mariadb database {row[0]}" for row in await cursor.fetchall()]
+                    await cursor.execute(
+                        "SELECT User, Host FROM mysql.user WHERE User LIKE %s", (pattern,)
+                    )
+                    found += [f"mariadb user {row[0]}@{row[1]}" for row in await cursor.fetchall()]
+        finally:
+            await connection.ensure_closed()
+    return found
 
 
 async def broker_health(amqp_url: str) -> str | None:

@@ -13,11 +13,16 @@ give (every service's queues and DLQs, the delay tiers of ``FLEET_RETRY_DELAYS_M
 the handlers' own retry queues of before the tiers), plus any ``extra_queues`` the caller
 made itself. A name that is not there is
 skipped, so a namespace set up only in part is torn down all the same.
+
+A service on MariaDB (``FLEET_ENGINES``) has its database and user there
+(``db.provision_mariadb``), and on PostgreSQL only a login role of the same name and secret,
+which may append to the operations database's audit log like every service's role.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +30,8 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import AMQPError, ChannelNotFoundEntity
 
+from db import provision_mariadb
+from db.engine import MARIADB
 from db.provision import (
     DatabaseRoles,
     ProvisionResult,
@@ -32,8 +39,9 @@ from db.provision import (
     drop,
     grant_appending,
     provision,
+    provision_login_roles,
 )
-from workers.operations import ops_db
+from workers.operations import InvalidRequest, ops_db
 from workers.runtime import catalog, connections, control, role_secrets, topology
 from workers.runtime.service import Service
 from workers.runtime.settings import Settings
@@ -114,18 +122,52 @@ def service_databases(settings: Settings) -> list[ServiceDatabase]:
     ] + [ops_db.database(settings)]
 
 
+def on_mariadb(settings: Settings) -> list[str]:
+    """The services whose database is on MariaDB. Refuses an engine given to a name that
+    is no service (the operations database is on PostgreSQL, always)."""
+    unknown = sorted(set(settings.engines) - set(catalog.SERVICES))
+    if unknown:
+        raise InvalidRequest(
+            f"FLEET_ENGINES names no service of the fleet: {', '.join(unknown)}"
+            f" (services: {', '.join(catalog.SERVICES)})"
+        )
+    return [service for service in catalog.SERVICES if settings.engine(service) == MARIADB]
+
+
 async def init_databases(settings: Settings) -> list[ProvisionResult]:
-    """Each service's role and database, created if missing and migrated (idempotent);
-    each service's role may append to the operations database's audit log (its worker's
-    breaker writes its trips there), and do nothing else in it."""
-    results = await provision(settings.pg_admin_url, service_databases(settings))
+    """Each service's role and database, created if missing and migrated (idempotent), on
+    its engine's server; each service's role may append to the operations database's audit
+    log (its worker's breaker writes its trips there), and do nothing else in it.
+
+    MariaDB's part first: an unreachable or refusing MariaDB then leaves PostgreSQL as it
+    was (the secrets file aside, which keeps the secrets generated for the next run)."""
+    mariadb_services = set(on_mariadb(settings))
+    databases = service_databases(settings)
+    elsewhere = [db for db in databases if db.service in mariadb_services]
+    results: dict[str, ProvisionResult] = {}
+    if elsewhere:  # MariaDB is reached only when a service is on it
+        for result in await provision_mariadb.provision(settings.mariadb_admin_url, elsewhere):
+            results[result.service] = result
+    results |= {
+        result.service: result
+        for result in await provision(
+            settings.pg_admin_url, [db for db in databases if db.service not in mariadb_services]
+        )
+    }
+    # A service on MariaDB appends to the audit log as a PostgreSQL role of its name.
+    created_roles = await provision_login_roles(
+        settings.pg_admin_url, {db.name: db.password(db.name) for db in elsewhere}
+    )
+    for db in elsewhere:
+        if db.name in created_roles:
+            results[db.service] = dataclasses.replace(results[db.service], created_role=True)
     await grant_appending(
         settings.pg_admin_url,
         settings.database_name(ops_db.OPS),
         "audit",
         [settings.database_name(service) for service in catalog.SERVICES],
     )
-    return results
+    return [results[db.service] for db in databases]
 
 
 async def set_up(settings: Settings) -> list[ProvisionResult]:
@@ -176,6 +218,7 @@ async def tear_down(
     skipped. ``extra_services``: services declared outside the catalog (the tests' probes),
     whose queues go too; ``extra_queues``: queues the caller declared by itself."""
     removed = Removed(settings.namespace)
+    mariadb_names = {settings.database_name(service) for service in on_mariadb(settings)}
     services = [*catalog.load_all(), *extra_services]
     queues = [*queue_names(settings, services), *legacy_queue_names(settings, services)]
     # The markers of paused handlers (``fleet pause``), which exist only while paused.
@@ -202,9 +245,15 @@ async def tear_down(
             await connection.close()
     # The operations database first: the services' roles hold a privilege in it (they
     # append to its audit log), and a role is dropped only once nothing depends on it.
+    # A service on MariaDB has only that role on PostgreSQL: dropping its "database" there
+    # drops the role. MariaDB is reached only when a service is on it.
     ops = settings.database_name(ops_db.OPS)
     databases = sorted(database_roles(settings), key=lambda roles: roles.name != ops)
-    removed.databases = await drop(settings.pg_admin_url, databases)
+    dropped = await drop(settings.pg_admin_url, databases)
+    if mariadb_names:
+        elsewhere = [roles for roles in databases if roles.name in mariadb_names]
+        dropped += await provision_mariadb.drop(settings.mariadb_admin_url, elsewhere)
+    removed.databases = list(dict.fromkeys(dropped))
     # Last: with the roles gone, their secrets open nothing; kept, a namespace made again
     # under the same name would reuse them.
     removed.secrets = role_secrets.forget(

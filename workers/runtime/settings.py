@@ -5,7 +5,9 @@ own knobs are a ``ServiceSettings`` section in its package (``workers/<service>/
 read from the same environment, so ``FLEET_BLOCKED_COUNTRIES`` reaches shipping alone.
 
 The defaults point at RabbitMQ and PostgreSQL on localhost, so a developer with both
-running needs no configuration at all.
+running needs no configuration at all. A service's database may be on MariaDB instead
+(``FLEET_ENGINES='{"payment": "mariadb"}'``): its URL is then derived from
+``mariadb_admin_url``, and its breaker still appends to the operations database on PostgreSQL.
 
 Each database role has a secret of its own (``workers.runtime.role_secrets``): the settings
 say where it is (``db_urls``, ``db_secrets``, ``secrets_file``), and ``secret_for`` reads a
@@ -25,6 +27,7 @@ from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from db.engine import ENGINES, MARIADB, POSTGRESQL, engine_of
 from workers.runtime import role_secrets
 from workers.runtime.durations import parse_duration
 
@@ -40,6 +43,12 @@ class Settings(BaseSettings):
     amqp_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # A superuser connection used only by `fleet db init` to create roles and databases.
     pg_admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # Each service's database engine, by service: {"payment": "mariadb"}; a service not
+    # named here is on PostgreSQL (unless its db_urls entry says otherwise).
+    engines: dict[str, str] = Field(default_factory=dict)
+    # An admin connection to MariaDB, used only by `fleet db init` and teardown for the
+    # services on MariaDB (their databases and users).
+    mariadb_admin_url: str = "mysql://root@127.0.0.1:3306/"
     # Database URLs by role key (a service, "order_view_reader", "ops"); a role missing here
     # gets one derived from pg_admin_url, with its own secret.
     db_urls: dict[str, str] = Field(default_factory=dict, repr=False)
@@ -119,6 +128,18 @@ class Settings(BaseSettings):
             raise ValueError("namespace must match [a-z][a-z0-9_]{0,30}")
         return value
 
+    @field_validator("engines")
+    @classmethod
+    def _known_engines(cls, value: dict[str, str]) -> dict[str, str]:
+        # Its keys are checked against the catalog where databases are made
+        # (workers.operations.namespace): the catalog is not the settings' to import.
+        for service, engine in value.items():
+            if engine not in ENGINES:
+                raise ValueError(
+                    f"unknown engine {engine!r} for {service}: must be one of {', '.join(ENGINES)}"
+                )
+        return value
+
     @field_validator("db_password")
     @classmethod
     def _no_shared_password(cls, value: str | None) -> str | None:
@@ -157,6 +178,13 @@ class Settings(BaseSettings):
         """Every address of the broker, amqp_url first: what connections try in turn."""
         return list(dict.fromkeys([self.amqp_url, *self.amqp_urls]))
 
+    def engine(self, service: str) -> str:
+        """The engine of ``service``'s database: its ``db_urls`` entry's scheme says it if
+        there is one, else ``engines`` (PostgreSQL unless named there)."""
+        if service in self.db_urls:
+            return engine_of(self.db_urls[service])
+        return self.engines.get(service, POSTGRESQL)
+
     def database_name(self, service: str) -> str:
         """The database and the role of a service carry the same namespaced name."""
         return f"{self.namespace}_{service}"
@@ -191,8 +219,8 @@ class Settings(BaseSettings):
     def database_url(self, service: str) -> str:
         """How ``service`` connects to its database, as its own role with its own secret:
         its ``db_urls`` entry as it stands (with its ``db_secrets`` entry put in if the URL
-        has no password), else derived from ``pg_admin_url``. No other role's secret is
-        read."""
+        has no password), else derived from ``pg_admin_url`` (``mariadb_admin_url`` for a
+        service on MariaDB). No other role's secret is read."""
         if service in self.db_urls:
             return self._with_given_secret(service, self.db_urls[service])
         return self._url_as(service, self._location(service))
@@ -212,7 +240,8 @@ class Settings(BaseSettings):
         admin's; the user and password in it are not to be used."""
         if service in self.db_urls:
             return urlsplit(self.db_urls[service])
-        admin = urlsplit(self.pg_admin_url)
+        on_mariadb = self.engine(service) == MARIADB
+        admin = urlsplit(self.mariadb_admin_url if on_mariadb else self.pg_admin_url)
         host = admin.hostname or "127.0.0.1"
         port = f":{admin.port}" if admin.port else ""
         name = self.database_name(service)
@@ -221,12 +250,15 @@ class Settings(BaseSettings):
     def audit_url(self, service: str) -> str:
         """How ``service``'s worker appends to the audit log of the operations database
         (what its breaker did): as the service's own role with its own secret, which may
-        append there and do nothing else."""
+        append there and do nothing else. The operations database is on PostgreSQL whatever
+        the service's engine: a service on MariaDB has a PostgreSQL role of the same name and
+        secret for this alone (a MariaDB URL's options mean nothing to PostgreSQL)."""
         own = urlsplit(self.database_url(service))
         ops = self._location("ops")
         userinfo = own.netloc.rpartition("@")[0]
         where = ops.netloc.rpartition("@")[2]
-        return urlunsplit((ops.scheme, f"{userinfo}@{where}", ops.path, own.query, ""))
+        query = own.query if self.engine(service) == POSTGRESQL else ops.query
+        return urlunsplit((ops.scheme, f"{userinfo}@{where}", ops.path, query, ""))
 
     def _url_as(self, key: str, location: SplitResult) -> str:
         """``location`` as the role ``<namespace>_<key>`` with its secret."""
