@@ -86,7 +86,7 @@ async def test_a_failed_shipment_refunds_the_charge_on_mariadb(
 
     async def refunded() -> list[tuple[str, Decimal]] | None:
         entries = [e for e in await payment.ledger(mixed.fleet.settings) if e.order_id == order_id]
-        moved = sorted((e.kind, e.amount) for e in entries)
+        moved: list[tuple[str, Decimal]] = sorted((e.kind, e.amount) for e in entries)
         return moved if ("refund", Decimal("6.00")) in moved else None
 
     assert await wait_for(refunded, timeout=30) == [

@@ -81,11 +81,8 @@ class Engine:
 
 
 @pytest.fixture(params=["postgresql", "mariadb"])
-async def engine(request: pytest.FixtureRequest, fleet: Fleet) -> Engine:
-    if request.param == "mariadb":
-        owner: Fleet = request.getfixturevalue("mariadb_fleet")
-    else:
-        owner = fleet
+async def engine(request: pytest.FixtureRequest, fleet: Fleet, mariadb_fleet: Fleet) -> Engine:
+    owner = mariadb_fleet if request.param == "mariadb" else fleet
     store = await owner.store(SERVICE)
     assert store.engine == request.param
     return Engine(request.param, owner, store)
