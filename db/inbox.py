@@ -1,4 +1,5 @@
 """The inbox: the idempotent consumer's memory of what each handler has applied.
+PostgreSQL's statements (the store port's ``db.postgres``; MariaDB's are in ``db.mariadb``).
 
 A handler records (consumer, message_id) in the same transaction as its effects. The
 primary key, not the isolation level, makes a duplicate lose: a concurrent second insert

@@ -1,5 +1,6 @@
 """The transactional outbox: messages are written in the same transaction as the state
 that caused them, and published later by the relay (``workers.runtime.relay``).
+PostgreSQL's statements (the store port's ``db.postgres``; MariaDB's are in ``db.mariadb``).
 
 Writing happens inside a handler's transaction, one statement for all its messages; the
 relay reads on a dedicated connection, because it also holds an advisory lock and LISTENs.

@@ -277,6 +277,42 @@ async def test_each_outbox_row_is_published_once_in_order_per_aggregate(engine: 
         assert [m for m in received if m in set(ids)] == ids, order_id
 
 
+async def test_a_row_committed_after_a_higher_id_was_published_is_not_skipped(
+    engine: Engine,
+) -> None:
+    store, fleet = engine.store, engine.fleet
+    slow, fast = engine.message(new_id()), engine.message(new_id())
+    publisher = await ConfirmedPublisher.connect(fleet.settings.amqp_url)
+    stop = asyncio.Event()
+    relay = Relay(fleet.settings, SERVICE, publisher)
+    relay_task = asyncio.create_task(relay.run(stop))
+    try:
+        async with fleet.tap(events_exchange(fleet.ns), "stock.released") as seen:
+
+            def seen_ids() -> set[str | None]:
+                return {m.message_id for m in seen}
+
+            async def seen_fast() -> bool:
+                return fast.message_id in seen_ids()
+
+            async def seen_slow() -> bool:
+                return slow.message_id in seen_ids()
+
+            async with store.transaction() as slow_conn:
+                await store.append(slow_conn, [slow])  # the lower id, committed last
+                async with store.transaction() as conn:
+                    await store.append(conn, [fast])
+                await wait_for(seen_fast, timeout=30)
+                # The relay went past the uncommitted lower id without waiting for it...
+                assert slow.message_id not in seen_ids()
+            # ...and publishes it once it commits.
+            await wait_for(seen_slow, timeout=30)
+    finally:
+        stop.set()
+        await relay_task
+        await publisher.close()
+
+
 async def test_a_relay_whose_lock_connection_is_killed_is_replaced(engine: Engine) -> None:
     first = await open_relay_session(engine.url)
     second = await open_relay_session(engine.url)
