@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,21 @@ def message(namespace: str, order_id: str, note: int = 0) -> OutgoingMessage:
         app_id=made.app_id,
         headers={**made.headers, "x-note": note},
     )
+
+
+@asynccontextmanager
+async def relay_running(fleet: Fleet) -> AsyncIterator[Relay]:
+    """A relay of the service's database in this process, as a worker runs it."""
+    publisher = await ConfirmedPublisher.connect(fleet.settings.amqp_url)
+    stop = asyncio.Event()
+    relay = Relay(fleet.settings, SERVICE, publisher)
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        yield relay
+    finally:
+        stop.set()
+        await task
+        await publisher.close()
 
 
 async def retried(work: Callable[[], Awaitable[Any]]) -> Any:
@@ -253,24 +269,15 @@ async def test_each_outbox_row_is_published_once_in_order_per_aggregate(engine: 
                 await store.append(conn, [one])
             sent[order_id].append(str(one.message_id))
 
-    publisher = await ConfirmedPublisher.connect(fleet.settings.amqp_url)
-    stop = asyncio.Event()
-    relay = Relay(fleet.settings, SERVICE, publisher)
-    relay_task = asyncio.create_task(relay.run(stop))
-    try:
-        async with fleet.tap(events_exchange(fleet.ns), "stock.released") as seen:
-            await asyncio.gather(*(writer(order_id) for order_id in orders))
-            everything = {message_id for ids in sent.values() for message_id in ids}
+    async with relay_running(fleet), fleet.tap(events_exchange(fleet.ns), "stock.released") as seen:
+        await asyncio.gather(*(writer(order_id) for order_id in orders))
+        everything = {message_id for ids in sent.values() for message_id in ids}
 
-            async def all_seen() -> bool:
-                return everything <= {m.message_id for m in seen}
+        async def all_seen() -> bool:
+            return everything <= {m.message_id for m in seen}
 
-            await wait_for(all_seen, timeout=30)
-            await asyncio.sleep(1)  # time for a second copy, if the relay sent one
-    finally:
-        stop.set()
-        await relay_task
-        await publisher.close()
+        await wait_for(all_seen, timeout=30)
+        await asyncio.sleep(1)  # time for a second copy, if the relay sent one
     received = [m.message_id for m in seen if m.message_id in everything]
     assert len(received) == len(everything)  # once each
     for order_id, ids in sent.items():
@@ -282,35 +289,26 @@ async def test_a_row_committed_after_a_higher_id_was_published_is_not_skipped(
 ) -> None:
     store, fleet = engine.store, engine.fleet
     slow, fast = engine.message(new_id()), engine.message(new_id())
-    publisher = await ConfirmedPublisher.connect(fleet.settings.amqp_url)
-    stop = asyncio.Event()
-    relay = Relay(fleet.settings, SERVICE, publisher)
-    relay_task = asyncio.create_task(relay.run(stop))
-    try:
-        async with fleet.tap(events_exchange(fleet.ns), "stock.released") as seen:
+    async with relay_running(fleet), fleet.tap(events_exchange(fleet.ns), "stock.released") as seen:
 
-            def seen_ids() -> set[str | None]:
-                return {m.message_id for m in seen}
+        def seen_ids() -> set[str | None]:
+            return {m.message_id for m in seen}
 
-            async def seen_fast() -> bool:
-                return fast.message_id in seen_ids()
+        async def seen_fast() -> bool:
+            return fast.message_id in seen_ids()
 
-            async def seen_slow() -> bool:
-                return slow.message_id in seen_ids()
+        async def seen_slow() -> bool:
+            return slow.message_id in seen_ids()
 
-            async with store.transaction() as slow_conn:
-                await store.append(slow_conn, [slow])  # the lower id, committed last
-                async with store.transaction() as conn:
-                    await store.append(conn, [fast])
-                await wait_for(seen_fast, timeout=30)
-                # The relay went past the uncommitted lower id without waiting for it...
-                assert slow.message_id not in seen_ids()
-            # ...and publishes it once it commits.
-            await wait_for(seen_slow, timeout=30)
-    finally:
-        stop.set()
-        await relay_task
-        await publisher.close()
+        async with store.transaction() as slow_conn:
+            await store.append(slow_conn, [slow])  # the lower id, committed last
+            async with store.transaction() as conn:
+                await store.append(conn, [fast])
+            await wait_for(seen_fast, timeout=30)
+            # The relay went past the uncommitted lower id without waiting for it...
+            assert slow.message_id not in seen_ids()
+        # ...and publishes it once it commits.
+        await wait_for(seen_slow, timeout=30)
 
 
 async def test_a_relay_whose_lock_connection_is_killed_is_replaced(engine: Engine) -> None:

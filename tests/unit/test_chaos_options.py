@@ -18,5 +18,5 @@ def test_a_list_is_read_in_order_without_repeats() -> None:
 
 @pytest.mark.parametrize("text", ["", "payments", "payment,nope"])
 def test_an_unknown_or_empty_list_is_bad_usage_naming_what_is_known(text: str) -> None:
-    with pytest.raises(InvalidRequest, match=r"known: .*payment"):
+    with pytest.raises(InvalidRequest, match=r"runnable: .*payment"):
         parse_services(text)

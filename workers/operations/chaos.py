@@ -45,6 +45,7 @@ from db import mariadb
 from db.engine import MARIADB, asyncpg_url
 from workers.operations import InvalidRequest, OperatorError, dead_letters, load, ops_db, verify
 from workers.operations.reconnect import ReconnectingPublisher, Reconnects, read_again_on_loss
+from workers.operations.supervisor import chosen_services
 from workers.order import public as orders
 from workers.runtime import catalog
 from workers.runtime.settings import Settings
@@ -108,16 +109,7 @@ def parse_faults(text: str) -> tuple[str, ...]:
 def parse_services(text: str | None) -> tuple[str, ...] | None:
     """``payment,order`` -> ("payment", "order"); None stays None (every service); an
     unknown service is bad usage."""
-    if text is None:
-        return None
-    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    unknown = [name for name in names if name not in catalog.SERVICES]
-    if unknown or not names:
-        raise InvalidRequest(
-            f"unknown service(s) {', '.join(unknown) or '(none given)'};"
-            f" known: {', '.join(catalog.SERVICES)}"
-        )
-    return names
+    return None if text is None else tuple(dict.fromkeys(chosen_services(text)))
 
 
 @dataclass(frozen=True)
