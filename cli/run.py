@@ -28,7 +28,7 @@ def _serve(
         log_as_json()
     _observe(service, metrics_port)
 
-    from workers.runtime import loop
+    from workers.runtime import loop, task_dump
     from workers.runtime.settings import get_settings
 
     async def main() -> None:
@@ -36,6 +36,7 @@ def _serve(
         running = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             running.add_signal_handler(signum, stop.set)
+        task_dump.dump_on_sigusr1()  # kill -USR1: every task's stack in the log
         await work(stop)
 
     loop.run(main(), get_settings())

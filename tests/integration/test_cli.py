@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
@@ -212,3 +213,12 @@ async def test_a_worker_logs_json_lines_with_json(fleet: Fleet) -> None:
     assert await worker.terminate() == 0
     record = json.loads(line)
     assert record["logger"] == "fleet.worker" and record["level"] == "INFO"
+
+
+async def test_a_worker_logs_where_each_task_waits_on_sigusr1(fleet: Fleet) -> None:
+    worker = await fleet.spawn("worker", "shipping")
+    await worker.wait_for_line("consuming", timeout=60)
+    worker.process.send_signal(signal.SIGUSR1)
+    await worker.wait_for_line("tasks (SIGUSR1)", timeout=10)
+    await worker.wait_for_line("Relay.run", timeout=10)  # the relay, waiting for work
+    assert await worker.terminate() == 0

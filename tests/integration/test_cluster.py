@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -219,8 +220,17 @@ async def _whereabouts(cluster_fleet: ClusterFleet) -> str:
         "--no-table-headers",
     )
     queues = [line for line in listed.splitlines() if line.startswith(f"{namespace}.")]
+    for worker in cluster_fleet.workers:  # every task's stack in its log (task_dump)
+        if worker.process.returncode is None:
+            worker.process.send_signal(signal.SIGUSR1)
+    await asyncio.sleep(2)
+    # A worker's last lines but the duplicates it skipped (after a failover, those are
+    # most of them and say nothing of why it stopped).
     tails = [
-        f"--- {service}:\n" + "\n".join(worker.lines[-15:])
+        f"--- {service}:\n"
+        + "\n".join(
+            [line for line in worker.lines if "acknowledged and skipped" not in line][-150:]
+        )
         for service, worker in zip(catalog.SERVICES, cluster_fleet.workers, strict=True)
     ]
     return "queues (ready, unacked, consumers):\n" + "\n".join(queues) + "\n" + "\n".join(tails)
@@ -228,3 +238,7 @@ async def _whereabouts(cluster_fleet: ClusterFleet) -> str:
 
 async def _running(node: RabbitNode, everyone: list[str]) -> bool:
     return sorted(await node.running_nodes()) == everyone
+
+
+def _telling(lines: list[str]) -> list[str]:
+    return [line for line in lines if "acknowledged and skipped" not in line]
