@@ -85,6 +85,14 @@ SELECT EXISTS (
       AND ((classid::bigint << 32) | objid::bigint) = hashtext('{RELAY_LOCK_KEY}')::bigint
 )
 """
+# Whether this session is the one holding it: a relay asks before each drain.
+HOLDS_RELAY_LOCK = f"""
+SELECT EXISTS (
+    SELECT FROM pg_locks
+    WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted AND objsubid = 1
+      AND ((classid::bigint << 32) | objid::bigint) = hashtext('{RELAY_LOCK_KEY}')::bigint
+)
+"""
 _BACKLOG = """
 SELECT count(*) AS rows, extract(epoch FROM now() - min(occurred_at))::float8 AS oldest
 FROM outbox WHERE published_at IS NULL

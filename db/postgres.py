@@ -102,9 +102,11 @@ class PostgresRelaySession(RelaySession):
         return led
 
     async def still_leading(self) -> bool:
-        # The lock lives and dies with this connection, which asyncpg never reconnects
-        # behind our back: a lost one fails the next statement, and the session ends.
-        return not self.conn.is_closed()
+        # A round trip, not asyncpg's idea of the connection: a backend terminated on the
+        # server may not be noticed before the next statement, while a standby already
+        # holds the lock; asking the server fails then (or says no).
+        held: bool = await self.conn.fetchval(outbox.HOLDS_RELAY_LOCK)
+        return held
 
     async def claim(self, limit: int, in_flight: Sequence[int]) -> list[Claimed]:
         rows = await self.conn.fetch(outbox.CLAIM_BATCH, limit, list(in_flight))
