@@ -350,9 +350,6 @@ class MariaStore(Store):
             for row in rows
         ]
 
-    async def relay_session(self) -> MariaRelaySession:
-        return await MariaRelaySession.open(self.location)
-
     async def close(self) -> None:
         self.pool.close()
         await self.pool.wait_closed()

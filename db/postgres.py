@@ -75,9 +75,6 @@ class PostgresStore(Store):
         rows = await conn.fetch(outbox.EMITTED_FOR, correlation_id)
         return [Emitted(**dict(row)) for row in rows]
 
-    async def relay_session(self) -> PostgresRelaySession:
-        return await PostgresRelaySession.connect(self.url)
-
     async def close(self) -> None:
         await self.pool.close()
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncmy
 from asyncmy.errors import MySQLError
 
 from db.engine import MARIADB
+from db.mariadb import Location
 from db.provision import (
     DatabaseRoles,
     ProvisioningError,
@@ -115,16 +115,11 @@ def native_password_hash(password: str) -> str:
 async def connect_admin(admin_url: str) -> Any:
     """An autocommit asyncmy connection as the admin (``?unix_socket=PATH`` for a socket);
     ProvisioningError when it cannot be had."""
-    parts = urlsplit(admin_url)
-    socket = parse_qs(parts.query).get("unix_socket", [None])[0]
     try:
+        location = Location.of(admin_url)  # the URL read as the adapter reads it
+        arguments = location.connect_arguments()
         return await asyncmy.connect(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
-            unix_socket=socket,
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            autocommit=True,
+            **{**arguments, "user": location.user or "root", "database": None},
             connect_timeout=10,
         )
     # OSError: refused or timed out before the driver wrapped it; ValueError: a bad port.

@@ -105,11 +105,7 @@ class Store(ABC):
     async def emitted_for(self, conn: Any, correlation_id: str) -> list[Emitted]:
         """What the outbox holds of ``correlation_id``, oldest first."""
 
-    # --- The relay's own connection, and the pool's end. --------------------------------
-
-    @abstractmethod
-    async def relay_session(self) -> RelaySession:
-        """A connection of its own for a relay (it holds the leadership lock)."""
+    # --- The pool's end (a relay's own connection: db.adapters.open_relay_session). -----
 
     @abstractmethod
     async def close(self) -> None: ...
